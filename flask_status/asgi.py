@@ -1,0 +1,192 @@
+"""The ASGI adapter: serve FlaskStatus routes on the server's event loop.
+
+``asgiref.wsgi.WsgiToAsgi`` runs every request of a Flask app on one shared thread, so a status
+request waiting on slow checks holds up the whole app. :class:`StatusMiddleware` answers the
+status routes itself, on the event loop, and passes everything else through::
+
+    asgi_app = StatusMiddleware(WsgiToAsgi(app), app)
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import sys
+from collections.abc import Awaitable, MutableMapping
+from typing import Any, Callable, Optional
+
+from flask import Flask, Response, request_started
+from flask.globals import request_ctx
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import Map, MapAdapter, Rule
+
+from .extension import EXTENSION_KEY, DeferredResponse, deferred
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class StatusMiddleware:
+    """Serve every FlaskStatus route of ``flask_app`` natively; pass other requests to ``asgi_app``.
+
+    Answers are the same as under WSGI: the authenticator, the app's request hooks and error
+    handlers all apply. Sync checks run in worker threads, async checks on this event loop.
+    Request hooks and a sync authenticator run on the event loop, so they must not block.
+    """
+
+    def __init__(self, asgi_app: ASGIApp, flask_app: Flask) -> None:
+        if not isinstance(flask_app, Flask):
+            raise TypeError(f"flask_app must be a Flask app, got {type(flask_app).__name__}")
+        self.asgi_app = asgi_app
+        self.flask_app = flask_app
+        self._routes: Optional[MapAdapter] = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self._is_status_route(scope):
+            await self._serve(scope, receive, send)
+        else:
+            await self.asgi_app(scope, receive, send)
+
+    def _is_status_route(self, scope: Scope) -> bool:
+        if self._routes is None:
+            self._routes = _status_routes(self.flask_app)
+        try:
+            self._routes.match(_path_info(scope), method=scope["method"])
+        except HTTPException:  # not found, wrong method, or a redirect: Flask answers those
+            return False
+        return True
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        app = self.flask_app
+        environ = _environ(scope, await _read_body(receive))
+        context = app.request_context(environ)
+        pending = DeferredResponse()
+        token = deferred.set(pending)
+        error: Optional[BaseException] = None
+        try:
+            try:
+                context.push()
+                response = await self._full_dispatch(pending)
+            except Exception as exc:
+                error = exc
+                response = app.handle_exception(exc)
+            except BaseException as exc:
+                error = exc
+                raise
+            app_iter, status, headers = response.get_wsgi_response(environ)
+        finally:
+            if error is not None and app.should_ignore_error(error):
+                error = None
+            context.pop(error)
+            deferred.reset(token)
+        try:
+            body = b"".join(app_iter)
+        finally:
+            if hasattr(app_iter, "close"):
+                app_iter.close()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": int(status.split(" ", 1)[0]),
+                "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def _full_dispatch(self, pending: DeferredResponse) -> Response:
+        """``Flask.full_dispatch_request`` with the view awaited and the checks run on this loop."""
+        app = self.flask_app
+        try:
+            request_started.send(app, _async_wrapper=app.ensure_sync)
+            rv = app.preprocess_request()
+            if rv is None:
+                rv = await self._dispatch()
+                if pending.status is not None and pending.response is not None:
+                    await pending.status.fill_async(pending.response)
+        except Exception as exc:
+            rv = app.handle_user_exception(exc)
+        return app.finalize_request(rv)
+
+    async def _dispatch(self) -> Any:
+        """``Flask.dispatch_request``, awaiting the view when it is async."""
+        req = request_ctx.request
+        if req.routing_exception is not None:
+            self.flask_app.raise_routing_exception(req)
+        rule = req.url_rule
+        assert rule is not None and rule.endpoint is not None
+        if getattr(rule, "provide_automatic_options", False) and req.method == "OPTIONS":
+            return self.flask_app.make_default_options_response()
+        rv = self.flask_app.view_functions[rule.endpoint](**(req.view_args or {}))
+        if inspect.isawaitable(rv):
+            rv = await rv
+        return rv
+
+
+def _status_routes(app: Flask) -> MapAdapter:
+    """A URL map holding only the app's FlaskStatus routes, to recognise them quickly."""
+    views = {id(view) for view in _status_views(app)}
+    rules = [
+        Rule(rule.rule, endpoint=rule.endpoint, methods=rule.methods)
+        for rule in app.url_map.iter_rules()
+        if id(app.view_functions.get(rule.endpoint)) in views
+    ]
+    return Map(rules, strict_slashes=app.url_map.strict_slashes).bind("localhost")
+
+
+def _status_views(app: Flask) -> list[Callable[..., Any]]:
+    registered = app.extensions.get(EXTENSION_KEY, {})
+    return [view for status in registered for view in status.views]
+
+
+def _path_info(scope: Scope) -> str:
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _environ(scope: Scope, body: bytes) -> dict[str, Any]:
+    """A WSGI environ for an ASGI HTTP scope (as ``asgiref.wsgi`` builds it)."""
+    server = scope.get("server") or ("localhost", 80)
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": scope["method"],
+        "SCRIPT_NAME": scope.get("root_path", "").encode("utf-8").decode("latin-1"),
+        "PATH_INFO": _path_info(scope).encode("utf-8").decode("latin-1"),
+        "QUERY_STRING": scope.get("query_string", b"").decode("latin-1"),
+        "SERVER_PROTOCOL": f"HTTP/{scope.get('http_version', '1.1')}",
+        "SERVER_NAME": server[0],
+        "SERVER_PORT": str(server[1] or 0),
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": scope.get("scheme", "http"),
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+    }
+    client = scope.get("client")
+    if client:
+        environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = client[0], str(client[1])
+    for raw_name, raw_value in scope.get("headers", []):
+        name = raw_name.decode("latin-1").upper().replace("-", "_")
+        if name not in ("CONTENT_LENGTH", "CONTENT_TYPE"):
+            name = "HTTP_" + name
+        value = raw_value.decode("latin-1")
+        if name in environ:  # repeated header: join as HTTP does (cookies with "; ")
+            value = environ[name] + ("; " if name == "HTTP_COOKIE" else ",") + value
+        environ[name] = value
+    return environ

@@ -1,0 +1,122 @@
+"""Field registration: what a status field is, and validation of everything a user passes in."""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from flask.json.provider import DefaultJSONProvider
+
+#: Default per-field timeout in seconds. Kubernetes gives a probe 1 s by default; stopping a
+#: check at 0.8 s leaves time to answer, so the kubelet reads "timed out" in the body instead
+#: of giving up on the connection.
+DEFAULT_TIMEOUT = 0.8
+
+
+class Kind(enum.Enum):
+    """How a field's value is produced on each request."""
+
+    CONSTANT = "constant"
+    SYNC = "sync"
+    ASYNC = "async"
+
+
+@dataclass(frozen=True, eq=False)
+class Field:
+    """One entry of the status payload.
+
+    ``timeout`` and ``cache_ttl`` of ``None`` mean "use the instance default".
+    Fields compare by identity: re-adding a key creates a new field with fresh state.
+    """
+
+    key: str
+    value: Any
+    kind: Kind
+    critical: bool = True
+    timeout: Optional[float] = None
+    cache_ttl: Optional[float] = None
+
+
+def is_async_callable(value: Any) -> bool:
+    """True for ``async def`` functions, partials of them, and objects with an async ``__call__``."""
+    return inspect.iscoroutinefunction(value) or inspect.iscoroutinefunction(
+        getattr(value, "__call__", None)  # noqa: B004 - we need the attribute, not callable()
+    )
+
+
+def check_json(value: Any, what: str) -> None:
+    """Raise ``TypeError`` naming ``what`` if Flask's JSON provider cannot encode ``value``."""
+    try:
+        json.dumps(value, default=DefaultJSONProvider.default)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(f"{what} must be JSON-serializable: {exc}") from None
+
+
+def check_seconds(name: str, value: Any, *, allow_zero: bool = False) -> float:
+    """Validate a duration parameter and return it as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
+    seconds = float(value)
+    if math.isnan(seconds) or math.isinf(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
+        bound = "a finite number >= 0" if allow_zero else "a finite number > 0"
+        raise ValueError(f"{name} must be {bound}, got {value!r}")
+    return seconds
+
+
+def check_url(url: Any) -> str:
+    """Validate the status route and add the leading slash Flask requires."""
+    if not isinstance(url, str):
+        raise TypeError(f"url must be a str, got {type(url).__name__}")
+    if not url.strip():
+        raise ValueError("url must not be empty")
+    return url if url.startswith("/") else "/" + url
+
+
+def check_message(message: Any) -> dict[str, Any]:
+    """Turn the healthy payload into a private dict: a str becomes ``{"message": ...}``."""
+    if isinstance(message, str):
+        return {"message": message}
+    if not isinstance(message, Mapping):
+        raise TypeError(f"message must be a str or a mapping, got {type(message).__name__}")
+    payload = dict(message)
+    for key in payload:
+        if not isinstance(key, str):
+            raise TypeError(f"message keys must be str, got {key!r}")
+    check_json(payload, "message")
+    return payload
+
+
+def make_field(
+    key: Any,
+    value: Any,
+    *,
+    critical: Any = True,
+    timeout: Any = None,
+    cache_ttl: Any = None,
+) -> Field:
+    """Validate ``add_field`` arguments and build the field."""
+    if not isinstance(key, str):
+        raise TypeError(f"key must be a str, got {type(key).__name__}")
+    if not key:
+        raise ValueError("key must be a non-empty str")
+    if key == "status":
+        raise ValueError('key "status" is reserved for the overall status')
+    if not isinstance(critical, bool):
+        raise TypeError(f"critical must be a bool, got {type(critical).__name__}")
+    if timeout is not None:
+        timeout = check_seconds("timeout", timeout)
+    if cache_ttl is not None:
+        cache_ttl = check_seconds("cache_ttl", cache_ttl, allow_zero=True)
+    if is_async_callable(value):
+        kind = Kind.ASYNC
+    elif callable(value):
+        kind = Kind.SYNC
+    else:
+        check_json(value, f"value of field {key!r}")
+        kind = Kind.CONSTANT
+    return Field(key, value, kind, critical, timeout, cache_ttl)
