@@ -76,6 +76,7 @@ class FlaskStatus:
         self.endpoint = endpoint
         self.fields: dict[str, Field] = {}
         self.views: list[Callable[..., Any]] = []
+        self.listeners: list[Callable[[Mapping[str, Outcome]], object]] = []
         self._pool = WorkerPool(max_workers)
         if app is not None:
             self.init_app(app)
@@ -140,6 +141,10 @@ class FlaskStatus:
             key, value, critical=critical, timeout=timeout, cache_ttl=cache_ttl
         )
 
+    def on_evaluated(self, listener: Callable[[Mapping[str, Outcome]], object]) -> None:
+        """Call ``listener(outcomes)`` after every evaluation, with every field's :class:`Outcome`."""
+        self.listeners.append(listener)
+
     # -- serving -------------------------------------------------------------------------
 
     def _make_view(self) -> Callable[..., Any]:
@@ -193,6 +198,8 @@ class FlaskStatus:
             outcomes.update(failed)
             health = self._health(outcomes)
             body = dumps(payload(self.message, outcomes, health))
+        for listener in self.listeners:
+            listener(outcomes)
         response.set_data(body + "\n")
         response.status_code = health.http_status
         response.mimetype = "application/json"
