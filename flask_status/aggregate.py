@@ -20,7 +20,7 @@ class Health(enum.Enum):
 
 
 def aggregate(results: Iterable[tuple[bool, bool]]) -> Health:
-    """Combine ``(critical, ok)`` pairs: any critical failure is DOWN, any other failure DEGRADED."""
+    """Combine ``(critical, ok)`` pairs: a critical failure is DOWN, any other failure DEGRADED."""
     health = Health.UP
     for critical, ok in results:
         if ok:

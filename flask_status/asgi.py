@@ -13,14 +13,14 @@ import inspect
 import io
 import sys
 from collections.abc import Awaitable, MutableMapping
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from flask import Flask, Response, request_started
 from flask.globals import request_ctx
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, MapAdapter, Rule
 
-from .extension import EXTENSION_KEY, DeferredResponse, deferred
+from .extension import EXTENSION_KEY, Pending, StatusRoute, deferred
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -42,7 +42,7 @@ class StatusMiddleware:
             raise TypeError(f"flask_app must be a Flask app, got {type(flask_app).__name__}")
         self.asgi_app = asgi_app
         self.flask_app = flask_app
-        self._routes: Optional[MapAdapter] = None
+        self._routes: MapAdapter | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self._is_status_route(scope):
@@ -63,13 +63,13 @@ class StatusMiddleware:
         app = self.flask_app
         environ = _environ(scope, await _read_body(receive))
         context = app.request_context(environ)
-        pending = DeferredResponse()
-        token = deferred.set(pending)
-        error: Optional[BaseException] = None
+        handover: list[tuple[StatusRoute, Pending]] = []
+        token = deferred.set(handover)
+        error: BaseException | None = None
         try:
             try:
                 context.push()
-                response = await self._full_dispatch(pending)
+                response = await self._full_dispatch(handover)
             except Exception as exc:
                 error = exc
                 response = app.handle_exception(exc)
@@ -96,7 +96,7 @@ class StatusMiddleware:
         )
         await send({"type": "http.response.body", "body": body})
 
-    async def _full_dispatch(self, pending: DeferredResponse) -> Response:
+    async def _full_dispatch(self, handover: list[tuple[StatusRoute, Pending]]) -> Response:
         """``Flask.full_dispatch_request`` with the view awaited and the checks run on this loop."""
         app = self.flask_app
         try:
@@ -104,8 +104,8 @@ class StatusMiddleware:
             rv = app.preprocess_request()
             if rv is None:
                 rv = await self._dispatch()
-                if pending.status is not None and pending.response is not None:
-                    await pending.status.fill_async(pending.response)
+                for route, pending in handover:  # the view deferred its checks to this loop
+                    await route.evaluate_async(pending)
         except Exception as exc:
             rv = app.handle_user_exception(exc)
         return app.finalize_request(rv)
@@ -137,8 +137,8 @@ def _status_routes(app: Flask) -> MapAdapter:
 
 
 def _status_views(app: Flask) -> list[Callable[..., Any]]:
-    registered = app.extensions.get(EXTENSION_KEY, {})
-    return [view for status in registered for view in status.views]
+    routes: list[StatusRoute] = app.extensions.get(EXTENSION_KEY, [])
+    return [route.view for route in routes]
 
 
 def _path_info(scope: Scope) -> str:

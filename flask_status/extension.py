@@ -1,48 +1,39 @@
-"""The Flask adapter: the ``FlaskStatus`` extension, its route and the authenticator."""
+"""The Flask adapter: the ``FlaskStatus`` extension, its routes and the authenticator."""
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping
 from contextvars import ContextVar
-from typing import Any, Callable, Optional, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Union, cast
 
-from flask import Blueprint, Flask, Response, current_app
+from flask import Blueprint, Flask, Response, abort, current_app, request
 
+from . import config
 from .aggregate import Health, aggregate
 from .engine import Evaluator
-from .fields import (
-    DEFAULT_TIMEOUT,
-    Field,
-    Kind,
-    check_message,
-    check_seconds,
-    check_url,
-    is_async_callable,
-    make_field,
-)
+from .fields import Field, Kind, is_async_callable, make_field
 from .outcome import Outcome
-from .render import JSON_ERRORS, payload, unserializable
-from .workers import DEFAULT_MAX_WORKERS, WorkerPool, background_loop
+from .render import (
+    HEALTH_JSON,
+    JSON_ERRORS,
+    MAX_FIELD_BYTES,
+    health_json_payload,
+    hide_errors,
+    invalid_values,
+    json_payload,
+)
+from .workers import WorkerPool, background_loop
 
 Scaffold = Union[Flask, Blueprint]
-Authenticator = Callable[[Callable[..., Any]], Callable[..., Any]]
+View = Callable[..., Any]
+Authenticator = Callable[[View], View]
+Listener = Callable[[Mapping[str, Outcome]], object]
 
-#: Key in ``app.extensions``: every FlaskStatus registered on the app, with its evaluator.
+#: Key in ``app.extensions``: the list of :class:`StatusRoute` registered on the app.
 EXTENSION_KEY = "flask_status"
-
-_DEFAULT_URL = "/api/status"
-
-
-class DeferredResponse:
-    """Set by the ASGI middleware: the view hands back an empty response to fill on the loop."""
-
-    def __init__(self) -> None:
-        self.status: Optional[FlaskStatus] = None
-        self.response: Optional[Response] = None
-
-
-deferred: ContextVar[Optional[DeferredResponse]] = ContextVar("flask_status_deferred", default=None)
 
 
 class FlaskStatus:
@@ -50,45 +41,48 @@ class FlaskStatus:
 
     ``FlaskStatus(app)`` serves ``{"status": "OK"}`` at ``/api/status``. Add fields with
     :meth:`add_field`; callable fields run on every request, concurrently, each under a timeout.
+    Settings left as ``None`` come from ``app.config`` (``STATUS_URL``, ``STATUS_TIMEOUT``, ...),
+    else from the defaults.
     """
 
     def __init__(
         self,
-        app: Optional[Scaffold] = None,
-        url: str = _DEFAULT_URL,
-        message: Union[str, Mapping[str, Any], None] = None,
-        authenticator: Optional[Authenticator] = None,
+        app: Scaffold | None = None,
+        url: str | None = None,
+        message: str | Mapping[str, Any] | None = None,
+        authenticator: Authenticator | None = None,
         *,
-        timeout: float = DEFAULT_TIMEOUT,
-        cache_ttl: float = 0,
-        max_workers: int = DEFAULT_MAX_WORKERS,
-        endpoint: Optional[str] = None,
+        timeout: float | None = None,
+        cache_ttl: float | None = None,
+        expose_errors: bool | None = None,
+        max_workers: int | None = None,
+        endpoint: str | None = None,
     ) -> None:
-        self.url = check_url(url)
-        self.message = check_message({"status": "OK"} if message is None else message)
+        self._given = config.validate(
+            {
+                "url": url,
+                "message": message,
+                "timeout": timeout,
+                "cache_ttl": cache_ttl,
+                "expose_errors": expose_errors,
+                "max_workers": max_workers,
+            }
+        )
         self.authenticator = _check_authenticator(authenticator)
-        self.timeout = check_seconds("timeout", timeout)
-        self.cache_ttl = check_seconds("cache_ttl", cache_ttl, allow_zero=True)
-        if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
-            raise ValueError(f"max_workers must be an int >= 1, got {max_workers!r}")
         if endpoint is not None and (not isinstance(endpoint, str) or not endpoint):
             raise TypeError("endpoint must be a non-empty str")
         self.endpoint = endpoint
         self.fields: dict[str, Field] = {}
-        self.views: list[Callable[..., Any]] = []
-        self.listeners: list[Callable[[Mapping[str, Outcome]], object]] = []
-        self._pool = WorkerPool(max_workers)
+        self.listeners: list[Listener] = []
         if app is not None:
             self.init_app(app)
-
-    # -- setup ---------------------------------------------------------------------------
 
     def init_app(
         self,
         app: Scaffold,
-        url: Optional[str] = None,
-        message: Union[str, Mapping[str, Any], None] = None,
-        authenticator: Optional[Authenticator] = None,
+        url: str | None = None,
+        message: str | Mapping[str, Any] | None = None,
+        authenticator: Authenticator | None = None,
     ) -> None:
         """Register the status route on ``app`` (a Flask app or a blueprint).
 
@@ -97,39 +91,38 @@ class FlaskStatus:
         """
         if not isinstance(app, (Flask, Blueprint)):
             raise TypeError(f"app must be a Flask app or a Blueprint, got {type(app).__name__}")
-        if url is not None:
-            self.url = check_url(url)
-        if message is not None:
-            self.message = check_message(message)
+        self._given.update(config.validate({"url": url, "message": message}))
         if authenticator is not None:
             self.authenticator = _check_authenticator(authenticator)
-        view = self._make_view()
-        self.views.append(view)
-        app.add_url_rule(
-            self.url,
-            endpoint=self.endpoint or _default_endpoint(self.url),
-            view_func=view,
-            methods=["GET"],
-        )
         if isinstance(app, Flask):
-            self._register(app)
+            self._register(app, app.add_url_rule)
         else:
-            app.record_once(lambda state: self._register(state.app))
+            app.record_once(
+                lambda state: self._register(cast(Flask, state.app), state.add_url_rule)
+            )
 
-    def _register(self, app: Flask) -> None:
-        evaluators: dict[FlaskStatus, Evaluator] = app.extensions.setdefault(EXTENSION_KEY, {})
-        evaluators[self] = Evaluator(
-            app.logger, self._pool, background_loop, self.timeout, self.cache_ttl
+    def _register(self, app: Flask, add_url_rule: Callable[..., None]) -> None:
+        settings = config.resolve(self._given, app.config)
+        route = StatusRoute(self, app, settings)
+        endpoint = self.endpoint or _default_endpoint(settings.url)
+        add_url_rule(settings.url, endpoint, route.view, methods=["GET"])
+        add_url_rule(
+            settings.url.rstrip("/") + "/<field>", endpoint + "_field", route.view, methods=["GET"]
         )
+        app.extensions.setdefault(EXTENSION_KEY, []).append(route)
+        if "status" not in app.cli.commands:
+            from .cli import status_command  # the CLI needs click, which only Flask apps load
+
+            app.cli.add_command(status_command)
 
     def add_field(
         self,
         key: str,
         value: Any,
         *,
-        timeout: Optional[float] = None,
+        timeout: float | None = None,
         critical: bool = True,
-        cache_ttl: Optional[float] = None,
+        cache_ttl: float | None = None,
     ) -> None:
         """Add ``key`` to the payload: a JSON-serializable constant, or a callable run per request.
 
@@ -141,78 +134,151 @@ class FlaskStatus:
             key, value, critical=critical, timeout=timeout, cache_ttl=cache_ttl
         )
 
-    def on_evaluated(self, listener: Callable[[Mapping[str, Outcome]], object]) -> None:
-        """Call ``listener(outcomes)`` after every evaluation, with every field's :class:`Outcome`."""
+    def on_evaluated(self, listener: Listener) -> None:
+        """Call ``listener(outcomes)`` after each evaluation with every field's :class:`Outcome`."""
         self.listeners.append(listener)
 
-    # -- serving -------------------------------------------------------------------------
 
-    def _make_view(self) -> Callable[..., Any]:
-        def status_ping(**_: Any) -> Response:
-            response = current_app.response_class()
-            pending = deferred.get()
-            if pending is not None:  # the ASGI middleware evaluates on its event loop
-                pending.status, pending.response = self, response
-                return response
-            outcomes = self._evaluator().evaluate_blocking(self._callable_fields())
-            return self._fill(response, outcomes)
+@dataclass
+class Pending:
+    """A request whose fields are still to be evaluated."""
 
-        if self.authenticator is None:
+    fields: list[Field]
+    since: float  # Unix time the request began; values measured before it came from the cache
+    response: Response
+
+
+#: Set by the ASGI middleware: the view hands back its pending request instead of evaluating,
+#: so that the middleware can evaluate on the server's event loop.
+deferred: ContextVar[list[tuple[StatusRoute, Pending]] | None] = ContextVar(
+    "flask_status_deferred", default=None
+)
+
+
+class StatusRoute:
+    """One FlaskStatus served by one app: its settings, its evaluator and its view."""
+
+    def __init__(self, status: FlaskStatus, app: Flask, settings: config.Settings) -> None:
+        self.status = status
+        self.settings = settings
+        self.evaluator = Evaluator(
+            app.logger,
+            WorkerPool(settings.max_workers),
+            background_loop,
+            settings.timeout,
+            settings.cache_ttl,
+        )
+        self.view = self._make_view()
+
+    def _make_view(self) -> View:
+        def status_ping(field: str | None = None) -> Response:
+            pending = self.pending(field)
+            handover = deferred.get()
+            if handover is not None:
+                handover.append((self, pending))
+                return pending.response
+            return self.evaluate_blocking(pending)
+
+        authenticator = self.status.authenticator
+        if authenticator is None:
             return status_ping
-        view = self.authenticator(status_ping)
+        view = authenticator(status_ping)
         if is_async_callable(view):
             # The wrapper awaits the view: give it a coroutine function around the same logic.
-            async def status_ping_async(**kwargs: Any) -> Response:
-                return status_ping(**kwargs)
+            async def status_ping_async(field: str | None = None) -> Response:
+                return status_ping(field)
 
-            view = self.authenticator(status_ping_async)
+            view = authenticator(status_ping_async)
         if not callable(view):
             raise TypeError("authenticator must return a callable view")
         return view
 
-    def _evaluator(self) -> Evaluator:
-        return current_app.extensions[EXTENSION_KEY][self]  # type: ignore[no-any-return]
+    def pending(self, name: str | None = None) -> Pending:
+        """The fields this request asks for: one by name, or all but ``?exclude=`` ones."""
+        fields = self.status.fields
+        if name is not None:
+            if name not in fields:
+                abort(404)
+            selected = [fields[name]]
+        else:
+            excluded = request.args.getlist("exclude")
+            selected = [field for key, field in fields.items() if key not in excluded]
+        return Pending(selected, time.time(), current_app.response_class())
 
-    def _callable_fields(self) -> list[Field]:
-        return [field for field in self.fields.values() if field.kind is not Kind.CONSTANT]
+    def evaluate_blocking(self, pending: Pending) -> Response:
+        """Evaluate from a WSGI worker thread and fill the response."""
+        return self.fill(pending, self.evaluator.evaluate_blocking(_callables(pending.fields)))
 
-    async def fill_async(self, response: Response) -> Response:
-        """Evaluate on the running event loop and fill ``response`` (used by the middleware)."""
-        callables = self._callable_fields()
-        outcomes = await self._evaluator().evaluate(callables) if callables else {}
-        return self._fill(response, outcomes)
+    async def evaluate_async(self, pending: Pending) -> Response:
+        """Evaluate on the running event loop and fill the response (used by the middleware)."""
+        return self.fill(pending, await self.evaluator.evaluate(_callables(pending.fields)))
 
-    def _fill(self, response: Response, results: Mapping[str, Outcome]) -> Response:
+    def fill(self, pending: Pending, results: Mapping[str, Outcome]) -> Response:
+        """Render every field's outcome into the pending response."""
         outcomes = {
-            key: Outcome(field.value) if field.kind is Kind.CONSTANT else results[key]
-            for key, field in self.fields.items()
+            field.key: Outcome(field.value) if field.kind is Kind.CONSTANT else results[field.key]
+            for field in pending.fields
         }
+        critical = {field.key: field.critical for field in pending.fields}
+        wants_health_json = (
+            request.accept_mimetypes.best_match(["application/json", HEALTH_JSON]) == HEALTH_JSON
+        )
         dumps = current_app.json.dumps
+
+        def encode(outcomes: Mapping[str, Outcome]) -> tuple[str, Health]:
+            health = aggregate((critical[key], outcome.ok) for key, outcome in outcomes.items())
+            shown = outcomes if self.settings.expose_errors else hide_errors(outcomes)
+            if wants_health_json:
+                document = health_json_payload(self.settings.message, shown, critical, health)
+            else:
+                cached = {
+                    key: outcome
+                    for key, outcome in outcomes.items()
+                    if 0 < outcome.measured_at < pending.since
+                }
+                document = json_payload(self.settings.message, shown, health, cached)
+            return dumps(document), health
+
         try:
-            health = self._health(outcomes)
-            body = dumps(payload(self.message, outcomes, health))
+            body, health = encode(outcomes)
+            # A body this small cannot hold an oversized field: skip the per-field check.
+            suspect = len(body) > MAX_FIELD_BYTES
         except JSON_ERRORS:
-            failed = unserializable(outcomes, dumps)
-            for key, outcome in failed.items():
-                current_app.logger.error("status field %r: %s", key, outcome.error)
-            outcomes.update(failed)
-            health = self._health(outcomes)
-            body = dumps(payload(self.message, outcomes, health))
-        for listener in self.listeners:
+            suspect = True
+        if suspect:
+            invalid = invalid_values(outcomes, dumps)
+            for key, outcome in invalid.items():
+                current_app.logger.error("status field %r %s", key, outcome.error)
+            outcomes.update(invalid)
+            body, health = encode(outcomes)
+        for listener in self.status.listeners:
             listener(outcomes)
+
+        response = pending.response
         response.set_data(body + "\n")
         response.status_code = health.http_status
-        response.mimetype = "application/json"
+        response.mimetype = HEALTH_JSON if wants_health_json else "application/json"
         response.headers["Cache-Control"] = "no-store"
         return response
 
-    def _health(self, outcomes: Mapping[str, Outcome]) -> Health:
-        return aggregate(
-            (self.fields[key].critical, outcome.ok) for key, outcome in outcomes.items()
-        )
+    def respond(self) -> Response:
+        """Evaluate every field now, without the authenticator (for the CLI)."""
+        return self.evaluate_blocking(self.pending())
+
+    def paths(self, app: Flask) -> list[str]:
+        """The URLs this route is served at on ``app`` (a blueprint adds its prefix)."""
+        return [
+            rule.rule
+            for rule in app.url_map.iter_rules()
+            if app.view_functions.get(rule.endpoint) is self.view and not rule.arguments
+        ]
 
 
-def _check_authenticator(authenticator: Any) -> Optional[Authenticator]:
+def _callables(fields: list[Field]) -> list[Field]:
+    return [field for field in fields if field.kind is not Kind.CONSTANT]
+
+
+def _check_authenticator(authenticator: Any) -> Authenticator | None:
     if authenticator is not None and not callable(authenticator):
         raise TypeError(
             f"authenticator must be a callable decorator, got {type(authenticator).__name__}"
@@ -222,6 +288,6 @@ def _check_authenticator(authenticator: Any) -> Optional[Authenticator]:
 
 def _default_endpoint(url: str) -> str:
     """``status_ping`` for the default URL (as in 1.0.1), else a name derived from the URL."""
-    if url == _DEFAULT_URL:
+    if url == config.DEFAULTS.url:
         return "status_ping"
     return "status_ping_" + (re.sub(r"\W+", "_", url).strip("_") or "root")

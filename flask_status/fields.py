@@ -8,7 +8,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from flask.json.provider import DefaultJSONProvider
 
@@ -16,6 +16,13 @@ from flask.json.provider import DefaultJSONProvider
 #: check at 0.8 s leaves time to answer, so the kubelet reads "timed out" in the body instead
 #: of giving up on the connection.
 DEFAULT_TIMEOUT = 0.8
+
+
+#: Top-level payload keys the route writes itself.
+RESERVED_KEYS = {
+    "status": "it holds the overall status",
+    "cached": "it says when cached field values were measured",
+}
 
 
 class Kind(enum.Enum):
@@ -38,12 +45,12 @@ class Field:
     value: Any
     kind: Kind
     critical: bool = True
-    timeout: Optional[float] = None
-    cache_ttl: Optional[float] = None
+    timeout: float | None = None
+    cache_ttl: float | None = None
 
 
 def is_async_callable(value: Any) -> bool:
-    """True for ``async def`` functions, partials of them, and objects with an async ``__call__``."""
+    """True for ``async def`` functions, partials of them, and objects with async ``__call__``."""
     return inspect.iscoroutinefunction(value) or inspect.iscoroutinefunction(
         getattr(value, "__call__", None)  # noqa: B004 - we need the attribute, not callable()
     )
@@ -62,32 +69,37 @@ def check_seconds(name: str, value: Any, *, allow_zero: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
     seconds = float(value)
-    if math.isnan(seconds) or math.isinf(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
+    if (
+        math.isnan(seconds)
+        or math.isinf(seconds)
+        or seconds < 0
+        or (seconds == 0 and not allow_zero)
+    ):
         bound = "a finite number >= 0" if allow_zero else "a finite number > 0"
         raise ValueError(f"{name} must be {bound}, got {value!r}")
     return seconds
 
 
-def check_url(url: Any) -> str:
+def check_url(name: str, url: Any) -> str:
     """Validate the status route and add the leading slash Flask requires."""
     if not isinstance(url, str):
-        raise TypeError(f"url must be a str, got {type(url).__name__}")
+        raise TypeError(f"{name} must be a str, got {type(url).__name__}")
     if not url.strip():
-        raise ValueError("url must not be empty")
+        raise ValueError(f"{name} must not be empty")
     return url if url.startswith("/") else "/" + url
 
 
-def check_message(message: Any) -> dict[str, Any]:
+def check_message(name: str, message: Any) -> dict[str, Any]:
     """Turn the healthy payload into a private dict: a str becomes ``{"message": ...}``."""
     if isinstance(message, str):
         return {"message": message}
     if not isinstance(message, Mapping):
-        raise TypeError(f"message must be a str or a mapping, got {type(message).__name__}")
+        raise TypeError(f"{name} must be a str or a mapping, got {type(message).__name__}")
     payload = dict(message)
     for key in payload:
         if not isinstance(key, str):
-            raise TypeError(f"message keys must be str, got {key!r}")
-    check_json(payload, "message")
+            raise TypeError(f"{name} keys must be str, got {key!r}")
+    check_json(payload, name)
     return payload
 
 
@@ -104,8 +116,8 @@ def make_field(
         raise TypeError(f"key must be a str, got {type(key).__name__}")
     if not key:
         raise ValueError("key must be a non-empty str")
-    if key == "status":
-        raise ValueError('key "status" is reserved for the overall status')
+    if key in RESERVED_KEYS:
+        raise ValueError(f"key {key!r} is reserved: {RESERVED_KEYS[key]}")
     if not isinstance(critical, bool):
         raise TypeError(f"critical must be a bool, got {type(critical).__name__}")
     if timeout is not None:

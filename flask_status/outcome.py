@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 #: Longest error text placed in a response; the log keeps the whole error.
 MAX_ERROR_CHARS = 200
@@ -19,7 +19,7 @@ class Outcome:
     """
 
     value: Any = None
-    error: Optional[str] = None
+    error: str | None = None
     duration: float = 0.0
     measured_at: float = 0.0
 

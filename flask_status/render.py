@@ -1,9 +1,14 @@
-"""Rendering: field outcomes to the JSON payload the status route answers with."""
+"""Rendering: field outcomes to the body the status route answers with.
+
+Two formats: the default JSON (the message plus one entry per field), and the IETF draft
+"Health Check Response Format for HTTP APIs" (``application/health+json``).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 from .aggregate import Health
@@ -13,31 +18,102 @@ Dumps = Callable[[Any], str]
 
 JSON_ERRORS = (TypeError, ValueError, OverflowError, RecursionError)
 
+#: Largest encoded value one field may contribute; a larger one fails that field.
+MAX_FIELD_BYTES = 64 * 1024
 
-def unserializable(outcomes: Mapping[str, Outcome], dumps: Dumps) -> dict[str, Outcome]:
-    """The successful outcomes whose value ``dumps`` cannot encode, turned into failures."""
+#: Error text shown for every failing field when ``expose_errors`` is off.
+HIDDEN_ERROR = "check failed"
+
+HEALTH_JSON = "application/health+json"
+
+_HEALTH_JSON_STATUS = {Health.UP: "pass", Health.DEGRADED: "warn", Health.DOWN: "fail"}
+
+
+def invalid_values(outcomes: Mapping[str, Outcome], dumps: Dumps) -> dict[str, Outcome]:
+    """Successful outcomes whose value cannot be encoded or is too large, turned into failures."""
     failed = {}
     for key, outcome in outcomes.items():
         if not outcome.ok:
             continue
         try:
-            dumps(outcome.value)
+            size = len(dumps(outcome.value))
         except JSON_ERRORS as exc:
-            failed[key] = replace(
-                outcome, value=None, error=f"returned a value that is not JSON-serializable: {describe(exc)}"
-            )
+            error = f"returned a value that is not JSON-serializable: {describe(exc)}"
+        else:
+            if size <= MAX_FIELD_BYTES:
+                continue
+            error = f"returned a value too large to report ({size} > {MAX_FIELD_BYTES} bytes)"
+        failed[key] = replace(outcome, value=None, error=error)
     return failed
 
 
-def payload(message: Mapping[str, Any], outcomes: Mapping[str, Outcome], health: Health) -> dict[str, Any]:
+def hide_errors(outcomes: Mapping[str, Outcome]) -> dict[str, Outcome]:
+    """Replace every error text with :data:`HIDDEN_ERROR` (the log keeps the real one)."""
+    return {
+        key: outcome if outcome.ok else replace(outcome, error=HIDDEN_ERROR)
+        for key, outcome in outcomes.items()
+    }
+
+
+def json_payload(
+    message: Mapping[str, Any],
+    outcomes: Mapping[str, Outcome],
+    health: Health,
+    cached: Mapping[str, Outcome],
+) -> dict[str, Any]:
     """The message, one entry per field, and ``status`` overridden unless everything is fine.
 
     A failing field holds ``{"error": "..."}``. When the message has no ``status`` key, a
     healthy answer adds none (as Flask-Status 1.0.1 did); an unhealthy one always says so.
+    Values reused from the cache are listed under ``cached`` with when they were measured.
     """
     body = dict(message)
     for key, outcome in outcomes.items():
         body[key] = outcome.value if outcome.ok else {"error": outcome.error}
     if health is not Health.UP:
         body["status"] = health.value
+    if cached:
+        body["cached"] = {
+            key: {"measured_at": iso_time(outcome.measured_at)} for key, outcome in cached.items()
+        }
     return body
+
+
+def health_json_payload(
+    message: Mapping[str, Any],
+    outcomes: Mapping[str, Outcome],
+    critical: Mapping[str, bool],
+    health: Health,
+) -> dict[str, Any]:
+    """The IETF health+json document: ``status``, and ``checks`` keyed by field name."""
+    body: dict[str, Any] = {"status": _HEALTH_JSON_STATUS[health]}
+    description = message.get("message")
+    if isinstance(description, str):
+        body["description"] = description
+    failing = [key for key, outcome in outcomes.items() if not outcome.ok]
+    if failing:
+        body["output"] = "failing: " + ", ".join(failing)
+    body["checks"] = {
+        key: [_health_json_check(outcome, critical[key])] for key, outcome in outcomes.items()
+    }
+    return body
+
+
+def _health_json_check(outcome: Outcome, critical: bool) -> dict[str, Any]:
+    if outcome.ok:
+        check: dict[str, Any] = {"status": "pass"}
+    else:
+        check = {"status": "fail" if critical else "warn", "output": outcome.error}
+    if outcome.measured_at:  # constants were never measured
+        check["time"] = iso_time(outcome.measured_at)
+        check["duration"] = round(outcome.duration, 6)
+    value = outcome.value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        check["observedValue"] = value
+    return check
+
+
+def iso_time(timestamp: float) -> str:
+    """RFC 3339 UTC time with milliseconds, e.g. ``2026-11-24T16:30:00.123Z``."""
+    moment = datetime.fromtimestamp(timestamp, timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

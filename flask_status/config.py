@@ -1,0 +1,74 @@
+"""Settings of a status route: constructor arguments first, then ``app.config``, then defaults."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .fields import DEFAULT_TIMEOUT, check_message, check_seconds, check_url
+from .workers import DEFAULT_MAX_WORKERS
+
+
+def check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
+def check_workers(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings of one FlaskStatus on one app."""
+
+    url: str = "/api/status"
+    message: Mapping[str, Any] = field(default_factory=lambda: {"status": "OK"})
+    timeout: float = DEFAULT_TIMEOUT
+    cache_ttl: float = 0.0
+    expose_errors: bool = True
+    max_workers: int = DEFAULT_MAX_WORKERS
+
+
+DEFAULTS = Settings()
+
+#: Setting name -> validator taking (name for errors, value).
+VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
+    "url": check_url,
+    "message": check_message,
+    "timeout": check_seconds,
+    "cache_ttl": lambda name, value: check_seconds(name, value, allow_zero=True),
+    "expose_errors": check_bool,
+    "max_workers": check_workers,
+}
+
+
+def config_key(name: str) -> str:
+    """The ``app.config`` key of a setting: ``timeout`` -> ``STATUS_TIMEOUT``."""
+    return "STATUS_" + name.upper()
+
+
+def validate(given: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate the settings passed as arguments, dropping those left as ``None``."""
+    return {
+        name: VALIDATORS[name](name, value) for name, value in given.items() if value is not None
+    }
+
+
+def resolve(given: Mapping[str, Any], config: Mapping[str, Any]) -> Settings:
+    """Combine validated arguments with ``app.config`` and the defaults."""
+    values = {}
+    for name, check in VALIDATORS.items():
+        if name in given:
+            values[name] = given[name]
+        elif config_key(name) in config:
+            values[name] = check(config_key(name), config[config_key(name)])
+        else:
+            values[name] = getattr(DEFAULTS, name)
+    return Settings(**values)
