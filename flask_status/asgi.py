@@ -9,18 +9,22 @@ status routes itself, on the event loop, and passes everything else through::
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import io
 import sys
 from collections.abc import Awaitable, MutableMapping
 from typing import Any, Callable
 
+import anyio
+import anyio.to_thread
 from flask import Flask, Response, request_started
 from flask.globals import request_ctx
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, MapAdapter, Rule
 
-from .extension import EXTENSION_KEY, Pending, StatusRoute, deferred
+from .extension import EXTENSION_KEY, Pending, StatusRoute, deferred, no_store
+from .fields import is_async_callable
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -33,8 +37,8 @@ class StatusMiddleware:
     """Serve every FlaskStatus route of ``flask_app`` natively; pass other requests to ``asgi_app``.
 
     Answers are the same as under WSGI: the authenticator, the app's request hooks and error
-    handlers all apply. Sync checks run in worker threads, async checks on this event loop.
-    Request hooks and a sync authenticator run on the event loop, so they must not block.
+    handlers all apply. Sync checks run in worker threads, async checks on this event loop;
+    request hooks and a sync authenticator run in a worker thread, so they cannot stall it.
     """
 
     def __init__(self, asgi_app: ASGIApp, flask_app: Flask) -> None:
@@ -43,9 +47,10 @@ class StatusMiddleware:
         self.asgi_app = asgi_app
         self.flask_app = flask_app
         self._routes: MapAdapter | None = None
+        self._app_code: bool | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self._is_status_route(scope):
+        if scope["type"] == "http" and _on_asyncio() and self._is_status_route(scope):
             await self._serve(scope, receive, send)
         else:
             await self.asgi_app(scope, receive, send)
@@ -97,32 +102,47 @@ class StatusMiddleware:
         await send({"type": "http.response.body", "body": body})
 
     async def _full_dispatch(self, handover: list[tuple[StatusRoute, Pending]]) -> Response:
-        """``Flask.full_dispatch_request`` with the view awaited and the checks run on this loop."""
+        """``Flask.full_dispatch_request``, with the checks evaluated on this event loop."""
         app = self.flask_app
         try:
-            request_started.send(app, _async_wrapper=app.ensure_sync)
-            rv = app.preprocess_request()
-            if rv is None:
-                rv = await self._dispatch()
-                for route, pending in handover:  # the view deferred its checks to this loop
-                    await route.evaluate_async(pending)
+            rv = await self._in_thread(self._before_and_view)
+            if inspect.isawaitable(rv):  # an async authenticator's wrapper
+                rv = await rv
+            for route, pending in handover:  # the view deferred its checks to this loop
+                await route.evaluate_async(pending)
         except Exception as exc:
             rv = app.handle_user_exception(exc)
-        return app.finalize_request(rv)
+        response: Response = await self._in_thread(app.finalize_request, rv)
+        return response
 
-    async def _dispatch(self) -> Any:
-        """``Flask.dispatch_request``, awaiting the view when it is async."""
+    def _before_and_view(self) -> Any:
+        """Request hooks, then the view (whose result is awaitable when the view is async)."""
+        app = self.flask_app
+        request_started.send(app, _async_wrapper=app.ensure_sync)
+        rv = app.preprocess_request()
+        if rv is not None:
+            return rv
         req = request_ctx.request
         if req.routing_exception is not None:
-            self.flask_app.raise_routing_exception(req)
+            app.raise_routing_exception(req)
         rule = req.url_rule
         assert rule is not None and rule.endpoint is not None
         if getattr(rule, "provide_automatic_options", False) and req.method == "OPTIONS":
-            return self.flask_app.make_default_options_response()
-        rv = self.flask_app.view_functions[rule.endpoint](**(req.view_args or {}))
-        if inspect.isawaitable(rv):
-            rv = await rv
-        return rv
+            return app.make_default_options_response()
+        return app.view_functions[rule.endpoint](**(req.view_args or {}))
+
+    async def _in_thread(self, func: Callable[..., Any], *args: Any) -> Any:
+        """Run the app's own code in a worker thread when it may block or be async.
+
+        Request hooks, signal receivers and a sync authenticator are the app's code: in a
+        thread they cannot stall the event loop, and async hooks run as Flask runs them.
+        Without any, Flask's own steps are quick and run here.
+        """
+        if self._app_code is None:
+            self._app_code = _has_app_code(self.flask_app)
+        if self._app_code:
+            return await anyio.to_thread.run_sync(func, *args)
+        return func(*args)
 
 
 def _status_routes(app: Flask) -> MapAdapter:
@@ -134,6 +154,36 @@ def _status_routes(app: Flask) -> MapAdapter:
         if id(app.view_functions.get(rule.endpoint)) in views
     ]
     return Map(rules, strict_slashes=app.url_map.strict_slashes).bind("localhost")
+
+
+def _on_asyncio() -> bool:
+    """Native serving needs asyncio; under another event loop (trio) Flask answers as usual."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _has_app_code(app: Flask) -> bool:
+    """Whether serving a status request runs hooks, signal receivers or a sync authenticator."""
+    registries = (app.before_request_funcs, app.after_request_funcs, app.url_value_preprocessors)
+    hooks = [
+        func
+        for registry in registries
+        for funcs in registry.values()
+        for func in funcs
+        if func is not no_store  # the extension's own hook only sets a header
+    ]
+    routes: list[StatusRoute] = app.extensions.get(EXTENSION_KEY, [])
+    return (
+        bool(hooks)
+        or bool(request_started.receivers)
+        or any(
+            route.status.authenticator is not None and not is_async_callable(route.view)
+            for route in routes
+        )
+    )
 
 
 def _status_views(app: Flask) -> list[Callable[..., Any]]:

@@ -109,7 +109,10 @@ class FlaskStatus:
         add_url_rule(
             settings.url.rstrip("/") + "/<field>", endpoint + "_field", route.view, methods=["GET"]
         )
-        app.extensions.setdefault(EXTENSION_KEY, []).append(route)
+        routes = app.extensions.setdefault(EXTENSION_KEY, [])
+        if not routes:
+            app.after_request(no_store)
+        routes.append(route)
         if "status" not in app.cli.commands:
             from .cli import status_command  # the CLI needs click, which only Flask apps load
 
@@ -258,7 +261,6 @@ class StatusRoute:
         response.set_data(body + "\n")
         response.status_code = health.http_status
         response.mimetype = HEALTH_JSON if wants_health_json else "application/json"
-        response.headers["Cache-Control"] = "no-store"
         return response
 
     def respond(self) -> Response:
@@ -272,6 +274,16 @@ class StatusRoute:
             for rule in app.url_map.iter_rules()
             if app.view_functions.get(rule.endpoint) is self.view and not rule.arguments
         ]
+
+
+def no_store(response: Response) -> Response:
+    """After every request to a status route, denials and errors included: never cache health."""
+    view = current_app.view_functions.get(request.endpoint or "")
+    if view is not None and any(
+        view is route.view for route in current_app.extensions[EXTENSION_KEY]
+    ):
+        response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def _callables(fields: list[Field]) -> list[Field]:
