@@ -255,7 +255,10 @@ class StatusRoute:
             outcomes.update(invalid)
             body, health = encode(outcomes)
         for listener in self.status.listeners:
-            listener(outcomes)
+            try:
+                listener(outcomes)
+            except Exception:  # a broken metrics hook must not break the health answer
+                current_app.logger.exception("status listener %r failed", listener)
 
         response = pending.response
         response.set_data(body + "\n")
