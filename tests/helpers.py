@@ -197,16 +197,26 @@ class UvicornServer:
             self._process = subprocess.Popen(
                 command, env=self.env, stdout=log, stderr=subprocess.STDOUT
             )
+        try:
+            ready = self._wait_until_ready(self._process)
+        except BaseException:
+            self.stop()
+            raise
+        if not ready:
+            self.stop()
+        return ready
+
+    def _wait_until_ready(self, process: subprocess.Popen[bytes]) -> bool:
         deadline = time.monotonic() + self.STARTUP_SECONDS
         while time.monotonic() < deadline:
-            if self._process.poll() is not None:
+            if process.poll() is not None:
                 return False  # e.g. the port was taken between free_port() and bind
             try:
                 if self.fetch("/hello").status == 200:
                     return True
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
+            except (OSError, http.client.HTTPException):
+                pass  # not listening yet
+            time.sleep(0.05)
         return False
 
     def fetch(self, path: str, **options: Any) -> Reply:

@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import threading
-from collections import Counter
 from functools import wraps
 from pathlib import Path
 from typing import Any, Callable
@@ -18,7 +16,7 @@ from typing import Any, Callable
 from asgiref.wsgi import WsgiToAsgi
 from flask import Flask, Response, abort, current_app, g, jsonify, request
 from flask_sqlalchemy import SQLAlchemy
-from helpers import sleeping, sleeping_async
+from helpers import CallCounter, sleeping, sleeping_async
 from sqlalchemy import text
 
 from flask_status import FlaskStatus
@@ -66,6 +64,10 @@ def login_required_async(view: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+#: Status routes behind an authenticator; their field ``calls`` counts how often checks ran.
+AUTHENTICATORS = {"/private": login_required, "/private-async": login_required_async}
+
+
 def summary_for_anonymous(view: Callable[..., Any]) -> Callable[..., Any]:
     """An authenticator that edits the view's answer: callers without X-User get the status only."""
 
@@ -100,7 +102,13 @@ def as_async(check: Callable[[], Any]) -> Callable[[], Any]:
     return async_check
 
 
+def refused() -> None:
+    """A dependency that is down."""
+    raise ConnectionRefusedError("connection refused")
+
+
 def create_app(database: str | Path) -> Flask:
+    """The app, with its Flask-SQLAlchemy database in the SQLite file ``database``."""
     app = Flask(APP_NAME)
     app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{database}"
     db = SQLAlchemy(app)
@@ -110,16 +118,7 @@ def create_app(database: str | Path) -> Flask:
         db.session.execute(text("INSERT INTO services VALUES ('sqlite')"))
         db.session.commit()
 
-    calls: Counter[str] = Counter()
-    calls_lock = threading.Lock()
-
-    def counting(name: str) -> Callable[[], int]:
-        def check() -> int:
-            with calls_lock:
-                calls[name] += 1
-                return calls[name]
-
-        return check
+    counters = {url: CallCounter() for url in AUTHENTICATORS}
 
     @app.before_request
     def load_user() -> None:
@@ -142,8 +141,7 @@ def create_app(database: str | Path) -> Flask:
 
     @app.get("/calls")
     def call_counts() -> Response:
-        with calls_lock:
-            return jsonify(calls)
+        return jsonify({url: counter.calls for url, counter in counters.items()})
 
     main = FlaskStatus(app, timeout=2)
     main.add_field("version", "2.0.0")
@@ -154,6 +152,9 @@ def create_app(database: str | Path) -> Flask:
     down.add_field("database", refused)
     down.add_field("cache", "warm")
 
+    # Cancelled at its timeout, so a request never leaves it running.
+    FlaskStatus(app, url="/api/hung", timeout=0.2).add_field("queue", sleeping_async(60))
+
     checks = context_checks(db)
     sync_context = FlaskStatus(app, url="/ctx/sync")
     async_context = FlaskStatus(app, url="/ctx/async")
@@ -161,21 +162,13 @@ def create_app(database: str | Path) -> Flask:
         sync_context.add_field(key, check)
         async_context.add_field(key, as_async(check))
 
-    for url, authenticator in [
-        ("/private", login_required),
-        ("/private-async", login_required_async),
-    ]:
+    for url, authenticator in AUTHENTICATORS.items():
         private = FlaskStatus(app, url=url, authenticator=authenticator)
-        private.add_field("calls", counting(url))
+        private.add_field("calls", counters[url])
     summary = FlaskStatus(app, url="/summary", authenticator=summary_for_anonymous)
     summary.add_field("database", "sqlite")
     summary.add_field("mail", refused, critical=False)
     return app
-
-
-def refused() -> None:
-    """A dependency that is down."""
-    raise ConnectionRefusedError("connection refused")
 
 
 def create_asgi_app() -> StatusMiddleware:

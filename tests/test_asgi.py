@@ -27,17 +27,19 @@ def test_concurrent_status_requests_do_not_serialise(asgi_server: UvicornServer)
     started = time.perf_counter()
     for thread in threads:
         thread.start()
-    for _ in threads:
-        assert sent.acquire(timeout=10)
-    with lock:
-        answered_before_hello = len(replies)
-    hello_started = time.perf_counter()
-    hello = asgi_server.fetch("/hello")
-    hello_seconds = time.perf_counter() - hello_started
-    for thread in threads:
-        thread.join(timeout=15)
+    try:
+        all_sent = all(sent.acquire(timeout=10) for _ in threads)
+        with lock:
+            answered_before_hello = len(replies)
+        hello_started = time.perf_counter()
+        hello = asgi_server.fetch("/hello")
+        hello_seconds = time.perf_counter() - hello_started
+    finally:
+        for thread in threads:
+            thread.join(timeout=15)
     total_seconds = time.perf_counter() - started
 
+    assert all_sent
     assert answered_before_hello < CONCURRENT_REQUESTS, "the status requests were not in flight"
     assert hello.status == 200
     assert hello.body == b"hello"
@@ -59,6 +61,8 @@ SAME_ANSWER_CASES = {
     "healthy": ("GET", "/api/status", {}),
     "head": ("HEAD", "/api/status", {}),
     "down": ("GET", "/api/down", {}),
+    "head-down": ("HEAD", "/api/down", {}),
+    "timed-out": ("GET", "/api/hung", {}),
     "contexts": ("GET", "/ctx/async?q=1", {"X-User": "alice", "X-Probe": "abc"}),
     "aborted-by-before-request": ("GET", "/api/status", {"X-Throttle": "1"}),
     "rejected-by-authenticator": ("GET", "/private", {}),
@@ -107,6 +111,7 @@ def test_hooks_error_handler_and_headers_on_the_native_path(asgi_server: Uvicorn
     assert throttled.status == 429
     assert throttled.json() == {"error": "throttled"}
     assert throttled.headers["x-served-by"] == status_app.APP_NAME
+
     assert down.status == 503
     assert down.headers["cache-control"] == "no-store"
     assert down.headers["content-type"] == "application/json"

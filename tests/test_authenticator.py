@@ -6,13 +6,13 @@ import pytest
 import status_app
 from helpers import Fetch
 
-PRIVATE_URLS = ["/private", "/private-async"]
+PRIVATE_URLS = list(status_app.AUTHENTICATORS)
 
 
 def calls(fetch: Fetch, url: str) -> int:
     """How many times the checks of status route ``url`` have run in the app."""
     counts: dict[str, int] = fetch("/calls").json()
-    return counts.get(url, 0)
+    return counts[url]
 
 
 @pytest.mark.parametrize("url", PRIVATE_URLS)
