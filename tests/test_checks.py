@@ -181,7 +181,7 @@ def test_redis_asyncio_on_the_asgi_servers_loop(status_app: StatusApp, redis_por
 
 
 def test_redis_rejects_other_objects(redis_port: int) -> None:
-    with pytest.raises(TypeError, match="client must be a redis.Redis"):
+    with pytest.raises(TypeError, match=r"client must be a redis\.Redis"):
         checks.redis(f"redis://127.0.0.1:{redis_port}")
 
 
