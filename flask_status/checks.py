@@ -18,12 +18,12 @@ import os
 import shutil
 import time
 from collections.abc import Awaitable, Collection
-from types import TracebackType
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
 import anyio
 
+from .extras import requires_extra
 from .fields import check_seconds
 
 #: What a check reports on success.
@@ -34,29 +34,6 @@ AsyncCheck = Callable[[], Awaitable[Observed]]
 
 class CheckFailed(Exception):
     """A dependency answered, but not as a healthy one does."""
-
-
-class _Extra:
-    """Turn a missing optional package into an ImportError saying which extra to install."""
-
-    def __init__(self, check: str, extra: str) -> None:
-        self.check = check
-        self.extra = extra
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if isinstance(exc, ImportError):
-            raise ImportError(
-                f"checks.{self.check}() needs the {self.extra!r} extra: "
-                f"pip install 'flask-status[{self.extra}]'"
-            ) from exc
 
 
 def _elapsed_ms(started: float) -> float:
@@ -73,7 +50,7 @@ def sqlalchemy(engine: Any) -> SyncCheck:
     Reports ``{"latency_ms": ...}`` (connecting included: a health check should see a
     database that refuses new connections).
     """
-    with _Extra("sqlalchemy", "sqlalchemy"):
+    with requires_extra("checks.sqlalchemy()", "sqlalchemy"):
         from sqlalchemy import text
         from sqlalchemy.engine import Engine
 
@@ -122,7 +99,7 @@ def redis(client: Any) -> SyncCheck | AsyncCheck:
     loop. An asyncio client's connections belong to the loop that opened them, so use one
     client per loop: under WSGI the checks' background loop, under ASGI the server's.
     """
-    with _Extra("redis", "redis"):
+    with requires_extra("checks.redis()", "redis"):
         import redis as redis_lib
         import redis.asyncio as redis_asyncio
 
@@ -163,7 +140,7 @@ def http(
     at ``None`` the field's timeout alone bounds the request. Reports
     ``{"status_code": ..., "latency_ms": ...}``.
     """
-    with _Extra("http", "http"):
+    with requires_extra("checks.http()", "http"):
         import httpx
 
     if not isinstance(url, str):

@@ -333,7 +333,7 @@ def test_modules_import_without_optional_packages() -> None:
     blocked = ["sqlalchemy", "redis", "httpx", "prometheus_client", "flask_sqlalchemy"]
     code = (
         f"import sys; sys.modules.update(dict.fromkeys({blocked!r}));"
-        "import flask_status.checks, flask_status.probe, flask_status.prometheus;"
+        "import flask_status.checks, flask_status.probe, flask_status.__main__;"
         "flask_status.checks.tcp('127.0.0.1', 1); flask_status.checks.disk('/', 0)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
