@@ -25,6 +25,7 @@ import anyio
 
 from .extras import requires_extra
 from .fields import check_seconds
+from .outcome import describe
 
 #: What a check reports on success.
 Observed = dict[str, Any]
@@ -38,6 +39,24 @@ class CheckFailed(Exception):
 
 def _elapsed_ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 2)
+
+
+def _reason(exc: BaseException) -> str:
+    """The deepest cause that has a message: it says why (``Connection refused``), where
+    the wrappers above it only say that connecting failed."""
+    reason: BaseException = exc
+    cause = _cause_of(exc)
+    while cause is not None:
+        if isinstance(cause, Exception) and str(cause):  # not a cancellation
+            reason = cause
+        cause = _cause_of(cause)
+    return describe(reason)
+
+
+def _cause_of(exc: BaseException) -> BaseException | None:
+    # The implicit context counts even when suppressed: httpcore hides the OSError that says
+    # "Connection refused" that way, and here the chain is all from one connection attempt.
+    return exc.__cause__ or exc.__context__
 
 
 # -- databases ---------------------------------------------------------------------------
@@ -154,8 +173,15 @@ def http(
 
     async def check_http() -> Observed:
         started = time.perf_counter()
-        async with httpx.AsyncClient(timeout=seconds, follow_redirects=False) as client:
-            response = await client.get(url)
+        try:
+            async with httpx.AsyncClient(timeout=seconds, follow_redirects=False) as client:
+                response = await client.get(url)
+        except httpx.TimeoutException as exc:  # only raised when ``timeout`` is set
+            raise CheckFailed(
+                f"GET {url} timed out after {seconds:g}s ({type(exc).__name__})"
+            ) from exc
+        except httpx.TransportError as exc:
+            raise CheckFailed(f"GET {url} failed: {_reason(exc)}") from exc
         if response.status_code not in expected:
             raise CheckFailed(f"GET {url} answered {response.status_code}, expected {wanted}")
         return {"status_code": response.status_code, "latency_ms": _elapsed_ms(started)}
@@ -188,7 +214,10 @@ def tcp(host: str, port: int) -> AsyncCheck:
 
     async def check_tcp() -> Observed:
         started = time.perf_counter()
-        stream = await anyio.connect_tcp(host, port)
+        try:
+            stream = await anyio.connect_tcp(host, port)
+        except OSError as exc:
+            raise CheckFailed(f"cannot connect to {host}:{port}: {_reason(exc)}") from exc
         latency_ms = _elapsed_ms(started)
         await stream.aclose()
         return {"latency_ms": latency_ms}
