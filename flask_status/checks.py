@@ -45,8 +45,10 @@ def _reason(exc: BaseException) -> str:
     """The deepest cause that has a message: it says why (``Connection refused``), where
     the wrappers above it only say that connecting failed."""
     reason: BaseException = exc
+    seen = {id(exc)}
     cause = _cause_of(exc)
-    while cause is not None:
+    while cause is not None and id(cause) not in seen:  # a chain set by hand may loop
+        seen.add(id(cause))
         if isinstance(cause, Exception) and str(cause):  # not a cancellation
             reason = cause
         cause = _cause_of(cause)
@@ -66,8 +68,8 @@ def sqlalchemy(engine: Any) -> SyncCheck:
     """Run ``SELECT 1`` on a SQLAlchemy ``Engine`` or a Flask-SQLAlchemy ``db``.
 
     With a ``db``, its engine is looked up on each run, in the app context of the request.
-    Reports ``{"latency_ms": ...}`` (connecting included: a health check should see a
-    database that refuses new connections).
+    Reports ``{"latency_ms": ...}``, checking a connection out of the engine's pool included
+    (the pool opens one when it has none idle).
     """
     with requires_extra("checks.sqlalchemy()", "sqlalchemy"):
         from sqlalchemy import text
