@@ -1,17 +1,27 @@
-"""Shared fixtures: apps, clients, uvicorn processes, and one request API for WSGI and ASGI."""
+"""Shared fixtures: apps, clients, uvicorn processes, one request API for WSGI and ASGI, and
+real local servers (HTTP, redis) and ports that refuse connections."""
 
 from __future__ import annotations
 
+import shutil
+import socket
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import partial
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 import status_app
 from flask import Flask
 from flask.testing import FlaskClient
-from helpers import Fetch, UvicornServer, client_fetch
+from helpers import Fetch, UvicornServer, client_fetch, free_port
+
+from flask_status import FlaskStatus
 
 
 @pytest.fixture
@@ -72,3 +82,139 @@ def fetch(request: pytest.FixtureRequest) -> Fetch:
         return wsgi_fetch
     server: UvicornServer = request.getfixturevalue("asgi_server")
     return server.fetch
+
+
+#: Generous: the test machine is shared and slow at times; failures here come from errors.
+FIELD_TIMEOUT = 5.0
+
+
+@dataclass
+class StatusApp:
+    """A Flask app with a FlaskStatus on it, and a way to read its status route."""
+
+    app: Flask
+    status: FlaskStatus
+
+    def get(self) -> tuple[int, Any]:
+        """Request the status route: its HTTP status and JSON body."""
+        response = self.app.test_client().get(self.status.url)
+        assert response.headers["Cache-Control"] == "no-store"
+        return response.status_code, response.get_json()
+
+
+@pytest.fixture
+def status_app() -> StatusApp:
+    app = Flask(__name__)
+    return StatusApp(app, FlaskStatus(app, timeout=FIELD_TIMEOUT))
+
+
+# -- ports -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that refuses connections.
+
+    The socket stays bound without listening, so no other process can take the port while
+    the test runs, and a connection to it is refused at once.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+# -- HTTP server -------------------------------------------------------------------------
+
+
+@dataclass
+class HttpServer:
+    """A real HTTP server on 127.0.0.1: ``/status/<code>`` answers ``<code>``, ``/hang`` never."""
+
+    port: int
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+@pytest.fixture
+def http_server() -> Iterator[HttpServer]:
+    release = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/hang":
+                release.wait(30)  # holds the connection open until the test ends
+                return
+            code = int(self.path.rsplit("/", 1)[-1]) if self.path.startswith("/status/") else 404
+            body = f'{{"code": {code}}}\n'.encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # keep test output quiet
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.block_on_close = True  # server_close() joins the request threads
+    server.daemon_threads = False
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield HttpServer(server.server_address[1])
+    finally:
+        release.set()
+        server.shutdown()
+        thread.join(10)
+        server.server_close()
+
+
+# -- redis -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A real ``redis-server`` on 127.0.0.1, without persistence, for the whole session."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    workdir = tmp_path_factory.mktemp("redis")
+    for _ in range(3):  # another process may take the free port before redis binds it
+        port = free_port()
+        process = _start_redis(binary, port, workdir)
+        if process is not None:
+            break
+    else:
+        pytest.fail("redis-server did not start")
+    try:
+        yield port
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _start_redis(binary: str, port: int, workdir: Path) -> subprocess.Popen[bytes] | None:
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and process.poll() is None:
+        if _answers_ping(port) and process.poll() is None:
+            return process
+        time.sleep(0.05)
+    process.kill()
+    process.wait(10)
+    return None
+
+
+def _answers_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False

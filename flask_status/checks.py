@@ -1,0 +1,256 @@
+"""Ready-made checks for common dependencies, each a factory returning a field for ``add_field``.
+
+A check returns what it observed (``{"latency_ms": 1.2}``) and raises when the dependency is
+unhealthy; the status route shows the error in that field. Arguments are validated when the
+factory is called, at setup time. Optional packages are imported by the factory that needs
+them, so ``import flask_status.checks`` works without any of them::
+
+    status.add_field("database", checks.sqlalchemy(db))
+    status.add_field("cache", checks.redis(redis_client))
+    status.add_field("payments", checks.http("https://payments.internal/health"))
+    status.add_field("queue", checks.tcp("rabbitmq", 5672))
+    status.add_field("disk", checks.disk("/var/lib/app", min_free=1 << 30))
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Awaitable, Collection
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+import anyio
+
+from .extras import requires_extra
+from .fields import check_seconds
+from .outcome import describe
+
+#: What a check reports on success.
+Observed = dict[str, Any]
+SyncCheck = Callable[[], Observed]
+AsyncCheck = Callable[[], Awaitable[Observed]]
+
+
+class CheckFailed(Exception):
+    """A dependency answered, but not as a healthy one does."""
+
+
+def _elapsed_ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)
+
+
+def _reason(exc: BaseException) -> str:
+    """The deepest cause that has a message: it says why (``Connection refused``), where
+    the wrappers above it only say that connecting failed."""
+    reason: BaseException = exc
+    seen = {id(exc)}
+    cause = _cause_of(exc)
+    while cause is not None and id(cause) not in seen:  # a chain set by hand may loop
+        seen.add(id(cause))
+        if isinstance(cause, Exception) and str(cause):  # not a cancellation
+            reason = cause
+        cause = _cause_of(cause)
+    return describe(reason)
+
+
+def _cause_of(exc: BaseException) -> BaseException | None:
+    # The implicit context counts even when suppressed: httpcore hides the OSError that says
+    # "Connection refused" that way, and here the chain is all from one connection attempt.
+    return exc.__cause__ or exc.__context__
+
+
+# -- databases ---------------------------------------------------------------------------
+
+
+def sqlalchemy(engine: Any) -> SyncCheck:
+    """Run ``SELECT 1`` on a SQLAlchemy ``Engine`` or a Flask-SQLAlchemy ``db``.
+
+    With a ``db``, its engine is looked up on each run, in the app context of the request.
+    Reports ``{"latency_ms": ...}``, checking a connection out of the engine's pool included
+    (the pool opens one when it has none idle).
+    """
+    with requires_extra("checks.sqlalchemy()", "sqlalchemy"):
+        from sqlalchemy import text
+        from sqlalchemy.engine import Engine
+
+    get_engine: Callable[[], Engine]
+    if isinstance(engine, Engine):
+        fixed = engine
+
+        def get_engine() -> Engine:
+            return fixed
+
+    elif _is_flask_sqlalchemy(engine):
+        db = engine
+
+        def get_engine() -> Engine:
+            return db.engine  # type: ignore[no-any-return]
+
+    else:
+        raise TypeError(
+            "engine must be a sqlalchemy Engine or a Flask-SQLAlchemy db, "
+            f"got {type(engine).__name__}"
+        )
+    select_one = text("SELECT 1")
+
+    def check_sqlalchemy() -> Observed:
+        started = time.perf_counter()
+        with get_engine().connect() as connection:
+            connection.execute(select_one).scalar_one()
+        return {"latency_ms": _elapsed_ms(started)}
+
+    return check_sqlalchemy
+
+
+def _is_flask_sqlalchemy(value: Any) -> bool:
+    try:
+        from flask_sqlalchemy import SQLAlchemy
+    except ImportError:
+        return False
+    return isinstance(value, SQLAlchemy)
+
+
+def redis(client: Any) -> SyncCheck | AsyncCheck:
+    """PING a redis server through ``client``; reports ``{"latency_ms": ...}``.
+
+    A ``redis.Redis`` (or ``RedisCluster``) gives a sync check, run in a worker thread; a
+    ``redis.asyncio.Redis`` (or its ``RedisCluster``) gives an async check, run on the event
+    loop. An asyncio client's connections belong to the loop that opened them, so use one
+    client per loop: under WSGI the checks' background loop, under ASGI the server's.
+    """
+    with requires_extra("checks.redis()", "redis"):
+        import redis as redis_lib
+        import redis.asyncio as redis_asyncio
+
+    if isinstance(client, (redis_asyncio.Redis, redis_asyncio.RedisCluster)):
+        async_client = client
+
+        async def check_redis_async() -> Observed:
+            started = time.perf_counter()
+            await async_client.ping()
+            return {"latency_ms": _elapsed_ms(started)}
+
+        return check_redis_async
+    if isinstance(client, (redis_lib.Redis, redis_lib.RedisCluster)):
+        sync_client = client
+
+        def check_redis() -> Observed:
+            started = time.perf_counter()
+            sync_client.ping()
+            return {"latency_ms": _elapsed_ms(started)}
+
+        return check_redis
+    raise TypeError(
+        f"client must be a redis.Redis or redis.asyncio.Redis client, got {type(client).__name__}"
+    )
+
+
+# -- network -----------------------------------------------------------------------------
+
+
+def http(
+    url: str,
+    expect_status: int | Collection[int] = 200,
+    timeout: float | None = None,
+) -> AsyncCheck:
+    """GET ``url`` and fail unless the response status is ``expect_status`` (one or several).
+
+    Redirects are not followed. ``timeout`` (seconds) bounds connecting and each read; left
+    at ``None`` the field's timeout alone bounds the request. Reports
+    ``{"status_code": ..., "latency_ms": ...}``.
+    """
+    with requires_extra("checks.http()", "http"):
+        import httpx
+
+    if not isinstance(url, str):
+        raise TypeError(f"url must be a str, got {type(url).__name__}")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"url must be an absolute http:// or https:// URL, got {url!r}")
+    expected = _status_codes(expect_status)
+    seconds = None if timeout is None else check_seconds("timeout", timeout)
+    wanted = " or ".join(str(code) for code in sorted(expected))
+
+    async def check_http() -> Observed:
+        started = time.perf_counter()
+        try:
+            async with httpx.AsyncClient(timeout=seconds, follow_redirects=False) as client:
+                response = await client.get(url)
+        except httpx.TimeoutException as exc:  # only raised when ``timeout`` is set
+            raise CheckFailed(
+                f"GET {url} timed out after {seconds:g}s ({type(exc).__name__})"
+            ) from exc
+        except httpx.TransportError as exc:
+            raise CheckFailed(f"GET {url} failed: {_reason(exc)}") from exc
+        if response.status_code not in expected:
+            raise CheckFailed(f"GET {url} answered {response.status_code}, expected {wanted}")
+        return {"status_code": response.status_code, "latency_ms": _elapsed_ms(started)}
+
+    return check_http
+
+
+def _status_codes(expect_status: Any) -> frozenset[int]:
+    codes = [expect_status] if isinstance(expect_status, int) else expect_status
+    if isinstance(codes, (str, bytes)) or not isinstance(codes, Collection) or not codes:
+        raise TypeError("expect_status must be an HTTP status code or a collection of them")
+    for code in codes:
+        if isinstance(code, bool) or not isinstance(code, int):
+            raise TypeError(f"expect_status must hold ints, got {code!r}")
+        if not 100 <= code <= 599:
+            raise ValueError(f"expect_status must be HTTP status codes (100-599), got {code}")
+    return frozenset(codes)
+
+
+def tcp(host: str, port: int) -> AsyncCheck:
+    """Open (and close) a TCP connection to ``host:port``; reports ``{"latency_ms": ...}``."""
+    if not isinstance(host, str):
+        raise TypeError(f"host must be a str, got {type(host).__name__}")
+    if not host:
+        raise ValueError("host must be a non-empty str")
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise TypeError(f"port must be an int, got {type(port).__name__}")
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port must be between 1 and 65535, got {port}")
+
+    async def check_tcp() -> Observed:
+        started = time.perf_counter()
+        try:
+            stream = await anyio.connect_tcp(host, port)
+        except OSError as exc:
+            raise CheckFailed(f"cannot connect to {host}:{port}: {_reason(exc)}") from exc
+        latency_ms = _elapsed_ms(started)
+        await stream.aclose()
+        return {"latency_ms": latency_ms}
+
+    return check_tcp
+
+
+# -- local resources ---------------------------------------------------------------------
+
+
+def disk(path: str | os.PathLike[str], min_free: int) -> SyncCheck:
+    """Fail when the filesystem holding ``path`` has less than ``min_free`` bytes free.
+
+    Reports ``{"free_bytes": ..., "total_bytes": ...}``: the bytes an unprivileged process
+    may still write, as ``shutil.disk_usage`` counts them.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or a path, got {type(path).__name__}")
+    if not os.fspath(path):
+        raise ValueError("path must not be empty")
+    if isinstance(min_free, bool) or not isinstance(min_free, int):
+        raise TypeError(f"min_free must be an int number of bytes, got {type(min_free).__name__}")
+    if min_free < 0:
+        raise ValueError(f"min_free must be >= 0, got {min_free}")
+
+    def check_disk() -> Observed:
+        usage = shutil.disk_usage(path)
+        if usage.free < min_free:
+            raise CheckFailed(
+                f"{usage.free} bytes free on {os.fspath(path)}, below min_free {min_free}"
+            )
+        return {"free_bytes": usage.free, "total_bytes": usage.total}
+
+    return check_disk
