@@ -103,7 +103,7 @@ class StatusApp:
 
 
 @pytest.fixture
-def status_app() -> StatusApp:
+def checked_app() -> StatusApp:
     app = Flask(__name__)
     return StatusApp(app, FlaskStatus(app, timeout=FIELD_TIMEOUT))
 

@@ -32,9 +32,9 @@ def assert_latency(value: Any) -> None:
     assert value["latency_ms"] >= 0
 
 
-def assert_down(status_app: StatusApp, key: str, *fragments: str) -> None:
+def assert_down(checked_app: StatusApp, key: str, *fragments: str) -> None:
     """The route answers 503 DOWN and the field's one-line error holds every fragment."""
-    code, body = status_app.get()
+    code, body = checked_app.get()
     assert code == 503
     assert body["status"] == "DOWN"
     assert set(body[key]) == {"error"}
@@ -52,42 +52,44 @@ def sqlite_engine(tmp_path: Path) -> Iterator[sa.Engine]:
     engine.dispose()
 
 
-def test_sqlalchemy_engine_up(status_app: StatusApp, sqlite_engine: sa.Engine) -> None:
-    status_app.status.add_field("database", checks.sqlalchemy(sqlite_engine))
-    code, body = status_app.get()
+def test_sqlalchemy_engine_up(checked_app: StatusApp, sqlite_engine: sa.Engine) -> None:
+    checked_app.status.add_field("database", checks.sqlalchemy(sqlite_engine))
+    code, body = checked_app.get()
     assert code == 200
     assert body["status"] == "OK"
     assert_latency(body["database"])
 
 
-def test_sqlalchemy_engine_down(status_app: StatusApp, tmp_path: Path) -> None:
+def test_sqlalchemy_engine_down(checked_app: StatusApp, tmp_path: Path) -> None:
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'missing-dir' / 'app.db'}")
-    status_app.status.add_field("database", checks.sqlalchemy(engine))
+    checked_app.status.add_field("database", checks.sqlalchemy(engine))
     try:
-        assert_down(status_app, "database", "OperationalError", "unable to open database file")
+        assert_down(checked_app, "database", "OperationalError", "unable to open database file")
     finally:
         engine.dispose()
 
 
-def test_flask_sqlalchemy_db_resolved_in_app_context(status_app: StatusApp, tmp_path: Path) -> None:
+def test_flask_sqlalchemy_db_resolved_in_app_context(
+    checked_app: StatusApp, tmp_path: Path
+) -> None:
     db = SQLAlchemy()
     # Built before init_app, as with an app factory: the engine is looked up per request.
-    status_app.status.add_field("database", checks.sqlalchemy(db))
-    status_app.app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{tmp_path / 'app.db'}"
-    db.init_app(status_app.app)
-    code, body = status_app.get()
+    checked_app.status.add_field("database", checks.sqlalchemy(db))
+    checked_app.app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{tmp_path / 'app.db'}"
+    db.init_app(checked_app.app)
+    code, body = checked_app.get()
     assert code == 200
     assert_latency(body["database"])
-    with status_app.app.app_context():
+    with checked_app.app.app_context():
         db.engine.dispose()
 
 
-def test_flask_sqlalchemy_db_down(status_app: StatusApp, tmp_path: Path) -> None:
-    status_app.app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{tmp_path / 'no' / 'app.db'}"
-    db = SQLAlchemy(status_app.app)
-    status_app.status.add_field("database", checks.sqlalchemy(db))
-    assert_down(status_app, "database", "OperationalError")
-    with status_app.app.app_context():
+def test_flask_sqlalchemy_db_down(checked_app: StatusApp, tmp_path: Path) -> None:
+    checked_app.app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{tmp_path / 'no' / 'app.db'}"
+    db = SQLAlchemy(checked_app.app)
+    checked_app.status.add_field("database", checks.sqlalchemy(db))
+    assert_down(checked_app, "database", "OperationalError")
+    with checked_app.app.app_context():
         db.engine.dispose()
 
 
@@ -127,47 +129,47 @@ def async_redis_client(redis_port: int) -> Iterator[redis_asyncio.Redis]:
     close_on_background_loop(client)
 
 
-def test_redis_sync_up(status_app: StatusApp, redis_client: redis_lib.Redis) -> None:
+def test_redis_sync_up(checked_app: StatusApp, redis_client: redis_lib.Redis) -> None:
     check = checks.redis(redis_client)
     assert not is_async_callable(check)
-    status_app.status.add_field("cache", check)
-    code, body = status_app.get()
+    checked_app.status.add_field("cache", check)
+    code, body = checked_app.get()
     assert code == 200
     assert_latency(body["cache"])
 
 
-def test_redis_sync_down(status_app: StatusApp, closed_port: int) -> None:
+def test_redis_sync_down(checked_app: StatusApp, closed_port: int) -> None:
     client = redis_lib.Redis(port=closed_port, socket_connect_timeout=1, retry=None)
-    status_app.status.add_field("cache", checks.redis(client))
-    assert_down(status_app, "cache", "ConnectionError", str(closed_port))
+    checked_app.status.add_field("cache", checks.redis(client))
+    assert_down(checked_app, "cache", "ConnectionError", str(closed_port))
     client.close()
 
 
-def test_redis_asyncio_up(status_app: StatusApp, async_redis_client: redis_asyncio.Redis) -> None:
+def test_redis_asyncio_up(checked_app: StatusApp, async_redis_client: redis_asyncio.Redis) -> None:
     check = checks.redis(async_redis_client)
     assert is_async_callable(check)  # so the engine runs it on the event loop
-    status_app.status.add_field("cache", check)
+    checked_app.status.add_field("cache", check)
     for _ in range(2):  # the second request reuses the connection opened on the loop
-        code, body = status_app.get()
+        code, body = checked_app.get()
         assert code == 200
         assert_latency(body["cache"])
 
 
-def test_redis_asyncio_down(status_app: StatusApp, closed_port: int) -> None:
+def test_redis_asyncio_down(checked_app: StatusApp, closed_port: int) -> None:
     client = redis_asyncio.Redis(port=closed_port, socket_connect_timeout=1, retry=None)
-    status_app.status.add_field("cache", checks.redis(client))
+    checked_app.status.add_field("cache", checks.redis(client))
     try:
-        assert_down(status_app, "cache", "ConnectionError", str(closed_port))
+        assert_down(checked_app, "cache", "ConnectionError", str(closed_port))
     finally:
         close_on_background_loop(client)
 
 
-def test_redis_asyncio_on_the_asgi_servers_loop(status_app: StatusApp, redis_port: int) -> None:
-    asgi_app = StatusMiddleware(WsgiToAsgi(status_app.app), status_app.app)
+def test_redis_asyncio_on_the_asgi_servers_loop(checked_app: StatusApp, redis_port: int) -> None:
+    asgi_app = StatusMiddleware(WsgiToAsgi(checked_app.app), checked_app.app)
 
     async def serve() -> httpx.Response:
         client = redis_asyncio.Redis(port=redis_port, socket_timeout=2)
-        status_app.status.add_field("cache", checks.redis(client))
+        checked_app.status.add_field("cache", checks.redis(client))
         try:
             transport = httpx.ASGITransport(app=asgi_app)
             async with httpx.AsyncClient(transport=transport, base_url="http://app") as http:
@@ -188,39 +190,39 @@ def test_redis_rejects_other_objects(redis_port: int) -> None:
 # -- http --------------------------------------------------------------------------------
 
 
-def test_http_up(status_app: StatusApp, http_server: HttpServer) -> None:
-    status_app.status.add_field("api", checks.http(http_server.url("/status/200")))
-    code, body = status_app.get()
+def test_http_up(checked_app: StatusApp, http_server: HttpServer) -> None:
+    checked_app.status.add_field("api", checks.http(http_server.url("/status/200")))
+    code, body = checked_app.get()
     assert code == 200
     assert body["api"]["status_code"] == 200
     assert_latency(body["api"])
 
 
-def test_http_expected_statuses(status_app: StatusApp, http_server: HttpServer) -> None:
-    status_app.status.add_field(
+def test_http_expected_statuses(checked_app: StatusApp, http_server: HttpServer) -> None:
+    checked_app.status.add_field(
         "api", checks.http(http_server.url("/status/204"), expect_status={200, 204})
     )
-    code, body = status_app.get()
+    code, body = checked_app.get()
     assert code == 200
     assert body["api"]["status_code"] == 204
 
 
-def test_http_unexpected_status(status_app: StatusApp, http_server: HttpServer) -> None:
+def test_http_unexpected_status(checked_app: StatusApp, http_server: HttpServer) -> None:
     url = http_server.url("/status/500")
-    status_app.status.add_field("api", checks.http(url))
-    assert_down(status_app, "api", f"CheckFailed: GET {url} answered 500, expected 200")
+    checked_app.status.add_field("api", checks.http(url))
+    assert_down(checked_app, "api", f"CheckFailed: GET {url} answered 500, expected 200")
 
 
-def test_http_connection_refused(status_app: StatusApp, closed_port: int) -> None:
+def test_http_connection_refused(checked_app: StatusApp, closed_port: int) -> None:
     url = f"http://127.0.0.1:{closed_port}/"
-    status_app.status.add_field("api", checks.http(url))
-    assert_down(status_app, "api", f"CheckFailed: GET {url} failed: ConnectionRefusedError")
+    checked_app.status.add_field("api", checks.http(url))
+    assert_down(checked_app, "api", f"CheckFailed: GET {url} failed: ConnectionRefusedError")
 
 
-def test_http_own_timeout(status_app: StatusApp, http_server: HttpServer) -> None:
-    status_app.status.add_field("api", checks.http(http_server.url("/hang"), timeout=0.3))
+def test_http_own_timeout(checked_app: StatusApp, http_server: HttpServer) -> None:
+    checked_app.status.add_field("api", checks.http(http_server.url("/hang"), timeout=0.3))
     started = time.monotonic()
-    assert_down(status_app, "api", "timed out after 0.3s (ReadTimeout)")
+    assert_down(checked_app, "api", "timed out after 0.3s (ReadTimeout)")
     assert time.monotonic() - started < 3  # well under the field's 5 s timeout
 
 
@@ -246,17 +248,17 @@ def test_http_validates_arguments(kwargs: dict[str, Any], error: type, match: st
 # -- tcp ---------------------------------------------------------------------------------
 
 
-def test_tcp_up(status_app: StatusApp, http_server: HttpServer) -> None:
-    status_app.status.add_field("socket", checks.tcp("127.0.0.1", http_server.port))
-    code, body = status_app.get()
+def test_tcp_up(checked_app: StatusApp, http_server: HttpServer) -> None:
+    checked_app.status.add_field("socket", checks.tcp("127.0.0.1", http_server.port))
+    code, body = checked_app.get()
     assert code == 200
     assert_latency(body["socket"])
 
 
-def test_tcp_refused(status_app: StatusApp, closed_port: int) -> None:
-    status_app.status.add_field("socket", checks.tcp("127.0.0.1", closed_port))
+def test_tcp_refused(checked_app: StatusApp, closed_port: int) -> None:
+    checked_app.status.add_field("socket", checks.tcp("127.0.0.1", closed_port))
     assert_down(
-        status_app,
+        checked_app,
         "socket",
         f"CheckFailed: cannot connect to 127.0.0.1:{closed_port}: ConnectionRefusedError",
     )
@@ -280,24 +282,24 @@ def test_tcp_validates_arguments(host: Any, port: Any, error: type, match: str) 
 # -- disk --------------------------------------------------------------------------------
 
 
-def test_disk_reports_free_bytes(status_app: StatusApp, tmp_path: Path) -> None:
-    status_app.status.add_field("disk", checks.disk(tmp_path, min_free=1))
-    code, body = status_app.get()
+def test_disk_reports_free_bytes(checked_app: StatusApp, tmp_path: Path) -> None:
+    checked_app.status.add_field("disk", checks.disk(tmp_path, min_free=1))
+    code, body = checked_app.get()
     assert code == 200
     usage = shutil.disk_usage(tmp_path)
     assert 0 < body["disk"]["free_bytes"] <= usage.total
     assert body["disk"]["total_bytes"] == usage.total
 
 
-def test_disk_below_min_free(status_app: StatusApp, tmp_path: Path) -> None:
+def test_disk_below_min_free(checked_app: StatusApp, tmp_path: Path) -> None:
     more_than_free = shutil.disk_usage(tmp_path).total + 1
-    status_app.status.add_field("disk", checks.disk(str(tmp_path), min_free=more_than_free))
-    assert_down(status_app, "disk", "CheckFailed", f"below min_free {more_than_free}")
+    checked_app.status.add_field("disk", checks.disk(str(tmp_path), min_free=more_than_free))
+    assert_down(checked_app, "disk", "CheckFailed", f"below min_free {more_than_free}")
 
 
-def test_disk_missing_path(status_app: StatusApp, tmp_path: Path) -> None:
-    status_app.status.add_field("disk", checks.disk(tmp_path / "gone", min_free=0))
-    assert_down(status_app, "disk", "FileNotFoundError")
+def test_disk_missing_path(checked_app: StatusApp, tmp_path: Path) -> None:
+    checked_app.status.add_field("disk", checks.disk(tmp_path / "gone", min_free=0))
+    assert_down(checked_app, "disk", "FileNotFoundError")
 
 
 @pytest.mark.parametrize(

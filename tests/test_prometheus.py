@@ -40,27 +40,27 @@ class Switch:
         return "on"
 
 
-def test_gauges_follow_each_evaluation(status_app: StatusApp, registry: CollectorRegistry) -> None:
+def test_gauges_follow_each_evaluation(checked_app: StatusApp, registry: CollectorRegistry) -> None:
     switch = Switch()
-    status_app.status.add_field("version", "2.0.0")
-    status_app.status.add_field("switch", switch, critical=False)
-    status_app.status.add_field("slow", lambda: time.sleep(0.1))
-    instrument(status_app.status, registry)
+    checked_app.status.add_field("version", "2.0.0")
+    checked_app.status.add_field("switch", switch, critical=False)
+    checked_app.status.add_field("slow", lambda: time.sleep(0.1))
+    instrument(checked_app.status, registry)
     assert registry.get_sample_value(UP, {"check": "switch", "route": "/api/status"}) is None
 
-    assert status_app.get()[0] == 200
+    assert checked_app.get()[0] == 200
     assert sample(registry, UP, "switch") == 1
     assert sample(registry, UP, "version") == 1
     assert sample(registry, DURATION, "version") == 0
     assert 0.1 <= sample(registry, DURATION, "slow") < 5
 
     switch.broken = True
-    assert status_app.get()[1]["status"] == "DEGRADED"
+    assert checked_app.get()[1]["status"] == "DEGRADED"
     assert sample(registry, UP, "switch") == 0
     assert sample(registry, UP, "slow") == 1
 
     switch.broken = False
-    status_app.get()
+    checked_app.get()
     assert sample(registry, UP, "switch") == 1
 
 
@@ -74,10 +74,10 @@ def test_timed_out_check_is_down(registry: CollectorRegistry) -> None:
     assert 0.2 <= sample(registry, DURATION, "stuck") < 2
 
 
-def test_exposition_text(status_app: StatusApp, registry: CollectorRegistry) -> None:
-    status_app.status.add_field("version", "2.0.0")
-    instrument(status_app.status, registry)
-    status_app.get()
+def test_exposition_text(checked_app: StatusApp, registry: CollectorRegistry) -> None:
+    checked_app.status.add_field("version", "2.0.0")
+    instrument(checked_app.status, registry)
+    checked_app.get()
     text = generate_latest(registry).decode()
     assert "# TYPE flask_status_check_up gauge" in text
     assert 'flask_status_check_up{check="version",route="/api/status"} 1.0' in text
