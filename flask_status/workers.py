@@ -7,12 +7,13 @@ parent's threads do not exist.
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import queue
 import threading
 import weakref
-from collections.abc import Coroutine
-from typing import Any, Callable, Optional
+from collections.abc import Iterable
+from typing import Any, Callable
 
 #: Default upper bound on threads running sync checks at once, per FlaskStatus instance.
 DEFAULT_MAX_WORKERS = 256
@@ -73,6 +74,34 @@ class WorkerPool:
             self._idle.release()
 
 
+class Batch:
+    """Works run one after another by one worker thread, until :meth:`spread` is called.
+
+    Most checks return in microseconds, and waking a thread costs more than that: one thread
+    running a request's checks in turn costs one wake-up instead of one per check. A slow check
+    would hold up the ones queued behind it, so the caller calls :meth:`spread` soon after:
+    every work not started by then gets a thread of its own.
+    """
+
+    def __init__(self, pool: WorkerPool, works: Iterable[Callable[[], object]]) -> None:
+        self._pool = pool
+        self._works = collections.deque(works)
+        pool.submit(self._drain)
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                work = self._works.popleft()  # atomic: each work runs in one thread only
+            except IndexError:
+                return
+            work()
+
+    def spread(self) -> None:
+        """Give every work not started yet a thread of its own; a no-op once all have started."""
+        for _ in range(len(self._works)):
+            self._pool.submit(self._drain)
+
+
 class BackgroundLoop:
     """One asyncio event loop in a daemon thread, where async checks run for WSGI requests.
 
@@ -85,7 +114,7 @@ class BackgroundLoop:
         self._reset()
 
     def _reset(self) -> None:
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
@@ -98,20 +127,16 @@ class BackgroundLoop:
                 self._loop = loop
             return self._loop
 
-    def spawn(self, coro_factory: Callable[[], Coroutine[Any, Any, object]]) -> None:
-        """Start ``coro_factory()`` as a task on the loop, in a copy of the caller's context."""
-        loop = self._running_loop()
-        loop.call_soon_threadsafe(spawn_task, loop, coro_factory)
+    def call(self, function: Callable[..., object], *args: Any) -> None:
+        """Call ``function(*args)`` on the loop's thread, in a copy of the caller's context."""
+        self._running_loop().call_soon_threadsafe(function, *args)
 
 
-_tasks: set[asyncio.Task[object]] = set()
+_tasks: set[asyncio.Task[Any]] = set()
 
 
-def spawn_task(
-    loop: asyncio.AbstractEventLoop, coro_factory: Callable[[], Coroutine[Any, Any, object]]
-) -> None:
-    """Create a task that nobody awaits, holding a reference until it ends (asyncio keeps weak ones)."""
-    task = loop.create_task(coro_factory())
+def keep_until_done(task: asyncio.Task[Any]) -> None:
+    """Hold a task nobody awaits until it ends: asyncio keeps only a weak reference."""
     _tasks.add(task)
     task.add_done_callback(_tasks.discard)
 
