@@ -20,7 +20,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Awaitable, Coroutine, Iterable, Mapping
 from typing import Any, Callable
 
 from .fields import Field, Kind
@@ -47,7 +47,7 @@ class Run:
         self.outcome: Outcome | None = None
         self.fatal: BaseException | None = None
         self.timeout_logged = False
-        self.expired = False  # set when its deadline cancelled its task
+        self.expired = False  # set when its deadline cancels its task
         self._lock = threading.Lock()
         self._callbacks: list[Callable[[Run], object]] = []
 
@@ -157,15 +157,9 @@ class Evaluator:
 
     def _start_async(self, runs: list[Run]) -> None:
         """Start each run as a task on the running loop (each in a copy of the current context)."""
-        loop = asyncio.get_running_loop()
-        for run in runs:
-            loop.create_task(self._run_async(run))  # noqa: RUF006 - held by its expiry timer
+        Expiry(asyncio.get_running_loop(), runs, self._run_async)
 
-    async def _run_async(self, run: Run) -> None:
-        # The expiry timer also keeps the task alive until it ends (the loop holds tasks weakly).
-        expiry = asyncio.get_running_loop().call_later(
-            run.deadline - time.monotonic(), _expire, run, asyncio.current_task()
-        )
+    async def _run_async(self, run: Run, expiry: Expiry) -> None:
         started = time.perf_counter()
         try:
             value = await run.field.value()
@@ -182,7 +176,7 @@ class Evaluator:
             self._finish_failed(run, exc, started)
             return
         finally:
-            expiry.cancel()
+            expiry.ended(run)
         self._finish(run, Outcome(value, None, time.perf_counter() - started, time.time()))
 
     def _finish(self, run: Run, outcome: Outcome) -> None:
@@ -242,19 +236,56 @@ async def _awaited(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
 
 
-def _expire(run: Run, task: asyncio.Task[Any] | None) -> None:
-    """At a run's deadline: cancel its task, marking the cancellation as the timeout's."""
-    run.expired = True
-    if task is not None:
-        task.cancel()
+class Expiry:
+    """The tasks of a batch of async runs, and one loop timer that cancels them at deadlines.
+
+    One timer per batch rather than per task: most runs of a request share their deadline.
+    Holding the tasks also keeps them alive until they end (the loop holds tasks weakly).
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        runs: list[Run],
+        run_async: Callable[[Run, Expiry], Coroutine[Any, Any, None]],
+    ) -> None:
+        self._loop = loop
+        self._tasks: dict[Run, asyncio.Task[None]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        for run in runs:
+            task = loop.create_task(run_async(run, self))
+            if not task.done():  # an eager task factory may have run it to its end already
+                self._tasks[run] = task
+        self._timer = self._schedule()
+
+    def ended(self, run: Run) -> None:
+        """Called by each run's task as it ends."""
+        self._tasks.pop(run, None)
+        if not self._tasks and self._timer is not None:
+            self._timer.cancel()
+
+    def _schedule(self) -> asyncio.TimerHandle | None:
+        deadlines = [run.deadline for run in self._tasks if not run.expired]
+        if not deadlines:
+            return None
+        return self._loop.call_later(min(deadlines) - time.monotonic(), self._expire)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for run, task in self._tasks.items():
+            if run.deadline <= now and not run.expired:
+                run.expired = True  # tells the task the cancellation is its timeout
+                task.cancel()
+        self._timer = self._schedule()
 
 
 class Waiter:
-    """The runs one request still waits for; calls ``wake`` when the last of them finishes."""
+    """The runs one request still waits for; calls ``wake`` once, when the last one finishes."""
 
     def __init__(self, runs: Iterable[Run], wake: Callable[[], object]) -> None:
         self._lock = threading.Lock()
         self._wake = wake
+        self._woken = False
         now = time.monotonic()
         # A run already past its deadline is not waited for: no callback piles up on a hung run.
         self._waiting = {run for run in runs if run.outcome is None and run.deadline > now}
@@ -264,8 +295,9 @@ class Waiter:
     def _finished(self, run: Run) -> None:
         with self._lock:
             self._waiting.discard(run)
-            if self._waiting:
+            if self._waiting or self._woken:
                 return
+            self._woken = True
         self._wake()
 
     def next_deadline(self, now: float) -> float | None:
@@ -282,8 +314,9 @@ def wait_blocking(runs: Iterable[Run], batch: Batch | None = None) -> None:
 
     ``batch``, the sync runs this request started, is spread after :data:`SPREAD_AFTER`.
     """
-    woken = threading.Event()
-    waiter = Waiter(runs, woken.set)
+    woken = threading.Lock()  # held until the waiter releases it: cheaper than an Event
+    woken.acquire()
+    waiter = Waiter(runs, woken.release)
     spread_at = time.monotonic() + SPREAD_AFTER if batch is not None else math.inf
     try:
         while True:
@@ -294,7 +327,7 @@ def wait_blocking(runs: Iterable[Run], batch: Batch | None = None) -> None:
             deadline = waiter.next_deadline(now)
             if deadline is None:
                 return
-            woken.wait(min(deadline, spread_at) - now)
+            woken.acquire(timeout=min(deadline, spread_at) - now)
     finally:
         if batch is not None:
             batch.spread()  # leave no run queued behind a hung one
