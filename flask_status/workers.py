@@ -132,15 +132,6 @@ class BackgroundLoop:
         self._running_loop().call_soon_threadsafe(function, *args)
 
 
-_tasks: set[asyncio.Task[Any]] = set()
-
-
-def keep_until_done(task: asyncio.Task[Any]) -> None:
-    """Hold a task nobody awaits until it ends: asyncio keeps only a weak reference."""
-    _tasks.add(task)
-    task.add_done_callback(_tasks.discard)
-
-
 _forkable: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
