@@ -15,6 +15,7 @@ from typing import Any, Callable
 from flask import Flask, jsonify
 
 URL = "/api/status"
+BARE_URL = "/bare"  # the bare route beside the status route, in the ASGI scenario
 
 #: How long a hung check would run: far longer than any timeout, released at teardown.
 HANG_SECONDS = 60.0

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from apps import TRIVIAL_MIXED, build
+from apps import BARE_URL, TRIVIAL_MIXED, build
 from asgiref.wsgi import WsgiToAsgi
 from flask import jsonify
 
 from flask_status.asgi import StatusMiddleware
-
-BARE_URL = "/bare"
 
 flask_app, _ = build("flask-status", TRIVIAL_MIXED)
 

@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import IO, Any, Callable
 
 import peers
-from apps import TRIVIAL_MIXED, URL, Fields
-from asgi_app import BARE_URL
+from apps import BARE_URL, TRIVIAL_MIXED, URL, Fields
 
 HERE = Path(__file__).resolve().parent
 README = HERE / "README.md"

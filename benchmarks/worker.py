@@ -28,6 +28,8 @@ WARMUP_REQUESTS = 50
 
 
 class Worker:
+    """The apps this process serves, by cell name, and the commands that time them."""
+
     def __init__(self) -> None:
         self.cells: dict[str, tuple[Flask, Checks]] = {}
 
