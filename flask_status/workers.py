@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
-import queue
 import threading
 import weakref
 from collections.abc import Iterable
@@ -22,13 +21,23 @@ DEFAULT_MAX_WORKERS = 256
 IDLE_SECONDS = 60.0
 
 
+class _Mailbox:
+    """Where an idle worker thread waits: a submitter leaves work in it and wakes that thread."""
+
+    def __init__(self) -> None:
+        self.work: Callable[[], object] | None = None
+        self.ready = threading.Lock()  # held until work is left here
+        self.ready.acquire()
+
+
 class WorkerPool:
     """Daemon threads that run sync checks.
 
     Unlike ``concurrent.futures.ThreadPoolExecutor`` its threads are daemons, so a check that
     never returns cannot stop the interpreter from exiting, and idle threads exit after a while.
-    Submitting hands work to an idle thread or starts one, up to ``max_workers``; beyond that
-    work waits in the queue (and its field times out).
+    Submitting hands work to the thread that became idle last and wakes that thread alone (with
+    a shared queue, every hand-over would also wake the other idle threads in turn), or starts
+    a thread, up to ``max_workers``; beyond that, work waits its turn (and its field times out).
     """
 
     def __init__(self, max_workers: int = DEFAULT_MAX_WORKERS) -> None:
@@ -37,9 +46,9 @@ class WorkerPool:
         self._reset()
 
     def _reset(self) -> None:
-        self._queue: queue.SimpleQueue[Callable[[], object]] = queue.SimpleQueue()
-        self._idle = threading.Semaphore(0)
         self._lock = threading.Lock()
+        self._idle: list[_Mailbox] = []  # a stack: the thread idle for the shortest time is reused
+        self._backlog: collections.deque[Callable[[], object]] = collections.deque()
         self._threads = 0
 
     @property
@@ -49,29 +58,46 @@ class WorkerPool:
 
     def submit(self, work: Callable[[], object]) -> None:
         """Run ``work`` in a worker thread. ``work`` must not raise."""
-        self._queue.put(work)
-        if self._idle.acquire(blocking=False):
-            return  # an idle thread will take it
         with self._lock:
+            if self._idle:
+                mailbox = self._idle.pop()
+                mailbox.work = work
+                mailbox.ready.release()
+                return
             if self._threads >= self.max_workers:
+                self._backlog.append(work)
                 return
             self._threads += 1
-        threading.Thread(target=self._work, name="flask-status-worker", daemon=True).start()
+        threading.Thread(
+            target=self._work, args=(work,), name="flask-status-worker", daemon=True
+        ).start()
 
-    def _work(self) -> None:
+    def _work(self, work: Callable[[], object]) -> None:
+        mailbox = _Mailbox()
         while True:
-            try:
-                work = self._queue.get(timeout=IDLE_SECONDS)
-            except queue.Empty:
-                # Leave only if no submitter has counted on this thread being idle.
-                if self._idle.acquire(blocking=False):
-                    with self._lock:
-                        self._threads -= 1
-                    return
-                continue
             work()
-            del work
-            self._idle.release()
+            del work  # a finished check's objects are not kept alive while the thread idles
+            next_work = self._next(mailbox)
+            if next_work is None:
+                return
+            work = next_work
+
+    def _next(self, mailbox: _Mailbox) -> Callable[[], object] | None:
+        """The next work: waiting, else left in ``mailbox``; None after an idle timeout."""
+        with self._lock:
+            if self._backlog:
+                return self._backlog.popleft()
+            self._idle.append(mailbox)
+        if not mailbox.ready.acquire(timeout=IDLE_SECONDS):
+            with self._lock:
+                if mailbox in self._idle:  # nobody handed it work: the thread leaves
+                    self._idle.remove(mailbox)
+                    self._threads -= 1
+                    return None
+            # A submitter took this thread just as it timed out, and has already left the work.
+            mailbox.ready.acquire()
+        work, mailbox.work = mailbox.work, None
+        return work
 
 
 class Batch:

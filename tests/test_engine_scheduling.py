@@ -1,4 +1,4 @@
-"""How the engine schedules checks: sync checks batched on one thread, async deadlines."""
+"""How checks are scheduled: the worker pool, sync checks batched on one thread, deadlines."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import pytest
 from asgiref.wsgi import WsgiToAsgi
 from flask import Flask
 
-from flask_status import FlaskStatus
+from flask_status import FlaskStatus, workers
 from flask_status.asgi import StatusMiddleware
+from flask_status.workers import WorkerPool
 
 SLOW = 0.3  # seconds each slow check takes: far above the 2 ms before a batch is spread
 
@@ -150,3 +151,51 @@ def test_a_cancellation_raised_by_the_check_itself_is_an_error_not_a_timeout() -
     response = app.test_client().get("/api/status")
     assert time.monotonic() - sent < 1
     assert response.get_json() == {"gives_up": {"error": "CancelledError"}, "status": "DEGRADED"}
+
+
+def wait_until(condition: Any, seconds: float = 5) -> bool:
+    """Poll ``condition()`` until it is true or ``seconds`` have passed."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_pool_runs_at_most_max_workers_at_once_and_the_rest_in_turn(
+    release: threading.Event,
+) -> None:
+    pool = WorkerPool(max_workers=2)
+    lock = threading.Lock()
+    running = {"now": 0, "most": 0, "done": 0}
+
+    def work() -> None:
+        with lock:
+            running["now"] += 1
+            running["most"] = max(running["most"], running["now"])
+        release.wait(10)
+        with lock:
+            running["now"] -= 1
+            running["done"] += 1
+
+    for _ in range(5):
+        pool.submit(work)
+    assert wait_until(lambda: running["now"] == 2)
+    time.sleep(0.1)  # room for a third thread, were the limit not kept
+    assert (running["most"], pool.threads) == (2, 2)
+    release.set()
+    assert wait_until(lambda: running["done"] == 5)
+    assert running["most"] == 2
+
+
+def test_pool_threads_leave_after_idling(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(workers, "IDLE_SECONDS", 0.05)
+    pool = WorkerPool()
+    ran = threading.Event()
+    pool.submit(ran.set)
+    assert ran.wait(5)
+    assert wait_until(lambda: pool.threads == 0)
+    ran.clear()
+    pool.submit(ran.set)  # a new thread is started for work submitted after that
+    assert ran.wait(5)
