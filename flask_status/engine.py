@@ -1,31 +1,38 @@
 """The evaluation engine: runs a request's callable fields concurrently, each under its timeout.
 
-Sync checks run in worker threads; async checks run together in one anyio task group on an
-event loop (the server's under ASGI, a shared background loop under WSGI). Every run is
-*single-flight*: requests that arrive while a field's check is in flight wait for that run
-instead of starting another, so a hung check holds one thread however many probes arrive.
-A finished run is reused for ``cache_ttl`` seconds.
+Sync checks run in worker threads; async checks run as tasks on an asyncio event loop (the
+server's under ASGI, a shared background loop under WSGI), each cancelled at its deadline.
+Every run is *single-flight*: requests that arrive while a field's check is in flight wait for
+that run instead of starting another, so a hung check holds one thread however many probes
+arrive. A finished run is reused for ``cache_ttl`` seconds.
+
+A waiting request is woken once, when the last run it waits for finishes (or at the earliest
+deadline still ahead), not once per finished run: thread wake-ups are what a fast check costs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 import logging
+import math
 import threading
 import time
-from collections.abc import Awaitable, Iterable, Mapping
-from typing import Any, Callable, Optional
-
-import anyio
+from collections.abc import Awaitable, Coroutine, Iterable, Mapping
+from typing import Any, Callable
 
 from .fields import Field, Kind
 from .outcome import Outcome, describe, timed_out
-from .workers import BackgroundLoop, WorkerPool, spawn_task
+from .workers import BackgroundLoop, Batch, WorkerPool
 
 # Errors a check may raise that must reach the server rather than be turned into a field error.
 FATAL = (KeyboardInterrupt, SystemExit)
+
+#: Seconds a request's sync checks run in turn on one thread before the ones not started yet
+#: get a thread each: far longer than quick checks take, far shorter than a check's timeout.
+SPREAD_AFTER = 0.002
 
 
 class Run:
@@ -36,18 +43,19 @@ class Run:
         self.timeout = timeout
         self.started = time.monotonic()
         self.deadline = self.started + timeout
-        self.finished: Optional[float] = None
-        self.outcome: Optional[Outcome] = None
-        self.fatal: Optional[BaseException] = None
+        self.finished: float | None = None
+        self.outcome: Outcome | None = None
+        self.fatal: BaseException | None = None
         self.timeout_logged = False
+        self.expired = False  # set when its deadline cancels its task
         self._lock = threading.Lock()
-        self._callbacks: list[Callable[[], object]] = []
+        self._callbacks: list[Callable[[Run], object]] = []
 
     @property
     def done(self) -> bool:
         return self.outcome is not None
 
-    def finish(self, outcome: Outcome, fatal: Optional[BaseException] = None) -> None:
+    def finish(self, outcome: Outcome, fatal: BaseException | None = None) -> None:
         """Record the outcome (a late one counts as a timeout) and wake the waiters."""
         now = time.monotonic()
         if now > self.deadline and outcome.ok:
@@ -58,15 +66,15 @@ class Run:
             self.finished, self.outcome, self.fatal = now, outcome, fatal
             callbacks, self._callbacks = self._callbacks, []
         for callback in callbacks:
-            callback()
+            callback(self)
 
-    def on_finish(self, callback: Callable[[], object]) -> None:
-        """Call ``callback`` (from any thread) once the run has finished."""
+    def on_finish(self, callback: Callable[[Run], object]) -> None:
+        """Call ``callback(run)`` (from any thread) once the run has finished."""
         with self._lock:
             if self.outcome is None:
                 self._callbacks.append(callback)
                 return
-        callback()
+        callback(self)
 
     def result(self, now: float) -> Outcome:
         """What a request that stops waiting at ``now`` reports for this run."""
@@ -121,11 +129,17 @@ class Evaluator:
         ttl = run.field.cache_ttl if run.field.cache_ttl is not None else self.default_cache_ttl
         return now - run.finished < ttl
 
-    def _start_sync(self, runs: list[Run]) -> None:
-        for run in runs:
-            # Each thread needs its own copy: one Context cannot be entered by two threads.
-            context = contextvars.copy_context()
-            self.pool.submit(lambda run=run, context=context: context.run(self._run_sync, run))
+    def _start_sync(self, runs: list[Run]) -> Batch | None:
+        if not runs:
+            return None
+        # A copy of the context per run, as each would get in a thread of its own.
+        return Batch(
+            self.pool,
+            [
+                functools.partial(contextvars.copy_context().run, self._run_sync, run)
+                for run in runs
+            ],
+        )
 
     def _run_sync(self, run: Run) -> None:
         started = time.perf_counter()
@@ -136,35 +150,34 @@ class Evaluator:
                 value = asyncio.run(_awaited(value))
         except FATAL as exc:
             self._finish_failed(run, exc, started, fatal=exc)
-        except BaseException as exc:  # noqa: BLE001 - any other error belongs to this field
+        except BaseException as exc:  # any other error belongs to this field
             self._finish_failed(run, exc, started)
         else:
             self._finish(run, Outcome(value, None, time.perf_counter() - started, time.time()))
 
-    async def _run_async_batch(self, runs: list[Run]) -> None:
-        async with anyio.create_task_group() as task_group:
-            for run in runs:
-                task_group.start_soon(self._run_async, run)
+    def _start_async(self, runs: list[Run]) -> None:
+        """Start each run as a task on the running loop (each in a copy of the current context)."""
+        Expiry(asyncio.get_running_loop(), runs, self._run_async)
 
-    async def _run_async(self, run: Run) -> None:
+    async def _run_async(self, run: Run, expiry: Expiry) -> None:
         started = time.perf_counter()
-        with anyio.move_on_after(run.deadline - time.monotonic()) as scope:
-            try:
-                value = await run.field.value()
-            except anyio.get_cancelled_exc_class() as exc:
-                if scope.cancel_called:
-                    raise  # our timeout: the scope absorbs it
+        try:
+            value = await run.field.value()
+        except asyncio.CancelledError as exc:
+            if run.expired:
+                self._finish(run, timed_out(run.timeout, time.perf_counter() - started))
+            else:
                 self._finish_failed(run, exc, started)  # raised by the check itself
-                return
-            except FATAL as exc:
-                self._finish_failed(run, exc, started, fatal=exc)
-                return
-            except BaseException as exc:  # noqa: BLE001 - any other error belongs to this field
-                self._finish_failed(run, exc, started)
-                return
-            self._finish(run, Outcome(value, None, time.perf_counter() - started, time.time()))
-        if scope.cancelled_caught:
-            self._finish(run, timed_out(run.timeout, time.perf_counter() - started))
+            return
+        except FATAL as exc:
+            self._finish_failed(run, exc, started, fatal=exc)
+            return
+        except BaseException as exc:  # any other error belongs to this field
+            self._finish_failed(run, exc, started)
+            return
+        finally:
+            expiry.ended(run)
+        self._finish(run, Outcome(value, None, time.perf_counter() - started, time.time()))
 
     def _finish(self, run: Run, outcome: Outcome) -> None:
         run.finish(outcome)
@@ -177,7 +190,7 @@ class Evaluator:
         run: Run,
         exc: BaseException,
         started: float,
-        fatal: Optional[BaseException] = None,
+        fatal: BaseException | None = None,
     ) -> None:
         self.logger.error("status field %r failed", run.field.key, exc_info=exc)
         run.finish(Outcome(None, describe(exc), time.perf_counter() - started, time.time()), fatal)
@@ -187,19 +200,23 @@ class Evaluator:
     def evaluate_blocking(self, fields: Iterable[Field]) -> dict[str, Outcome]:
         """Evaluate from a WSGI worker thread: async checks go to the background loop."""
         runs, new_sync, new_async = self._claim(fields)
-        self._start_sync(new_sync)
+        if not runs:
+            return {}
+        batch = self._start_sync(new_sync)
         if new_async:
-            self.background_loop.spawn(lambda: self._run_async_batch(new_async))
-        wait_blocking(runs.values())
+            self.background_loop.call(self._start_async, new_async)
+        wait_blocking(runs.values(), batch)
         return self._results(runs)
 
     async def evaluate(self, fields: Iterable[Field]) -> dict[str, Outcome]:
         """Evaluate on the running event loop (ASGI): async checks run on this loop."""
         runs, new_sync, new_async = self._claim(fields)
-        self._start_sync(new_sync)
+        if not runs:
+            return {}
+        batch = self._start_sync(new_sync)
         if new_async:
-            spawn_task(asyncio.get_running_loop(), lambda: self._run_async_batch(new_async))
-        await wait_async(runs.values())
+            self._start_async(new_async)
+        await wait_async(runs.values(), batch)
         return self._results(runs)
 
     def _results(self, runs: Mapping[str, Run]) -> dict[str, Outcome]:
@@ -219,42 +236,133 @@ async def _awaited(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
 
 
-def _open(runs: Iterable[Run], now: float) -> list[Run]:
-    """Runs still worth waiting for: unfinished and before their deadline."""
-    return [run for run in runs if run.outcome is None and run.deadline > now]
+class Expiry:
+    """The tasks of a batch of async runs, and one loop timer that cancels them at deadlines.
 
+    One timer per batch rather than per task: most runs of a request share their deadline.
+    Holding the tasks also keeps them alive until they end (the loop holds tasks weakly).
+    """
 
-def wait_blocking(runs: Iterable[Run]) -> None:
-    """Block until every run has finished or passed its deadline."""
-    runs = list(runs)
-    woken = threading.Event()
-    for run in runs:
-        run.on_finish(woken.set)
-    while True:
-        woken.clear()
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        runs: list[Run],
+        run_async: Callable[[Run, Expiry], Coroutine[Any, Any, None]],
+    ) -> None:
+        self._loop = loop
+        self._tasks: dict[Run, asyncio.Task[None]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        for run in runs:
+            task = loop.create_task(run_async(run, self))
+            if not task.done():  # an eager task factory may have run it to its end already
+                self._tasks[run] = task
+        self._timer = self._schedule()
+
+    def ended(self, run: Run) -> None:
+        """Called by each run's task as it ends."""
+        self._tasks.pop(run, None)
+        if not self._tasks and self._timer is not None:
+            self._timer.cancel()
+
+    def _schedule(self) -> asyncio.TimerHandle | None:
+        deadlines = [run.deadline for run in self._tasks if not run.expired]
+        if not deadlines:
+            return None
+        return self._loop.call_later(min(deadlines) - time.monotonic(), self._expire)
+
+    def _expire(self) -> None:
         now = time.monotonic()
-        pending = _open(runs, now)
-        if not pending:
-            return
-        woken.wait(min(run.deadline for run in pending) - now)
+        for run, task in self._tasks.items():
+            if run.deadline <= now and not run.expired:
+                run.expired = True  # tells the task the cancellation is its timeout
+                task.cancel()
+        self._timer = self._schedule()
 
 
-async def wait_async(runs: Iterable[Run]) -> None:
-    """Wait on the running loop until every run has finished or passed its deadline."""
-    runs = list(runs)
+class Waiter:
+    """The runs one request still waits for; calls ``wake`` once, when the last one finishes."""
+
+    def __init__(self, runs: Iterable[Run], wake: Callable[[], object]) -> None:
+        self._lock = threading.Lock()
+        self._wake = wake
+        self._woken = False
+        now = time.monotonic()
+        # A run already past its deadline is not waited for: no callback piles up on a hung run.
+        self._waiting = {run for run in runs if run.outcome is None and run.deadline > now}
+        for run in list(self._waiting):
+            run.on_finish(self._finished)
+
+    def _finished(self, run: Run) -> None:
+        with self._lock:
+            self._waiting.discard(run)
+            if self._waiting or self._woken:
+                return
+            self._woken = True
+        self._wake()
+
+    def next_deadline(self, now: float) -> float | None:
+        """Drop the runs finished or past their deadline; the earliest deadline left, if any."""
+        with self._lock:
+            self._waiting = {
+                run for run in self._waiting if run.outcome is None and run.deadline > now
+            }
+            return min((run.deadline for run in self._waiting), default=None)
+
+
+def wait_blocking(runs: Iterable[Run], batch: Batch | None = None) -> None:
+    """Block until every run has finished or passed its deadline.
+
+    ``batch``, the sync runs this request started, is spread after :data:`SPREAD_AFTER`.
+    """
+    woken = threading.Lock()  # held until the waiter releases it: cheaper than an Event
+    woken.acquire()
+    waiter = Waiter(runs, woken.release)
+    spread_at = time.monotonic() + SPREAD_AFTER if batch is not None else math.inf
+    try:
+        while True:
+            now = time.monotonic()
+            if now >= spread_at and batch is not None:
+                batch.spread()
+                spread_at = math.inf
+            deadline = waiter.next_deadline(now)
+            if deadline is None:
+                return
+            woken.acquire(timeout=min(deadline, spread_at) - now)
+    finally:
+        if batch is not None:
+            batch.spread()  # leave no run queued behind a hung one
+
+
+async def wait_async(runs: Iterable[Run], batch: Batch | None = None) -> None:
+    """Wait on the running loop until every run has finished or passed its deadline.
+
+    ``batch``, the sync runs this request started, is spread after :data:`SPREAD_AFTER`.
+    """
     loop = asyncio.get_running_loop()
+    loop_thread = threading.get_ident()
     woken = asyncio.Event()
 
     def wake() -> None:
-        loop.call_soon_threadsafe(woken.set)
+        if threading.get_ident() == loop_thread:
+            woken.set()
+        else:
+            loop.call_soon_threadsafe(woken.set)
 
-    for run in runs:
-        run.on_finish(wake)
-    while True:
-        woken.clear()
-        now = time.monotonic()
-        pending = _open(runs, now)
-        if not pending:
-            return
-        with anyio.move_on_after(min(run.deadline for run in pending) - now):
-            await woken.wait()
+    waiter = Waiter(runs, wake)
+    spreading = loop.call_later(SPREAD_AFTER, batch.spread) if batch is not None else None
+    try:
+        while True:
+            woken.clear()
+            now = time.monotonic()
+            deadline = waiter.next_deadline(now)
+            if deadline is None:
+                return
+            timer = loop.call_later(deadline - now, woken.set)
+            try:
+                await woken.wait()
+            finally:
+                timer.cancel()
+    finally:
+        if spreading is not None and batch is not None:
+            spreading.cancel()
+            batch.spread()  # leave no run queued behind a hung one

@@ -7,12 +7,12 @@ parent's threads do not exist.
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
-import queue
 import threading
 import weakref
-from collections.abc import Coroutine
-from typing import Any, Callable, Optional
+from collections.abc import Iterable
+from typing import Any, Callable
 
 #: Default upper bound on threads running sync checks at once, per FlaskStatus instance.
 DEFAULT_MAX_WORKERS = 256
@@ -21,13 +21,23 @@ DEFAULT_MAX_WORKERS = 256
 IDLE_SECONDS = 60.0
 
 
+class _Mailbox:
+    """Where an idle worker thread waits: a submitter leaves work in it and wakes that thread."""
+
+    def __init__(self) -> None:
+        self.work: Callable[[], object] | None = None
+        self.ready = threading.Lock()  # held until work is left here
+        self.ready.acquire()
+
+
 class WorkerPool:
     """Daemon threads that run sync checks.
 
     Unlike ``concurrent.futures.ThreadPoolExecutor`` its threads are daemons, so a check that
     never returns cannot stop the interpreter from exiting, and idle threads exit after a while.
-    Submitting hands work to an idle thread or starts one, up to ``max_workers``; beyond that
-    work waits in the queue (and its field times out).
+    Submitting hands work to the thread that became idle last and wakes that thread alone (with
+    a shared queue, every hand-over would also wake the other idle threads in turn), or starts
+    a thread, up to ``max_workers``; beyond that, work waits its turn (and its field times out).
     """
 
     def __init__(self, max_workers: int = DEFAULT_MAX_WORKERS) -> None:
@@ -36,9 +46,9 @@ class WorkerPool:
         self._reset()
 
     def _reset(self) -> None:
-        self._queue: queue.SimpleQueue[Callable[[], object]] = queue.SimpleQueue()
-        self._idle = threading.Semaphore(0)
         self._lock = threading.Lock()
+        self._idle: list[_Mailbox] = []  # a stack: the thread idle for the shortest time is reused
+        self._backlog: collections.deque[Callable[[], object]] = collections.deque()
         self._threads = 0
 
     @property
@@ -48,29 +58,74 @@ class WorkerPool:
 
     def submit(self, work: Callable[[], object]) -> None:
         """Run ``work`` in a worker thread. ``work`` must not raise."""
-        self._queue.put(work)
-        if self._idle.acquire(blocking=False):
-            return  # an idle thread will take it
         with self._lock:
+            if self._idle:
+                mailbox = self._idle.pop()
+                mailbox.work = work
+                mailbox.ready.release()
+                return
             if self._threads >= self.max_workers:
+                self._backlog.append(work)
                 return
             self._threads += 1
-        threading.Thread(target=self._work, name="flask-status-worker", daemon=True).start()
+        threading.Thread(
+            target=self._work, args=(work,), name="flask-status-worker", daemon=True
+        ).start()
 
-    def _work(self) -> None:
+    def _work(self, work: Callable[[], object]) -> None:
+        mailbox = _Mailbox()
+        while True:
+            work()
+            del work  # a finished check's objects are not kept alive while the thread idles
+            next_work = self._next(mailbox)
+            if next_work is None:
+                return
+            work = next_work
+
+    def _next(self, mailbox: _Mailbox) -> Callable[[], object] | None:
+        """The next work: waiting, else left in ``mailbox``; None after an idle timeout."""
+        with self._lock:
+            if self._backlog:
+                return self._backlog.popleft()
+            self._idle.append(mailbox)
+        if not mailbox.ready.acquire(timeout=IDLE_SECONDS):
+            with self._lock:
+                if mailbox in self._idle:  # nobody handed it work: the thread leaves
+                    self._idle.remove(mailbox)
+                    self._threads -= 1
+                    return None
+            # A submitter took this thread just as it timed out, and has already left the work.
+            mailbox.ready.acquire()
+        work, mailbox.work = mailbox.work, None
+        return work
+
+
+class Batch:
+    """Works run one after another by one worker thread, until :meth:`spread` is called.
+
+    Most checks return in microseconds, and waking a thread costs more than that: one thread
+    running a request's checks in turn costs one wake-up instead of one per check. A slow check
+    would hold up the ones queued behind it, so the caller calls :meth:`spread` soon after:
+    every work not started by then gets a thread of its own.
+    """
+
+    def __init__(self, pool: WorkerPool, works: Iterable[Callable[[], object]]) -> None:
+        self._pool = pool
+        self._works = collections.deque(works)
+        pool.submit(self._drain)
+
+    def _drain(self) -> None:
         while True:
             try:
-                work = self._queue.get(timeout=IDLE_SECONDS)
-            except queue.Empty:
-                # Leave only if no submitter has counted on this thread being idle.
-                if self._idle.acquire(blocking=False):
-                    with self._lock:
-                        self._threads -= 1
-                    return
-                continue
+                work = self._works.popleft()  # atomic: each work runs in one thread only
+            except IndexError:
+                return
             work()
-            del work
-            self._idle.release()
+
+    def spread(self) -> None:
+        """Give every work not started yet a thread of its own; a no-op once all have started."""
+        for _ in range(len(self._works)):
+            self._pool.submit(self._drain)
 
 
 class BackgroundLoop:
@@ -85,7 +140,7 @@ class BackgroundLoop:
         self._reset()
 
     def _reset(self) -> None:
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
@@ -98,22 +153,9 @@ class BackgroundLoop:
                 self._loop = loop
             return self._loop
 
-    def spawn(self, coro_factory: Callable[[], Coroutine[Any, Any, object]]) -> None:
-        """Start ``coro_factory()`` as a task on the loop, in a copy of the caller's context."""
-        loop = self._running_loop()
-        loop.call_soon_threadsafe(spawn_task, loop, coro_factory)
-
-
-_tasks: set[asyncio.Task[object]] = set()
-
-
-def spawn_task(
-    loop: asyncio.AbstractEventLoop, coro_factory: Callable[[], Coroutine[Any, Any, object]]
-) -> None:
-    """Create a task that nobody awaits, holding a reference until it ends (asyncio keeps weak ones)."""
-    task = loop.create_task(coro_factory())
-    _tasks.add(task)
-    task.add_done_callback(_tasks.discard)
+    def call(self, function: Callable[..., object], *args: Any) -> None:
+        """Call ``function(*args)`` on the loop's thread, in a copy of the caller's context."""
+        self._running_loop().call_soon_threadsafe(function, *args)
 
 
 _forkable: weakref.WeakSet[Any] = weakref.WeakSet()

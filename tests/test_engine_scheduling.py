@@ -1,0 +1,201 @@
+"""How checks are scheduled: the worker pool, sync checks batched on one thread, deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from asgiref.wsgi import WsgiToAsgi
+from flask import Flask
+
+from flask_status import FlaskStatus, workers
+from flask_status.asgi import StatusMiddleware
+from flask_status.workers import WorkerPool
+
+SLOW = 0.3  # seconds each slow check takes: far above the 2 ms before a batch is spread
+
+
+@pytest.fixture
+def release() -> Iterator[threading.Event]:
+    """Set at teardown, so that no hung check outlives its test."""
+    event = threading.Event()
+    yield event
+    event.set()
+
+
+def slow_checks(status: FlaskStatus, count: int) -> dict[str, float]:
+    """Add ``count`` sync checks taking :data:`SLOW` seconds; returns when each started."""
+    started: dict[str, float] = {}
+
+    def make(key: str) -> Any:
+        def check() -> bool:
+            started[key] = time.monotonic()
+            time.sleep(SLOW)
+            return True
+
+        return check
+
+    for index in range(count):
+        status.add_field(f"slow{index}", make(f"slow{index}"))
+    return started
+
+
+def asgi_get(app: Any, path: str) -> tuple[int, dict[str, Any]]:
+    """One GET through an ASGI app, on a fresh event loop."""
+    messages: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        messages.append(message)
+
+    scope = {
+        "type": "http",
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "root_path": "",
+        "query_string": b"",
+        "headers": [],
+        "server": ("127.0.0.1", 80),
+        "client": ("127.0.0.1", 12345),
+    }
+    asyncio.run(app(scope, receive, send))
+    return messages[0]["status"], json.loads(messages[1]["body"])
+
+
+def test_slow_sync_checks_all_start_at_once_under_wsgi() -> None:
+    app = Flask(__name__)
+    started = slow_checks(FlaskStatus(app, timeout=5), 6)
+    sent = time.monotonic()
+    response = app.test_client().get("/api/status")
+    elapsed = time.monotonic() - sent
+    assert response.status_code == 200
+    # One after another they would take 6 x 0.3 s; each started well before the first ended.
+    assert elapsed < 3 * SLOW
+    assert max(started.values()) - sent < SLOW / 2
+
+
+def test_slow_sync_checks_all_start_at_once_under_asgi() -> None:
+    app = Flask(__name__)
+    started = slow_checks(FlaskStatus(app, timeout=5), 6)
+    sent = time.monotonic()
+    status, body = asgi_get(StatusMiddleware(WsgiToAsgi(app), app), "/api/status")
+    assert (status, body["status"]) == (200, "OK")
+    assert time.monotonic() - sent < 3 * SLOW
+    assert max(started.values()) - sent < SLOW / 2
+
+
+def test_checks_queued_behind_a_hung_check_run_after_the_request_gave_up(
+    release: threading.Event,
+) -> None:
+    app = Flask(__name__)
+    status = FlaskStatus(app, timeout=0.001)
+    ran = threading.Event()
+    status.add_field("hung", lambda: release.wait(10))
+    status.add_field("after", lambda: ran.set() or True)
+    response = app.test_client().get("/api/status")
+    assert response.status_code == 503
+    # The request stopped waiting after 1 ms; the check behind the hung one still gets a thread.
+    assert ran.wait(5)
+
+
+def test_async_checks_are_cancelled_at_their_own_deadlines() -> None:
+    app = Flask(__name__)
+    status = FlaskStatus(app)
+    cancelled: dict[str, float] = {}
+
+    def make(key: str) -> Any:
+        async def check() -> bool:
+            try:
+                await asyncio.sleep(10)
+            finally:
+                cancelled[key] = time.monotonic()
+            return True
+
+        return check
+
+    status.add_field("short", make("short"), timeout=0.1)
+    status.add_field("long", make("long"), timeout=0.5)
+    sent = time.monotonic()
+    response = app.test_client().get("/api/status")
+    assert response.status_code == 503
+    assert response.get_json() == {
+        "short": {"error": "timed out after 0.1s"},
+        "long": {"error": "timed out after 0.5s"},
+        "status": "DOWN",
+    }
+    deadline = time.monotonic() + 5
+    while len(cancelled) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert 0.1 <= cancelled["short"] - sent < 0.3
+    assert 0.5 <= cancelled["long"] - sent < 0.7
+
+
+def test_a_cancellation_raised_by_the_check_itself_is_an_error_not_a_timeout() -> None:
+    app = Flask(__name__)
+    status = FlaskStatus(app, timeout=5)
+
+    async def gives_up() -> bool:
+        raise asyncio.CancelledError
+
+    status.add_field("gives_up", gives_up, critical=False)
+    sent = time.monotonic()
+    response = app.test_client().get("/api/status")
+    assert time.monotonic() - sent < 1
+    assert response.get_json() == {"gives_up": {"error": "CancelledError"}, "status": "DEGRADED"}
+
+
+def wait_until(condition: Any, seconds: float = 5) -> bool:
+    """Poll ``condition()`` until it is true or ``seconds`` have passed."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_pool_runs_at_most_max_workers_at_once_and_the_rest_in_turn(
+    release: threading.Event,
+) -> None:
+    pool = WorkerPool(max_workers=2)
+    lock = threading.Lock()
+    running = {"now": 0, "most": 0, "done": 0}
+
+    def work() -> None:
+        with lock:
+            running["now"] += 1
+            running["most"] = max(running["most"], running["now"])
+        release.wait(10)
+        with lock:
+            running["now"] -= 1
+            running["done"] += 1
+
+    for _ in range(5):
+        pool.submit(work)
+    assert wait_until(lambda: running["now"] == 2)
+    time.sleep(0.1)  # room for a third thread, were the limit not kept
+    assert (running["most"], pool.threads) == (2, 2)
+    release.set()
+    assert wait_until(lambda: running["done"] == 5)
+    assert running["most"] == 2
+
+
+def test_pool_threads_leave_after_idling(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(workers, "IDLE_SECONDS", 0.05)
+    pool = WorkerPool()
+    ran = threading.Event()
+    pool.submit(ran.set)
+    assert ran.wait(5)
+    assert wait_until(lambda: pool.threads == 0)
+    ran.clear()
+    pool.submit(ran.set)  # a new thread is started for work submitted after that
+    assert ran.wait(5)
