@@ -70,10 +70,11 @@ class UvicornProcess:
 
     STARTED = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
 
-    def __init__(self, app: str, app_dir: Path, log_path: Path) -> None:
+    def __init__(self, app: str, app_dir: Path, log_path: Path, *options: str) -> None:
         self.app = app
         self.app_dir = app_dir
         self.log_path = log_path
+        self.options = options
         self.port = 0
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -89,6 +90,7 @@ class UvicornProcess:
             "--host", "127.0.0.1", "--port", "0",  # the kernel picks a free port: no race
             "--no-access-log",
             "--timeout-keep-alive", "60",
+            *self.options,
         ]  # fmt: skip
         with self.log_path.open("wb") as log:
             self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
