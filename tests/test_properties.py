@@ -103,7 +103,7 @@ def test_answer_is_timely_and_agrees_with_its_fields(
         field = body[f"f{index}"]
         ok = f"field {index}"
         timed_out = {"error": f"timed out after {spec.timeout:g}s"}
-        expected = {
+        expected: list[Any] = {
             # A quick check misses a 50 ms timeout only when the shared machine stalls, and a
             # 10-50 ms one may miss it anyway: both may time out, but only after their timeout.
             "ok": [ok, timed_out],

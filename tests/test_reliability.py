@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import re
 import threading
 import time
+import tracemalloc
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from functools import wraps
@@ -107,6 +109,26 @@ def test_hung_check_holds_one_thread_however_many_probes(
         f"single-flight: 60 probes, slowest answer {slowest:.3f}s, threads started by the route "
         f"{len(started_by_product)}, peak active_count growth {peak_growth} (3 of them clients)"
     )
+
+
+def test_probing_a_hung_check_does_not_accumulate_memory(
+    make_client: MakeClient, gate: Gate
+) -> None:
+    app = Flask(__name__)
+    FlaskStatus(app).add_field("hung", gate.wait, timeout=0.05)
+    client = make_client(app)
+    client.get(URL)  # from here on, every probe finds the same run in flight
+    tracemalloc.start()
+    try:
+        gc.collect()
+        before, _ = tracemalloc.get_traced_memory()
+        for _ in range(2000):
+            assert client.get(URL).status == 503
+        gc.collect()
+        growth = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert growth < 256 * 1024, f"{growth / 1024:.0f} KiB kept after 2000 probes"
 
 
 def test_concurrent_requests_share_one_run_of_a_slow_check(make_client: MakeClient) -> None:
