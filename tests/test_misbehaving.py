@@ -1,0 +1,246 @@
+"""A misbehaving check costs only its own field: never a 500, never a stuck worker."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from typing import Any, Callable
+
+import pytest
+from clients import MakeClient, WsgiClient, asgi_get, middleware, timed_get
+from flask import Flask
+
+from flask_status import FlaskStatus
+
+pytest_plugins = ["reliability_fixtures"]
+
+URL = "/api/status"
+HEALTH_JSON = {"Accept": "application/health+json"}
+TIMEOUT = 0.5
+MARGIN = 1.0  # generous: the machine is shared
+
+#: Every app below has these fields next to the misbehaving one, and they must stay correct.
+HEALTHY = {"sync_ok": "fine", "async_ok": "fine", "version": "2.0.0"}
+
+
+def sync_ok() -> str:
+    return "fine"
+
+
+async def async_ok() -> str:
+    await asyncio.sleep(0.001)
+    return "fine"
+
+
+def status_app(check: Callable[..., Any], *, timeout: float = TIMEOUT) -> Flask:
+    """An app whose status has the critical field ``bad`` next to the :data:`HEALTHY` ones.
+
+    Two workers only: a check that kills or blocks its worker thread starves the others soon.
+    """
+    app = Flask(__name__)
+    status = FlaskStatus(app, timeout=timeout, max_workers=2)
+    status.add_field("bad", check)
+    status.add_field("sync_ok", sync_ok)
+    status.add_field("async_ok", async_ok)
+    status.add_field("version", HEALTHY["version"])
+    return app
+
+
+def in_async(make_value: Callable[[], Any]) -> Callable[[], Any]:
+    """The same behaviour as an async check, after one real suspension point."""
+
+    async def check() -> Any:
+        await asyncio.sleep(0)
+        return make_value()
+
+    return check
+
+
+class BrokenStr(Exception):
+    """An exception that cannot be turned into text."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("__str__ failed")
+
+
+def raise_(exc_type: type[BaseException], *args: Any) -> Callable[[], Any]:
+    """A check raising a new ``exc_type(*args)`` on every call."""
+
+    def check() -> Any:
+        raise exc_type(*args)
+
+    return check
+
+
+def huge() -> str:
+    return "x" * (64 * 1024 + 1)
+
+
+def deep() -> list[Any]:
+    value: list[Any] = []
+    for _ in range(100_000):
+        value = [value]
+    return value
+
+
+NOT_JSON = "returned a value that is not JSON-serializable: "
+TOO_LARGE = r"returned a value too large to report \(65539 > 65536 bytes\)"
+
+#: (check, its field's error as a regular expression); each as a sync and as an async check.
+BEHAVIOURS = {
+    "raises ValueError": (raise_(ValueError, "boom"), "ValueError: boom"),
+    "raises without message": (raise_(LookupError), "LookupError"),
+    "raises an exception whose str() fails": (raise_(BrokenStr), r"BrokenStr\b.*"),
+    "raises CancelledError": (
+        raise_(asyncio.CancelledError, "given up"),
+        "CancelledError: given up",
+    ),
+    "raises GeneratorExit": (raise_(GeneratorExit, "closing"), "GeneratorExit: closing"),
+    "returns over 64 KiB": (huge, TOO_LARGE),
+    "returns a value nested 100000 deep": (deep, NOT_JSON + "RecursionError: .+"),
+    "returns object()": (object, NOT_JSON + "TypeError: .+"),
+    "returns NaN": (lambda: float("nan"), NOT_JSON + ".+"),
+}
+
+CASES = [
+    pytest.param(check, error, id=f"sync {name}") for name, (check, error) in BEHAVIOURS.items()
+] + [
+    pytest.param(in_async(check), error, id=f"async {name}")
+    for name, (check, error) in BEHAVIOURS.items()
+]
+
+
+@pytest.mark.parametrize(("check", "error"), CASES)
+def test_misbehaving_check_costs_only_its_field(
+    make_client: MakeClient, check: Callable[[], Any], error: str
+) -> None:
+    client = make_client(status_app(check))
+    for _ in range(4):  # a killed or stuck worker would starve the later requests
+        timed = timed_get(client, URL)
+        assert timed.answer.status == 503
+        body = timed.answer.json()
+        assert {key: body[key] for key in HEALTHY} == HEALTHY
+        assert body["status"] == "DOWN"
+        assert re.fullmatch(error, body["bad"]["error"]), body["bad"]
+        assert timed.seconds < TIMEOUT + MARGIN
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_field_recovers_after_an_exception_whose_str_fails(
+    make_client: MakeClient, asynchronous: bool
+) -> None:
+    calls = 0
+
+    def flaky() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise BrokenStr()
+        return "fine again"
+
+    client = make_client(status_app(in_async(flaky) if asynchronous else flaky))
+    client.get(URL)
+    answer = client.get(URL)
+    assert answer.json()["bad"] == "fine again"
+    assert answer.status == 200
+
+
+def test_unreportable_value_fails_its_field_in_every_format(make_client: MakeClient) -> None:
+    app = Flask(__name__)
+    status = FlaskStatus(app)
+    status.add_field("opaque", object)
+    status.add_field("huge", huge, critical=False)
+    client = make_client(app)
+
+    plain = client.get(URL)
+    assert plain.status == 503
+    assert plain.json()["status"] == "DOWN"
+
+    health = client.get(URL, HEALTH_JSON)
+    assert health.status == 503
+    document = health.json()
+    assert document["status"] == "fail"
+    assert document["checks"]["opaque"][0]["status"] == "fail"
+    assert document["checks"]["huge"][0]["status"] == "warn"
+    assert document["checks"]["opaque"][0]["output"].startswith(NOT_JSON)
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_long_multiline_error_becomes_one_capped_line(
+    make_client: MakeClient, asynchronous: bool
+) -> None:
+    failing = raise_(ValueError, "first line\nsecond line\r\n\tthird " + "y" * 10_000)
+    client = make_client(status_app(in_async(failing) if asynchronous else failing))
+
+    error = client.get(URL).json()["bad"]["error"]
+    output = client.get(URL, HEALTH_JSON).json()["checks"]["bad"][0]["output"]
+
+    assert error == output
+    assert error.startswith("ValueError: first line second line third yyy")
+    assert len(error) == 200
+    assert error.endswith("\u2026")
+    assert not re.search(r"\s\s|[\r\n\t]", error)
+
+
+def test_sync_function_returning_a_coroutine_reports_its_value(make_client: MakeClient) -> None:
+    async def query(value: str) -> dict[str, str]:
+        await asyncio.sleep(0.01)
+        return {"result": value}
+
+    async def failing_query() -> None:
+        await asyncio.sleep(0.01)
+        raise ConnectionError("lost")
+
+    app = Flask(__name__)
+    status = FlaskStatus(app)
+    status.add_field("lazy", lambda: query("from a coroutine"))
+    status.add_field("lazy_failing", lambda: failing_query(), critical=False)
+    answer = make_client(app).get(URL)
+    assert answer.status == 200
+    assert answer.json() == {
+        "lazy": {"result": "from a coroutine"},
+        "lazy_failing": {"error": "ConnectionError: lost"},
+        "status": "DEGRADED",
+    }
+
+
+def test_async_check_blocking_the_event_loop(make_client: MakeClient) -> None:
+    blocking_seconds = 0.4
+
+    async def blocking() -> str:
+        time.sleep(blocking_seconds)  # the mistake: a blocking call in an async check
+        return "late"
+
+    client = make_client(status_app(blocking, timeout=0.1))
+
+    timed = timed_get(client, URL)
+
+    assert timed.answer.status == 503
+    body = timed.answer.json()
+    assert body["bad"] == {"error": "timed out after 0.1s"}
+    assert (body["sync_ok"], body["version"]) == ("fine", "2.0.0")
+    # The answer waits at most for the blocking call (under ASGI it holds the server's loop).
+    assert timed.seconds < blocking_seconds + MARGIN
+    print(f"blocked loop: answered in {timed.seconds:.3f}s with {body}")
+    # Once the blocking call has returned, async checks run again.
+    for _ in range(100):
+        if client.get(f"{URL}?exclude=bad").json()["async_ok"] == "fine":
+            break
+        time.sleep(0.02)
+    else:
+        raise AssertionError("async checks never recovered from the blocked loop")
+
+
+@pytest.mark.parametrize("fatal", [KeyboardInterrupt, SystemExit])
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_interpreter_exits_are_not_swallowed(
+    fatal: type[BaseException], asynchronous: bool
+) -> None:
+    check = raise_(fatal)
+    app = status_app(in_async(check) if asynchronous else check)
+
+    with pytest.raises(fatal):
+        WsgiClient(app).get(URL)
+    with pytest.raises(fatal):
+        asyncio.run(asgi_get(middleware(app), URL))  # a fresh loop: the exception ends it
