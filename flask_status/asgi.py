@@ -23,7 +23,7 @@ from flask.globals import request_ctx
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, MapAdapter, Rule
 
-from .extension import EXTENSION_KEY, Pending, StatusRoute, deferred, no_store
+from .extension import EXTENSION_KEY, Handover, StatusRoute, deferred, no_store
 from .fields import is_async_callable
 
 Scope = MutableMapping[str, Any]
@@ -68,7 +68,9 @@ class StatusMiddleware:
         app = self.flask_app
         environ = _environ(scope, await _read_body(receive))
         context = app.request_context(environ)
-        handover: list[tuple[StatusRoute, Pending]] = []
+        if self._app_code is None:
+            self._app_code = _has_app_code(app)
+        handover = Handover(on_loop=not self._app_code)
         token = deferred.set(handover)
         error: BaseException | None = None
         try:
@@ -101,14 +103,14 @@ class StatusMiddleware:
         )
         await send({"type": "http.response.body", "body": body})
 
-    async def _full_dispatch(self, handover: list[tuple[StatusRoute, Pending]]) -> Response:
+    async def _full_dispatch(self, handover: Handover) -> Response:
         """``Flask.full_dispatch_request``, with the checks evaluated on this event loop."""
         app = self.flask_app
         try:
             rv = await self._in_thread(self._before_and_view)
             if inspect.isawaitable(rv):  # an async authenticator's wrapper
                 rv = await rv
-            for route, pending in handover:  # the view deferred its checks to this loop
+            for route, pending in handover.pending:  # the view left its checks to this loop
                 await route.evaluate_async(pending)
         except Exception as exc:
             rv = app.handle_user_exception(exc)
@@ -138,8 +140,6 @@ class StatusMiddleware:
         thread they cannot stall the event loop, and async hooks run as Flask runs them.
         Without any, Flask's own steps are quick and run here.
         """
-        if self._app_code is None:
-            self._app_code = _has_app_code(self.flask_app)
         if self._app_code:
             return await anyio.to_thread.run_sync(func, *args)
         return func(*args)

@@ -13,6 +13,7 @@ deadline still ahead), not once per finished run: thread wake-ups are what a fas
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import inspect
@@ -345,7 +346,8 @@ async def wait_async(runs: Iterable[Run], batch: Batch | None = None) -> None:
     def wake() -> None:
         if threading.get_ident() == loop_thread:
             woken.set()
-        else:
+            return
+        with contextlib.suppress(RuntimeError):  # a closed loop (shutdown) has no waiter left
             loop.call_soon_threadsafe(woken.set)
 
     waiter = Waiter(runs, wake)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import re
 import time
 from collections.abc import Mapping
@@ -9,7 +11,9 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Callable, Union, cast
 
+import anyio.from_thread
 from flask import Blueprint, Flask, Response, abort, current_app, request
+from flask.json.provider import DefaultJSONProvider
 
 from . import config
 from .aggregate import Health, aggregate
@@ -118,6 +122,11 @@ class FlaskStatus:
 
             app.cli.add_command(status_command)
 
+    @property
+    def url(self) -> str:
+        """The URL given to this instance, else the default (an app's ``STATUS_URL`` may differ)."""
+        return str(self._given.get("url", config.DEFAULTS.url))
+
     def add_field(
         self,
         key: str,
@@ -151,11 +160,20 @@ class Pending:
     response: Response
 
 
-#: Set by the ASGI middleware: the view hands back its pending request instead of evaluating,
-#: so that the middleware can evaluate on the server's event loop.
-deferred: ContextVar[list[tuple[StatusRoute, Pending]] | None] = ContextVar(
-    "flask_status_deferred", default=None
-)
+@dataclass
+class Handover:
+    """How a view called by the ASGI middleware reaches the server's event loop.
+
+    ``on_loop`` is true when the middleware calls the view on the loop itself: the view cannot
+    block there, so it leaves its request in ``pending`` for the middleware to evaluate.
+    """
+
+    on_loop: bool
+    pending: list[tuple[StatusRoute, Pending]] = dataclasses.field(default_factory=list)
+
+
+#: Set by the ASGI middleware while it serves a status request.
+deferred: ContextVar[Handover | None] = ContextVar("flask_status_deferred", default=None)
 
 
 class StatusRoute:
@@ -177,10 +195,16 @@ class StatusRoute:
         def status_ping(field: str | None = None) -> Response:
             pending = self.pending(field)
             handover = deferred.get()
-            if handover is not None:
-                handover.append((self, pending))
+            if handover is None:  # WSGI
+                return self.evaluate_blocking(pending)
+            if handover.on_loop:
+                # Called on the event loop by the middleware with no wrapper around it:
+                # hand the request back, the middleware evaluates it on the loop.
+                handover.pending.append((self, pending))
                 return pending.response
-            return self.evaluate_blocking(pending)
+            # In the middleware's worker thread (a sync authenticator wraps the view): evaluate
+            # on the server's loop now, so the wrapper sees the finished answer.
+            return anyio.from_thread.run(self.evaluate_async, pending)
 
         authenticator = self.status.authenticator
         if authenticator is None:
@@ -189,7 +213,9 @@ class StatusRoute:
         if is_async_callable(view):
             # The wrapper awaits the view: give it a coroutine function around the same logic.
             async def status_ping_async(field: str | None = None) -> Response:
-                return status_ping(field)
+                if deferred.get() is not None:  # awaited on the server's loop
+                    return await self.evaluate_async(self.pending(field))
+                return status_ping(field)  # on the event loop Flask runs for this view
 
             view = authenticator(status_ping_async)
         if not callable(view):
@@ -227,6 +253,8 @@ class StatusRoute:
             request.accept_mimetypes.best_match(["application/json", HEALTH_JSON]) == HEALTH_JSON
         )
         dumps = current_app.json.dumps
+        if isinstance(current_app.json, DefaultJSONProvider):
+            dumps = functools.partial(dumps, allow_nan=False)  # NaN is not JSON
 
         def encode(outcomes: Mapping[str, Outcome]) -> tuple[str, Health]:
             health = aggregate((critical[key], outcome.ok) for key, outcome in outcomes.items())
@@ -245,7 +273,8 @@ class StatusRoute:
         try:
             body, health = encode(outcomes)
             # A body this small cannot hold an oversized field: skip the per-field check.
-            suspect = len(body) > MAX_FIELD_BYTES
+            # health+json leaves most values out, so there every value is checked.
+            suspect = wants_health_json or len(body) > MAX_FIELD_BYTES
         except JSON_ERRORS:
             suspect = True
         if suspect:

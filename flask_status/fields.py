@@ -59,7 +59,7 @@ def is_async_callable(value: Any) -> bool:
 def check_json(value: Any, what: str) -> None:
     """Raise ``TypeError`` naming ``what`` if Flask's JSON provider cannot encode ``value``."""
     try:
-        json.dumps(value, default=DefaultJSONProvider.default)
+        json.dumps(value, default=DefaultJSONProvider.default, allow_nan=False)
     except (TypeError, ValueError, OverflowError) as exc:
         raise TypeError(f"{what} must be JSON-serializable: {exc}") from None
 

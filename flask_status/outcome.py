@@ -36,7 +36,10 @@ def one_line(text: str, limit: int = MAX_ERROR_CHARS) -> str:
 
 def describe(exc: BaseException) -> str:
     """``"ClassName: message"`` on one line, as shown in a failing field."""
-    message = str(exc)
+    try:
+        message = str(exc)
+    except Exception:  # a broken __str__ must not cost more than this field's text
+        message = "(its message could not be read)"
     return one_line(f"{type(exc).__name__}: {message}" if message else type(exc).__name__)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import sys
@@ -118,7 +119,7 @@ def close_on_background_loop(client: redis_asyncio.Redis) -> None:
         finally:
             closed.set()
 
-    background_loop.spawn(close)
+    background_loop.call(asyncio.ensure_future, close())
     assert closed.wait(10)
 
 

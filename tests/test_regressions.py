@@ -184,7 +184,10 @@ from flask_status import FlaskStatus
 
 assert sys.version_info[:2] == (3, 9), sys.version
 for module in pkgutil.walk_packages(flask_status.__path__, "flask_status."):
-    importlib.import_module(module.name)
+    try:
+        importlib.import_module(module.name)
+    except ImportError as exc:  # modules of optional extras say which extra to install
+        assert "extra" in str(exc), exc
 
 async def cache():
     await asyncio.sleep(0)

@@ -18,7 +18,6 @@ BAD_DURATIONS = [
     pytest.param(math.nan, ValueError, id="nan"),
     pytest.param(math.inf, ValueError, id="inf"),
     pytest.param(True, TypeError, id="bool"),
-    pytest.param(None, TypeError, id="none"),
 ]
 
 
@@ -71,10 +70,20 @@ def test_bad_instance_timeout(timeout: Any, error: type[Exception]) -> None:
         FlaskStatus(timeout=timeout)
 
 
-@pytest.mark.parametrize(("timeout", "error"), [p for p in BAD_DURATIONS if p.id != "none"])
+@pytest.mark.parametrize(("timeout", "error"), BAD_DURATIONS)
 def test_bad_field_timeout(timeout: Any, error: type[Exception]) -> None:
     with pytest.raises(error, match="timeout"):
         FlaskStatus().add_field("database", lambda: True, timeout=timeout)
+
+
+def test_none_timeout_means_the_configured_default(app: Flask) -> None:
+    app.config["STATUS_TIMEOUT"] = 0.05
+    status = FlaskStatus(app, timeout=None)
+    status.add_field("slow", lambda: __import__("time").sleep(0.5))
+
+    response = app.test_client().get("/api/status")
+
+    assert response.get_json()["slow"] == {"error": "timed out after 0.05s"}
 
 
 @pytest.mark.parametrize("cache_ttl", [-1, -0.5, math.nan])
