@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import functools
 import inspect
 import logging
@@ -30,6 +31,10 @@ from .workers import BackgroundLoop, Batch, WorkerPool
 
 # Errors a check may raise that must reach the server rather than be turned into a field error.
 FATAL = (KeyboardInterrupt, SystemExit)
+
+#: Seconds an async check may run past its deadline before it is reported as having outrun
+#: its cancellation (the loop timer that cancels it fires within a few milliseconds).
+OVERRUN_GRACE = 0.05
 
 #: Seconds a request's sync checks run in turn on one thread before the ones not started yet
 #: get a thread each: far longer than quick checks take, far shorter than a check's timeout.
@@ -166,7 +171,7 @@ class Evaluator:
             value = await run.field.value()
         except asyncio.CancelledError as exc:
             if run.expired:
-                self._finish(run, timed_out(run.timeout, time.perf_counter() - started))
+                self._finish_late(run, time.perf_counter() - started)
             else:
                 self._finish_failed(run, exc, started)  # raised by the check itself
             return
@@ -178,7 +183,24 @@ class Evaluator:
             return
         finally:
             expiry.ended(run)
-        self._finish(run, Outcome(value, None, time.perf_counter() - started, time.time()))
+        duration = time.perf_counter() - started
+        if duration > run.timeout:
+            self._finish_late(run, duration)
+        else:
+            self._finish(run, Outcome(value, None, duration, time.time()))
+
+    def _finish_late(self, run: Run, duration: float) -> None:
+        """An async check past its deadline; name the cause when it outran its cancellation."""
+        outcome = timed_out(run.timeout, duration)
+        if duration > run.timeout + OVERRUN_GRACE:
+            # Cancellation lands at an await: only a blocking call, or a check that swallows
+            # cancellation, runs this far past its deadline. Under ASGI it held up the server.
+            outcome = dataclasses.replace(
+                outcome,
+                error=f"{outcome.error}, yet ran {duration:.2g}s: it blocked the event loop "
+                "or ignored cancellation",
+            )
+        self._finish(run, outcome)
 
     def _finish(self, run: Run, outcome: Outcome) -> None:
         run.finish(outcome)

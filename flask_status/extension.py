@@ -230,7 +230,7 @@ class StatusRoute:
                 abort(404)
             selected = [fields[name]]
         else:
-            excluded = request.args.getlist("exclude")
+            excluded = request.args.getlist("exclude") if request.query_string else []
             selected = [field for key, field in fields.items() if key not in excluded]
         return Pending(selected, time.time(), current_app.response_class())
 
@@ -245,12 +245,15 @@ class StatusRoute:
     def fill(self, pending: Pending, results: Mapping[str, Outcome]) -> Response:
         """Render every field's outcome into the pending response."""
         outcomes = {
-            field.key: Outcome(field.value) if field.kind is Kind.CONSTANT else results[field.key]
+            field.key: results[field.key] if field.constant is None else field.constant
             for field in pending.fields
         }
         critical = {field.key: field.critical for field in pending.fields}
         wants_health_json = (
-            request.accept_mimetypes.best_match(["application/json", HEALTH_JSON]) == HEALTH_JSON
+            # the substring test spares the Accept parsing on almost every request
+            "health+json" in request.headers.get("Accept", "")
+            and request.accept_mimetypes.best_match(["application/json", HEALTH_JSON])
+            == HEALTH_JSON
         )
         dumps = current_app.json.dumps
         if isinstance(current_app.json, DefaultJSONProvider):

@@ -12,6 +12,8 @@ from typing import Any
 
 from flask.json.provider import DefaultJSONProvider
 
+from .outcome import Outcome
+
 #: Default per-field timeout in seconds. Kubernetes gives a probe 1 s by default; stopping a
 #: check at 0.8 s leaves time to answer, so the kubelet reads "timed out" in the body instead
 #: of giving up on the connection.
@@ -47,6 +49,8 @@ class Field:
     critical: bool = True
     timeout: float | None = None
     cache_ttl: float | None = None
+    #: For a constant, its outcome, built once; ``None`` for a callable.
+    constant: Outcome | None = None
 
 
 def is_async_callable(value: Any) -> bool:
@@ -131,4 +135,5 @@ def make_field(
     else:
         check_json(value, f"value of field {key!r}")
         kind = Kind.CONSTANT
-    return Field(key, value, kind, critical, timeout, cache_ttl)
+    constant = Outcome(value) if kind is Kind.CONSTANT else None
+    return Field(key, value, kind, critical, timeout, cache_ttl, constant)
