@@ -15,7 +15,7 @@ $(INSTALLED): pyproject.toml
 install: $(INSTALLED)
 
 run: install
-	$(BIN)/uvicorn examples.app:asgi_app --host 127.0.0.1 --port 5000
+	$(BIN)/uvicorn examples.app:asgi_app --host 127.0.0.1 --port 5000 --reset-contextvars
 
 test: install
 	$(BIN)/python -m pytest
