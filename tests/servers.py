@@ -11,6 +11,8 @@ import threading
 import time
 from pathlib import Path
 
+from helpers import stop_process
+
 PING = b"PING\n"
 PONG = b"PONG\n"
 
@@ -107,15 +109,9 @@ class UvicornProcess:
         raise RuntimeError(f"uvicorn did not start:\n{self.log_path.read_text(errors='replace')}")
 
     def stop(self) -> None:
-        if self._process is None:
-            return
-        self._process.terminate()
-        try:
-            self._process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait(timeout=10)
-        self._process = None
+        if self._process is not None:
+            stop_process(self._process)
+            self._process = None
 
     def rss_kib(self) -> int:
         """Resident memory of the server process (VmRSS), in KiB."""
