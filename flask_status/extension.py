@@ -313,10 +313,16 @@ class StatusRoute:
 
 def no_store(response: Response) -> Response:
     """After every request to a status route, denials and errors included: never cache health."""
-    view = current_app.view_functions.get(request.endpoint or "")
-    if view is not None and any(
-        view is route.view for route in current_app.extensions[EXTENSION_KEY]
-    ):
+    routes: list[StatusRoute] = current_app.extensions[EXTENSION_KEY]
+    if request.endpoint is None:  # routing failed: a 405 for a status URL counts too
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        ours = response.status_code == 405 and any(
+            request.path in route.paths(app) for route in routes
+        )
+    else:
+        view = current_app.view_functions.get(request.endpoint)
+        ours = any(view is route.view for route in routes)
+    if ours:
         response.headers["Cache-Control"] = "no-store"
     return response
 

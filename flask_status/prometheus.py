@@ -52,7 +52,9 @@ class StatusCollector(Collector):
             key: (1.0 if outcome.ok else 0.0, outcome.duration) for key, outcome in outcomes.items()
         }
         with self._lock:
-            self._latest[route] = checks
+            # Merge: a request for one field (``<url>/<field>``, ``?exclude=``) leaves the
+            # other fields' gauges at their last evaluation.
+            self._latest.setdefault(route, {}).update(checks)
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         up, duration = _families()

@@ -217,3 +217,11 @@ def test_bad_app_config_names_the_key(key: str, value: Any, error: type[Exceptio
     app.config[key] = value
     with pytest.raises(error, match=key):
         FlaskStatus(app)
+
+
+def test_method_not_allowed_is_not_cached() -> None:
+    app, _, _ = make_app()
+    response = app.test_client().post("/api/status")
+    assert response.status_code == 405
+    assert response.headers["Cache-Control"] == "no-store"
+    assert "Cache-Control" not in app.test_client().post("/elsewhere").headers

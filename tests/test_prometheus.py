@@ -161,3 +161,19 @@ def test_missing_prometheus_client_names_the_extra(monkeypatch: pytest.MonkeyPat
     monkeypatch.delitem(sys.modules, "flask_status.prometheus")
     with pytest.raises(ImportError, match=r"pip install 'flask-status\[prometheus\]'"):
         importlib.import_module("flask_status.prometheus")
+
+
+def test_single_field_requests_keep_the_other_gauges(
+    checked_app: StatusApp, registry: CollectorRegistry
+) -> None:
+    switch = Switch()
+    checked_app.status.add_field("switch", switch)
+    checked_app.status.add_field("version", "2.0.0")
+    instrument(checked_app.status, registry)
+    client = checked_app.app.test_client()
+    assert client.get("/api/status").status_code == 200
+    switch.broken = True
+    assert client.get("/api/status/switch").status_code == 503
+    assert client.get("/api/status?exclude=switch").status_code == 200
+    assert sample(registry, UP, "switch") == 0  # from the single-field request
+    assert sample(registry, UP, "version") == 1
