@@ -57,10 +57,6 @@ class Run:
         self._lock = threading.Lock()
         self._callbacks: list[Callable[[Run], object]] = []
 
-    @property
-    def done(self) -> bool:
-        return self.outcome is not None
-
     def finish(self, outcome: Outcome, fatal: BaseException | None = None) -> None:
         """Record the outcome (a late one counts as a timeout) and wake the waiters."""
         now = time.monotonic()
