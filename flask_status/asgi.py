@@ -111,7 +111,7 @@ class StatusMiddleware:
             if inspect.isawaitable(rv):  # an async authenticator's wrapper
                 rv = await rv
             for route, pending in handover.pending:  # the view left its checks to this loop
-                await route.evaluate_async(pending)
+                await route.respond(pending)
         except Exception as exc:
             rv = app.handle_user_exception(exc)
         response: Response = await self._in_thread(app.finalize_request, rv)

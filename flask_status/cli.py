@@ -24,6 +24,6 @@ def status_command(url: str | None) -> None:
     elif url not in served:
         raise click.BadParameter(f"choose one of: {', '.join(served)}", param_hint="--url")
     with app.test_request_context(url):
-        response = served[url].respond()
+        response = served[url].respond_now()
     click.echo(response.get_data(as_text=True).rstrip("\n"))
     raise SystemExit(1 if response.status_code >= 500 else 0)

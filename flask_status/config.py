@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .fields import DEFAULT_TIMEOUT, check_message, check_seconds, check_url
-from .workers import DEFAULT_MAX_WORKERS
+
+#: Default upper bound on sync checks running at once, per FlaskStatus instance.
+DEFAULT_MAX_WORKERS = 256
 
 
 def check_bool(name: str, value: Any) -> bool:

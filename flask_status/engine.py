@@ -1,388 +1,266 @@
-"""The evaluation engine: runs a request's callable fields concurrently, each under its timeout.
+"""The evaluation engine: a request's callable fields, gathered concurrently with anyio.
 
-Sync checks run in worker threads; async checks run as tasks on an asyncio event loop (the
-server's under ASGI, a shared background loop under WSGI), each cancelled at its deadline.
-Every run is *single-flight*: requests that arrive while a field's check is in flight wait for
-that run instead of starting another, so a hung check holds one thread however many probes
-arrive. A finished run is reused for ``cache_ttl`` seconds.
+One evaluation is one task group. Each field is a task under its own cancel scope, whose
+deadline is the field's timeout: async checks are awaited inside it (so
+``anyio.current_effective_deadline()`` is the field's deadline there), sync checks run in anyio
+worker threads under the instance's capacity limiter and are abandoned at the deadline.
 
-A waiting request is woken once, when the last run it waits for finishes (or at the earliest
-deadline still ahead), not once per finished run: thread wake-ups are what a fast check costs.
+Runs are *single-flight*: a request that finds a field's check already running waits for that
+run (up to the run's deadline) instead of starting another, so a hung check holds one thread
+however many probes arrive. The request that starts a run hosts it in a shielded scope, so a
+client that hangs up does not cancel a run others wait for; the run's own deadline bounds it.
+A finished run is reused for ``cache_ttl`` seconds.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import contextvars
 import dataclasses
 import functools
 import inspect
 import logging
-import math
+import os
 import threading
 import time
-from collections.abc import Awaitable, Coroutine, Iterable, Mapping
+import weakref
+from collections.abc import Awaitable, Iterable
 from typing import Any, Callable
 
-from .fields import Field, Kind
-from .outcome import Outcome, describe, timed_out
-from .workers import BackgroundLoop, Batch, WorkerPool
+import anyio
+import anyio.to_thread
 
-# Errors a check may raise that must reach the server rather than be turned into a field error.
-FATAL = (KeyboardInterrupt, SystemExit)
+from . import threads
+from .fields import Field, Kind
+from .outcome import Encode, Outcome, describe, overran, timed_out, unreportable
 
 #: Seconds an async check may run past its deadline before it is reported as having outrun
-#: its cancellation (the loop timer that cancels it fires within a few milliseconds).
+#: its cancellation (a cancelled check normally ends at its next await, within milliseconds).
 OVERRUN_GRACE = 0.05
 
-#: Seconds a request's sync checks run in turn on one thread before the ones not started yet
-#: get a thread each: far longer than quick checks take, far shorter than a check's timeout.
-SPREAD_AFTER = 0.002
+
+#: A sync check whose last run took less than this (seconds) is *quick*: the quick checks of a
+#: request that share a timeout run one after another in one worker thread hop, where a hop
+#: each would cost more thread wake-ups than the checks themselves.
+QUICK_SECONDS = 0.001
 
 
+@dataclasses.dataclass(eq=False)
 class Run:
     """One execution of a field's check, shared by every request that waits for it."""
 
-    def __init__(self, field: Field, timeout: float) -> None:
-        self.field = field
-        self.timeout = timeout
-        self.started = time.monotonic()
-        self.deadline = self.started + timeout
-        self.finished: float | None = None
-        self.outcome: Outcome | None = None
-        self.fatal: BaseException | None = None
-        self.timeout_logged = False
-        self.expired = False  # set when its deadline cancels its task
-        self._lock = threading.Lock()
-        self._callbacks: list[Callable[[Run], object]] = []
+    field: Field
+    timeout: float
+    deadline: float  # on anyio's clock
+    loop_thread: int  # the event loop's thread: its Event can be awaited only there
+    done: anyio.Event = dataclasses.field(default_factory=anyio.Event)
+    #: What the check produced so far: its outcome, an awaitable a sync check returned, or
+    #: ``None`` while it has not returned.
+    produced: Outcome | Awaitable[Any] | None = None
+    error: BaseException | None = None  # what it raised, kept until logged
+    outcome: Outcome | None = None  # final, once the run is over
+    finished_at: float | None = None  # anyio clock; None while the check is still running
+    thread_busy: bool = False  # a sync check abandoned at its deadline has not returned yet
 
-    def finish(self, outcome: Outcome, fatal: BaseException | None = None) -> None:
-        """Record the outcome (a late one counts as a timeout) and wake the waiters."""
-        now = time.monotonic()
-        if now > self.deadline and outcome.ok:
-            outcome = timed_out(self.timeout, now - self.started)
-        with self._lock:
-            if self.outcome is not None:
-                return
-            self.finished, self.outcome, self.fatal = now, outcome, fatal
-            callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
-            callback(self)
-
-    def on_finish(self, callback: Callable[[Run], object]) -> None:
-        """Call ``callback(run)`` (from any thread) once the run has finished."""
-        with self._lock:
-            if self.outcome is None:
-                self._callbacks.append(callback)
-                return
-        callback(self)
-
-    def result(self, now: float) -> Outcome:
-        """What a request that stops waiting at ``now`` reports for this run."""
-        if self.outcome is not None:
-            return self.outcome
-        return timed_out(self.timeout, now - self.started)
+    def result(self) -> Outcome:
+        """The outcome, or "timed out" for a request that stopped waiting at the deadline."""
+        return self.outcome or timed_out(self.timeout, self.timeout)
 
 
 class Evaluator:
-    """Runs fields for one FlaskStatus instance on one app, and keeps each field's last run."""
+    """Runs the fields of one FlaskStatus on one app, and keeps each field's latest run."""
 
     def __init__(
         self,
         logger: logging.Logger,
-        pool: WorkerPool,
-        background_loop: BackgroundLoop,
+        encode: Encode,
         default_timeout: float,
         default_cache_ttl: float,
+        max_workers: int,
     ) -> None:
         self.logger = logger
-        self.pool = pool
-        self.background_loop = background_loop
+        self.encode = encode
         self.default_timeout = default_timeout
         self.default_cache_ttl = default_cache_ttl
-        self._lock = threading.Lock()
+        self.max_workers = max_workers
+        self._failing: dict[str, bool] = {}  # per key: whether its last run failed (for logs)
+        self._reset()
+        _evaluators.add(self)
+
+    def _reset(self) -> None:
+        """Forget runs and threads; called at start and in a forked child, where none exist."""
         self._latest: dict[str, Run] = {}
-
-    # -- starting runs -------------------------------------------------------------------
-
-    def _claim(self, fields: Iterable[Field]) -> tuple[dict[str, Run], list[Run], list[Run]]:
-        """Reuse each field's in-flight or still-fresh run, or create a new one.
-
-        Returns all runs by key, and the new sync and async runs the caller must start.
-        """
-        runs: dict[str, Run] = {}
-        new_sync: list[Run] = []
-        new_async: list[Run] = []
-        now = time.monotonic()
-        with self._lock:
-            for field in fields:
-                run = self._latest.get(field.key)
-                if run is None or run.field is not field or not self._reusable(run, now):
-                    timeout = field.timeout if field.timeout is not None else self.default_timeout
-                    run = self._latest[field.key] = Run(field, timeout)
-                    (new_async if field.kind is Kind.ASYNC else new_sync).append(run)
-                runs[field.key] = run
-        return runs, new_sync, new_async
-
-    def _reusable(self, run: Run, now: float) -> bool:
-        if run.finished is None:
-            return True
-        ttl = run.field.cache_ttl if run.field.cache_ttl is not None else self.default_cache_ttl
-        return now - run.finished < ttl
-
-    def _start_sync(self, runs: list[Run]) -> Batch | None:
-        if not runs:
-            return None
-        # A copy of the context per run, as each would get in a thread of its own.
-        return Batch(
-            self.pool,
-            [
-                functools.partial(contextvars.copy_context().run, self._run_sync, run)
-                for run in runs
-            ],
-        )
-
-    def _run_sync(self, run: Run) -> None:
-        started = time.perf_counter()
-        try:
-            value = run.field.value()
-            if inspect.isawaitable(value):
-                # A plain callable that returned an awaitable: finish it here, on a private loop.
-                value = asyncio.run(_awaited(value))
-        except FATAL as exc:
-            self._finish_failed(run, exc, started, fatal=exc)
-        except BaseException as exc:  # any other error belongs to this field
-            self._finish_failed(run, exc, started)
-        else:
-            self._finish(run, Outcome(value, None, time.perf_counter() - started, time.time()))
-
-    def _start_async(self, runs: list[Run]) -> None:
-        """Start each run as a task on the running loop (each in a copy of the current context)."""
-        Expiry(asyncio.get_running_loop(), runs, self._run_async)
-
-    async def _run_async(self, run: Run, expiry: Expiry) -> None:
-        started = time.perf_counter()
-        try:
-            value = await run.field.value()
-        except asyncio.CancelledError as exc:
-            if run.expired:
-                self._finish_late(run, time.perf_counter() - started)
-            else:
-                self._finish_failed(run, exc, started)  # raised by the check itself
-            return
-        except FATAL as exc:
-            self._finish_failed(run, exc, started, fatal=exc)
-            return
-        except BaseException as exc:  # any other error belongs to this field
-            self._finish_failed(run, exc, started)
-            return
-        finally:
-            expiry.ended(run)
-        duration = time.perf_counter() - started
-        if duration > run.timeout:
-            self._finish_late(run, duration)
-        else:
-            self._finish(run, Outcome(value, None, duration, time.time()))
-
-    def _finish_late(self, run: Run, duration: float) -> None:
-        """An async check past its deadline; name the cause when it outran its cancellation."""
-        outcome = timed_out(run.timeout, duration)
-        if duration > run.timeout + OVERRUN_GRACE:
-            # Cancellation lands at an await: only a blocking call, or a check that swallows
-            # cancellation, runs this far past its deadline. Under ASGI it held up the server.
-            outcome = dataclasses.replace(
-                outcome,
-                error=f"{outcome.error}, yet ran {duration:.2g}s: it blocked the event loop "
-                "or ignored cancellation",
-            )
-        self._finish(run, outcome)
-
-    def _finish(self, run: Run, outcome: Outcome) -> None:
-        run.finish(outcome)
-        if run.outcome is not None and not run.outcome.ok and not run.timeout_logged:
-            run.timeout_logged = True
-            self.logger.warning("status field %r: %s", run.field.key, run.outcome.error)
-
-    def _finish_failed(
-        self,
-        run: Run,
-        exc: BaseException,
-        started: float,
-        fatal: BaseException | None = None,
-    ) -> None:
-        self.logger.error("status field %r failed", run.field.key, exc_info=exc)
-        run.finish(Outcome(None, describe(exc), time.perf_counter() - started, time.time()), fatal)
-
-    # -- evaluating ----------------------------------------------------------------------
-
-    def evaluate_blocking(self, fields: Iterable[Field]) -> dict[str, Outcome]:
-        """Evaluate from a WSGI worker thread: async checks go to the background loop."""
-        runs, new_sync, new_async = self._claim(fields)
-        if not runs:
-            return {}
-        batch = self._start_sync(new_sync)
-        if new_async:
-            self.background_loop.call(self._start_async, new_async)
-        wait_blocking(runs.values(), batch)
-        return self._results(runs)
+        self.limiter = anyio.CapacityLimiter(self.max_workers)
 
     async def evaluate(self, fields: Iterable[Field]) -> dict[str, Outcome]:
-        """Evaluate on the running event loop (ASGI): async checks run on this loop."""
-        runs, new_sync, new_async = self._claim(fields)
-        if not runs:
-            return {}
-        batch = self._start_sync(new_sync)
-        if new_async:
-            self._start_async(new_async)
-        await wait_async(runs.values(), batch)
-        return self._results(runs)
+        """Every callable field's outcome, gathered concurrently, each by its deadline.
 
-    def _results(self, runs: Mapping[str, Run]) -> dict[str, Outcome]:
-        now = time.monotonic()
-        for run in runs.values():
-            if run.fatal is not None:
-                raise run.fatal
-            if run.outcome is None and not run.timeout_logged:
-                run.timeout_logged = True  # once per run, not once per probe
-                self.logger.warning(
-                    "status field %r: timed out after %gs", run.field.key, run.timeout
+        A run this request starts is hosted by a task of its own (quick sync checks with the
+        same timeout share one); a run another request started is waited for, up to its
+        deadline; a finished one still fresh is reused at once.
+        """
+        now = anyio.current_time()
+        thread = threading.get_ident()
+        runs: dict[str, Run] = {}
+        waited: list[Run] = []
+        quick: dict[float, list[Run]] = {}  # by timeout
+        hosted: list[list[Run]] = []
+        for item in fields:
+            previous = self._latest.get(item.key)
+            if previous is not None and self._reusable(previous, item, now, thread):
+                runs[item.key] = previous
+                if previous.outcome is None:
+                    waited.append(previous)
+                continue
+            run = runs[item.key] = self._start(item, now, thread)
+            if item.kind is Kind.SYNC and _was_quick(previous):
+                quick.setdefault(run.timeout, []).append(run)
+            else:
+                hosted.append([run])
+        # Sync checks first: once in their threads, an async check that blocks the loop
+        # cannot keep them from starting before their deadline.
+        hosted.sort(key=lambda batch: batch[0].field.kind is Kind.ASYNC)
+        async with anyio.create_task_group() as task_group:
+            for batch in [*quick.values(), *hosted]:
+                task_group.start_soon(self._host, batch)
+            for run in waited:
+                task_group.start_soon(self._wait, run)
+        return {key: run.result() for key, run in runs.items()}
+
+    def _reusable(self, run: Run, item: Field, now: float, thread: int) -> bool:
+        """Whether a request may take ``run`` (still running, or fresh) instead of a new one.
+
+        Only the event loop's thread reads and writes ``_latest``, so no lock is needed. A
+        run of another event loop is not waited for: its Event belongs to that loop.
+        """
+        if run.field is not item:
+            return False  # the key was re-added: a new field
+        if run.thread_busy:
+            return True  # a hung sync check: its "timed out" stands until its thread returns
+        if run.finished_at is None:
+            return run.loop_thread == thread
+        ttl = item.cache_ttl if item.cache_ttl is not None else self.default_cache_ttl
+        return now - run.finished_at < ttl
+
+    def _start(self, item: Field, now: float, thread: int) -> Run:
+        timeout = item.timeout if item.timeout is not None else self.default_timeout
+        run = self._latest[item.key] = Run(item, timeout, now + timeout, thread)
+        return run
+
+    @staticmethod
+    async def _wait(run: Run) -> None:
+        with anyio.CancelScope(deadline=run.deadline):
+            await run.done.wait()
+
+    async def _host(self, runs: list[Run]) -> None:
+        """Run checks under their (shared) deadline, then record each outcome and log it.
+
+        The scope is shielded: other requests may wait for these runs, so a client that hangs
+        up must not cancel them; the deadline bounds them all the same.
+        """
+        started = time.perf_counter()
+        with anyio.CancelScope(shield=True, deadline=runs[0].deadline) as scope:
+            if runs[0].field.kind is Kind.ASYNC:
+                await self._await(runs[0], runs[0].field.value, scope)
+            else:
+                await threads.run_sync(functools.partial(self._call_all, runs), self.limiter)
+                for run in runs:
+                    if inspect.isawaitable(run.produced):  # a plain function returned one
+                        await self._await(run, functools.partial(_awaited, run.produced), scope)
+        for run in runs:
+            self._finish(run, time.perf_counter() - started)
+
+    async def _await(
+        self, run: Run, check: Callable[[], Awaitable[Any]], scope: anyio.CancelScope
+    ) -> None:
+        started = time.perf_counter()
+        try:
+            value = await check()
+        except anyio.get_cancelled_exc_class() as exc:
+            if scope.cancel_called:
+                raise  # the deadline: the scope catches it
+            self._failed(run, exc, started)  # raised by the check itself: an error like others
+        except BaseException as exc:  # whatever a check raises belongs to its field
+            self._failed(run, exc, started)
+        else:
+            run.produced = self._checked(value, started)
+
+    def _call_all(self, runs: list[Run]) -> None:
+        """In a worker thread: call each sync check in turn."""
+        for run in runs:
+            run.thread_busy = True  # until it returns, even if abandoned at its deadline
+            started = time.perf_counter()
+            try:
+                value = run.field.value()
+            except BaseException as exc:  # whatever a check raises belongs to its field
+                self._failed(run, exc, started)
+            else:
+                # An awaitable is awaited by the host, on the loop, under the deadline.
+                run.produced = (
+                    value if inspect.isawaitable(value) else self._checked(value, started)
                 )
-        return {key: run.result(now) for key, run in runs.items()}
+            finally:
+                run.thread_busy = False
+
+    def _checked(self, value: Any, started: float) -> Outcome:
+        """A returned value as its outcome: checked and sized once, here, not per request."""
+        error = unreportable(value, self.encode)
+        duration = time.perf_counter() - started
+        return Outcome(None if error else value, error, duration, time.time())
+
+    @staticmethod
+    def _failed(run: Run, exc: BaseException, started: float) -> None:
+        run.error = exc
+        run.produced = Outcome(None, describe(exc), time.perf_counter() - started, time.time())
+
+    def _finish(self, run: Run, elapsed: float) -> None:
+        """Settle the run's outcome (late or missing is a timeout), wake its waiters, log."""
+        outcome = run.produced
+        if not isinstance(outcome, Outcome) or outcome.duration > run.timeout:
+            outcome = timed_out(run.timeout, elapsed)
+            if elapsed > run.timeout + OVERRUN_GRACE and run.field.kind is Kind.ASYNC:
+                outcome = overran(outcome)
+        run.outcome, run.finished_at, run.produced = outcome, anyio.current_time(), None
+        run.done.set()
+        error, run.error = run.error, None
+        self._log(run.field.key, outcome, error)
+
+    def _log(self, key: str, outcome: Outcome, error: BaseException | None) -> None:
+        """Log state changes: the first failure at ERROR, repeats at DEBUG, recovery at INFO."""
+        was_failing = self._failing.get(key, False)
+        self._failing[key] = not outcome.ok
+        try:
+            if outcome.ok:
+                if was_failing:
+                    self.logger.info("status field %r recovered", key)
+            elif was_failing:
+                self.logger.debug("status field %r still failing: %s", key, outcome.error)
+            else:
+                self.logger.error("status field %r failed: %s", key, outcome.error, exc_info=error)
+        except BaseException:  # a broken log handler or filter must not break the field
+            pass
+
+
+def _was_quick(run: Run | None) -> bool:
+    """Whether a field's last run (a sync check's) was quick and healthy."""
+    return (
+        run is not None
+        and run.outcome is not None
+        and run.outcome.ok
+        and run.outcome.duration < QUICK_SECONDS
+    )
 
 
 async def _awaited(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
 
 
-class Expiry:
-    """The tasks of a batch of async runs, and one loop timer that cancels them at deadlines.
-
-    One timer per batch rather than per task: most runs of a request share their deadline.
-    Holding the tasks also keeps them alive until they end (the loop holds tasks weakly).
-    """
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        runs: list[Run],
-        run_async: Callable[[Run, Expiry], Coroutine[Any, Any, None]],
-    ) -> None:
-        self._loop = loop
-        self._tasks: dict[Run, asyncio.Task[None]] = {}
-        self._timer: asyncio.TimerHandle | None = None
-        for run in runs:
-            task = loop.create_task(run_async(run, self))
-            if not task.done():  # an eager task factory may have run it to its end already
-                self._tasks[run] = task
-        self._timer = self._schedule()
-
-    def ended(self, run: Run) -> None:
-        """Called by each run's task as it ends."""
-        self._tasks.pop(run, None)
-        if not self._tasks and self._timer is not None:
-            self._timer.cancel()
-
-    def _schedule(self) -> asyncio.TimerHandle | None:
-        deadlines = [run.deadline for run in self._tasks if not run.expired]
-        if not deadlines:
-            return None
-        return self._loop.call_later(min(deadlines) - time.monotonic(), self._expire)
-
-    def _expire(self) -> None:
-        now = time.monotonic()
-        for run, task in self._tasks.items():
-            if run.deadline <= now and not run.expired:
-                run.expired = True  # tells the task the cancellation is its timeout
-                task.cancel()
-        self._timer = self._schedule()
+#: Every evaluator, so that a forked child can drop the runs and threads it did not inherit.
+_evaluators: weakref.WeakSet[Evaluator] = weakref.WeakSet()
 
 
-class Waiter:
-    """The runs one request still waits for; calls ``wake`` once, when the last one finishes."""
-
-    def __init__(self, runs: Iterable[Run], wake: Callable[[], object]) -> None:
-        self._lock = threading.Lock()
-        self._wake = wake
-        self._woken = False
-        now = time.monotonic()
-        # A run already past its deadline is not waited for: no callback piles up on a hung run.
-        self._waiting = {run for run in runs if run.outcome is None and run.deadline > now}
-        for run in list(self._waiting):
-            run.on_finish(self._finished)
-
-    def _finished(self, run: Run) -> None:
-        with self._lock:
-            self._waiting.discard(run)
-            if self._waiting or self._woken:
-                return
-            self._woken = True
-        self._wake()
-
-    def next_deadline(self, now: float) -> float | None:
-        """Drop the runs finished or past their deadline; the earliest deadline left, if any."""
-        with self._lock:
-            self._waiting = {
-                run for run in self._waiting if run.outcome is None and run.deadline > now
-            }
-            return min((run.deadline for run in self._waiting), default=None)
+def _after_fork_in_child() -> None:
+    for evaluator in list(_evaluators):
+        evaluator._reset()
 
 
-def wait_blocking(runs: Iterable[Run], batch: Batch | None = None) -> None:
-    """Block until every run has finished or passed its deadline.
-
-    ``batch``, the sync runs this request started, is spread after :data:`SPREAD_AFTER`.
-    """
-    woken = threading.Lock()  # held until the waiter releases it: cheaper than an Event
-    woken.acquire()
-    waiter = Waiter(runs, woken.release)
-    spread_at = time.monotonic() + SPREAD_AFTER if batch is not None else math.inf
-    try:
-        while True:
-            now = time.monotonic()
-            if now >= spread_at and batch is not None:
-                batch.spread()
-                spread_at = math.inf
-            deadline = waiter.next_deadline(now)
-            if deadline is None:
-                return
-            woken.acquire(timeout=min(deadline, spread_at) - now)
-    finally:
-        if batch is not None:
-            batch.spread()  # leave no run queued behind a hung one
-
-
-async def wait_async(runs: Iterable[Run], batch: Batch | None = None) -> None:
-    """Wait on the running loop until every run has finished or passed its deadline.
-
-    ``batch``, the sync runs this request started, is spread after :data:`SPREAD_AFTER`.
-    """
-    loop = asyncio.get_running_loop()
-    loop_thread = threading.get_ident()
-    woken = asyncio.Event()
-
-    def wake() -> None:
-        if threading.get_ident() == loop_thread:
-            woken.set()
-            return
-        with contextlib.suppress(RuntimeError):  # a closed loop (shutdown) has no waiter left
-            loop.call_soon_threadsafe(woken.set)
-
-    waiter = Waiter(runs, wake)
-    spreading = loop.call_later(SPREAD_AFTER, batch.spread) if batch is not None else None
-    try:
-        while True:
-            woken.clear()
-            now = time.monotonic()
-            deadline = waiter.next_deadline(now)
-            if deadline is None:
-                return
-            timer = loop.call_later(deadline - now, woken.set)
-            try:
-                await woken.wait()
-            finally:
-                timer.cancel()
-    finally:
-        if spreading is not None and batch is not None:
-            spreading.cancel()
-            batch.spread()  # leave no run queued behind a hung one
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)

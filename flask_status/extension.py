@@ -19,17 +19,15 @@ from . import config
 from .aggregate import Health, aggregate
 from .engine import Evaluator
 from .fields import Field, Kind, is_async_callable, make_field
-from .outcome import Outcome
+from .loop import LoopStopped, portal_loop
+from .outcome import Encode, Outcome
 from .render import (
     HEALTH_JSON,
-    JSON_ERRORS,
-    MAX_FIELD_BYTES,
     health_json_payload,
     hide_errors,
     invalid_values,
     json_payload,
 )
-from .workers import WorkerPool, background_loop
 
 Scaffold = Union[Flask, Blueprint]
 View = Callable[..., Any]
@@ -182,12 +180,9 @@ class StatusRoute:
     def __init__(self, status: FlaskStatus, app: Flask, settings: config.Settings) -> None:
         self.status = status
         self.settings = settings
+        self.encode = _encoder(app)
         self.evaluator = Evaluator(
-            app.logger,
-            WorkerPool(settings.max_workers),
-            background_loop,
-            settings.timeout,
-            settings.cache_ttl,
+            app.logger, self.encode, settings.timeout, settings.cache_ttl, settings.max_workers
         )
         self.view = self._make_view()
 
@@ -196,7 +191,7 @@ class StatusRoute:
             pending = self.pending(field)
             handover = deferred.get()
             if handover is None:  # WSGI
-                return self.evaluate_blocking(pending)
+                return self.respond_blocking(pending)
             if handover.on_loop:
                 # Called on the event loop by the middleware with no wrapper around it:
                 # hand the request back, the middleware evaluates it on the loop.
@@ -204,7 +199,7 @@ class StatusRoute:
                 return pending.response
             # In the middleware's worker thread (a sync authenticator wraps the view): evaluate
             # on the server's loop now, so the wrapper sees the finished answer.
-            return anyio.from_thread.run(self.evaluate_async, pending)
+            return anyio.from_thread.run(self.respond, pending)
 
         authenticator = self.status.authenticator
         if authenticator is None:
@@ -214,7 +209,7 @@ class StatusRoute:
             # The wrapper awaits the view: give it a coroutine function around the same logic.
             async def status_ping_async(field: str | None = None) -> Response:
                 if deferred.get() is not None:  # awaited on the server's loop
-                    return await self.evaluate_async(self.pending(field))
+                    return await self.respond(self.pending(field))
                 return status_ping(field)  # on the event loop Flask runs for this view
 
             view = authenticator(status_ping_async)
@@ -234,12 +229,19 @@ class StatusRoute:
             selected = [field for key, field in fields.items() if key not in excluded]
         return Pending(selected, time.time(), current_app.response_class())
 
-    def evaluate_blocking(self, pending: Pending) -> Response:
-        """Evaluate from a WSGI worker thread and fill the response."""
-        return self.fill(pending, self.evaluator.evaluate_blocking(_callables(pending.fields)))
+    def respond_blocking(self, pending: Pending) -> Response:
+        """Answer from a thread without an event loop (WSGI): evaluate on the portal's loop."""
+        if not any(field.kind is not Kind.CONSTANT for field in pending.fields):
+            return self.fill(pending, {})  # nothing to run: no need for the loop
+        try:
+            return portal_loop.call(self.respond, pending)
+        except LoopStopped as exc:
+            current_app.logger.error("status route %s: %s", request.path, exc)
+            stopped = Outcome(error=str(exc), measured_at=time.time())
+            return self.fill(pending, {field.key: stopped for field in _callables(pending.fields)})
 
-    async def evaluate_async(self, pending: Pending) -> Response:
-        """Evaluate on the running event loop and fill the response (used by the middleware)."""
+    async def respond(self, pending: Pending) -> Response:
+        """Evaluate the request's fields on the running event loop and fill the response."""
         return self.fill(pending, await self.evaluator.evaluate(_callables(pending.fields)))
 
     def fill(self, pending: Pending, results: Mapping[str, Outcome]) -> Response:
@@ -255,9 +257,6 @@ class StatusRoute:
             and request.accept_mimetypes.best_match(["application/json", HEALTH_JSON])
             == HEALTH_JSON
         )
-        dumps = current_app.json.dumps
-        if isinstance(current_app.json, DefaultJSONProvider):
-            dumps = functools.partial(dumps, allow_nan=False)  # NaN is not JSON
 
         def encode(outcomes: Mapping[str, Outcome]) -> tuple[str, Health]:
             health = aggregate((critical[key], outcome.ok) for key, outcome in outcomes.items())
@@ -271,17 +270,12 @@ class StatusRoute:
                     if 0 < outcome.measured_at < pending.since
                 }
                 document = json_payload(self.settings.message, shown, health, cached)
-            return dumps(document), health
+            return self.encode(document), health
 
         try:
             body, health = encode(outcomes)
-            # A body this small cannot hold an oversized field: skip the per-field check.
-            # health+json leaves most values out, so there every value is checked.
-            suspect = wants_health_json or len(body) > MAX_FIELD_BYTES
-        except JSON_ERRORS:
-            suspect = True
-        if suspect:
-            invalid = invalid_values(outcomes, dumps)
+        except Exception:  # a value changed since its run checked it: find it, fail it
+            invalid = invalid_values(outcomes, self.encode)
             for key, outcome in invalid.items():
                 current_app.logger.error("status field %r %s", key, outcome.error)
             outcomes.update(invalid)
@@ -298,9 +292,9 @@ class StatusRoute:
         response.mimetype = HEALTH_JSON if wants_health_json else "application/json"
         return response
 
-    def respond(self) -> Response:
+    def respond_now(self) -> Response:
         """Evaluate every field now, without the authenticator (for the CLI)."""
-        return self.evaluate_blocking(self.pending())
+        return self.respond_blocking(self.pending())
 
     def paths(self, app: Flask) -> list[str]:
         """The URLs this route is served at on ``app`` (a blueprint adds its prefix)."""
@@ -325,6 +319,13 @@ def no_store(response: Response) -> Response:
     if ours:
         response.headers["Cache-Control"] = "no-store"
     return response
+
+
+def _encoder(app: Flask) -> Encode:
+    """The app's JSON encoding, refusing NaN and Infinity (not JSON) where it can."""
+    if isinstance(app.json, DefaultJSONProvider):
+        return functools.partial(app.json.dumps, allow_nan=False)
+    return app.json.dumps
 
 
 def _callables(fields: list[Field]) -> list[Field]:

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+#: Encodes a value as the answer will (the app's JSON provider); raises if it cannot.
+Encode = Callable[[Any], str]
 
 #: Longest error text placed in a response; the log keeps the whole error.
 MAX_ERROR_CHARS = 200
+
+#: Largest encoded value one field may contribute; a larger one fails that field.
+MAX_FIELD_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -29,8 +35,11 @@ class Outcome:
 
 
 def one_line(text: str, limit: int = MAX_ERROR_CHARS) -> str:
-    """Collapse whitespace so the text fits on one line, and cap its length."""
-    text = " ".join(text.split())
+    """Collapse whitespace so the text fits on one line, and cap its length.
+
+    The text is cut before it is collapsed: a huge message costs no more than a short one.
+    """
+    text = " ".join(text[: limit * 4].split())
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
@@ -38,8 +47,9 @@ def describe(exc: BaseException) -> str:
     """``"ClassName: message"`` on one line, as shown in a failing field."""
     try:
         message = str(exc)
-    except Exception:  # a broken __str__ must not cost more than this field's text
+    except BaseException:  # a broken __str__ must not cost more than this field's text
         message = "(its message could not be read)"
+    message = message[: MAX_ERROR_CHARS * 4]
     return one_line(f"{type(exc).__name__}: {message}" if message else type(exc).__name__)
 
 
@@ -47,3 +57,23 @@ def timed_out(timeout: float, duration: float) -> Outcome:
     return Outcome(
         error=f"timed out after {timeout:g}s", duration=duration, measured_at=time.time()
     )
+
+
+def overran(outcome: Outcome) -> Outcome:
+    """A timed-out async check that ran on well past its deadline, and why it could."""
+    return replace(
+        outcome,
+        error=f"{outcome.error}, yet ran {outcome.duration:.2g}s: it blocked the event loop "
+        "or ignored cancellation",
+    )
+
+
+def unreportable(value: Any, encode: Encode) -> str | None:
+    """Why ``value`` cannot be shown in a field (not JSON, or too large), or ``None``."""
+    try:
+        size = len(encode(value))
+    except BaseException as exc:  # any failure to encode is this field's error, never a 500
+        return f"returned a value that is not JSON-serializable: {describe(exc)}"
+    if size > MAX_FIELD_BYTES:
+        return f"returned a value too large to report ({size} > {MAX_FIELD_BYTES} bytes)"
+    return None

@@ -9,17 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any
 
 from .aggregate import Health
-from .outcome import Outcome, describe
-
-Dumps = Callable[[Any], str]
-
-JSON_ERRORS = (TypeError, ValueError, OverflowError, RecursionError)
-
-#: Largest encoded value one field may contribute; a larger one fails that field.
-MAX_FIELD_BYTES = 64 * 1024
+from .outcome import Encode, Outcome, unreportable
 
 #: Error text shown for every failing field when ``expose_errors`` is off.
 HIDDEN_ERROR = "check failed"
@@ -29,21 +22,17 @@ HEALTH_JSON = "application/health+json"
 _HEALTH_JSON_STATUS = {Health.UP: "pass", Health.DEGRADED: "warn", Health.DOWN: "fail"}
 
 
-def invalid_values(outcomes: Mapping[str, Outcome], dumps: Dumps) -> dict[str, Outcome]:
-    """Successful outcomes whose value cannot be encoded or is too large, turned into failures."""
+def invalid_values(outcomes: Mapping[str, Outcome], encode: Encode) -> dict[str, Outcome]:
+    """Successful outcomes whose value cannot be encoded or is too large, turned into failures.
+
+    Values are checked when their run finishes; this catches one changed since (a check that
+    returns an object it goes on mutating).
+    """
     failed = {}
     for key, outcome in outcomes.items():
-        if not outcome.ok:
-            continue
-        try:
-            size = len(dumps(outcome.value))
-        except JSON_ERRORS as exc:
-            error = f"returned a value that is not JSON-serializable: {describe(exc)}"
-        else:
-            if size <= MAX_FIELD_BYTES:
-                continue
-            error = f"returned a value too large to report ({size} > {MAX_FIELD_BYTES} bytes)"
-        failed[key] = replace(outcome, value=None, error=error)
+        error = unreportable(outcome.value, encode) if outcome.ok else None
+        if error is not None:
+            failed[key] = replace(outcome, value=None, error=error)
     return failed
 
 

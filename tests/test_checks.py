@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +23,7 @@ from flask_sqlalchemy import SQLAlchemy
 from flask_status import checks
 from flask_status.asgi import StatusMiddleware
 from flask_status.fields import is_async_callable
-from flask_status.workers import background_loop
+from flask_status.loop import portal_loop
 
 
 def assert_latency(value: Any) -> None:
@@ -111,16 +109,7 @@ def redis_client(redis_port: int) -> Iterator[redis_lib.Redis]:
 
 def close_on_background_loop(client: redis_asyncio.Redis) -> None:
     """Close an asyncio client on the loop where WSGI requests opened its connections."""
-    closed = threading.Event()
-
-    async def close() -> None:
-        try:
-            await client.aclose()
-        finally:
-            closed.set()
-
-    background_loop.call(asyncio.ensure_future, close())
-    assert closed.wait(10)
+    portal_loop.call(client.aclose)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""How checks are scheduled: the worker pool, sync checks batched on one thread, deadlines."""
+"""How checks are scheduled: the capacity limiter, quick sync checks sharing a thread, deadlines."""
 
 from __future__ import annotations
 
@@ -13,9 +13,8 @@ import pytest
 from asgiref.wsgi import WsgiToAsgi
 from flask import Flask
 
-from flask_status import FlaskStatus, workers
+from flask_status import FlaskStatus
 from flask_status.asgi import StatusMiddleware
-from flask_status.workers import WorkerPool
 
 SLOW = 0.3  # seconds each slow check takes: far above the 2 ms before a batch is spread
 
@@ -80,7 +79,7 @@ def test_slow_sync_checks_all_start_at_once_under_wsgi() -> None:
     assert response.status_code == 200
     # One after another they would take 6 x 0.3 s; each started well before the first ended.
     assert elapsed < 3 * SLOW
-    assert max(started.values()) - sent < SLOW / 2
+    assert max(started.values()) - min(started.values()) < SLOW / 2
 
 
 def test_slow_sync_checks_all_start_at_once_under_asgi() -> None:
@@ -163,39 +162,65 @@ def wait_until(condition: Any, seconds: float = 5) -> bool:
     return True
 
 
-def test_pool_runs_at_most_max_workers_at_once_and_the_rest_in_turn(
-    release: threading.Event,
-) -> None:
-    pool = WorkerPool(max_workers=2)
+def test_at_most_max_workers_sync_checks_run_at_once_and_the_rest_in_turn() -> None:
+    app = Flask(__name__)
+    status = FlaskStatus(app, timeout=5, max_workers=2)
     lock = threading.Lock()
-    running = {"now": 0, "most": 0, "done": 0}
+    running = {"now": 0, "most": 0}
 
-    def work() -> None:
-        with lock:
-            running["now"] += 1
-            running["most"] = max(running["most"], running["now"])
-        release.wait(10)
-        with lock:
-            running["now"] -= 1
-            running["done"] += 1
+    def make(key: str) -> Any:
+        def check() -> str:
+            with lock:
+                running["now"] += 1
+                running["most"] = max(running["most"], running["now"])
+            time.sleep(0.1)
+            with lock:
+                running["now"] -= 1
+            return key
 
-    for _ in range(5):
-        pool.submit(work)
-    assert wait_until(lambda: running["now"] == 2)
-    time.sleep(0.1)  # room for a third thread, were the limit not kept
-    assert (running["most"], pool.threads) == (2, 2)
-    release.set()
-    assert wait_until(lambda: running["done"] == 5)
+        return check
+
+    for index in range(5):
+        status.add_field(f"c{index}", make(f"c{index}"))
+    response = app.test_client().get("/api/status")
+    assert response.status_code == 200
+    assert response.get_json() == {f"c{i}": f"c{i}" for i in range(5)} | {"status": "OK"}
     assert running["most"] == 2
 
 
-def test_pool_threads_leave_after_idling(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(workers, "IDLE_SECONDS", 0.05)
-    pool = WorkerPool()
-    ran = threading.Event()
-    pool.submit(ran.set)
-    assert ran.wait(5)
-    assert wait_until(lambda: pool.threads == 0)
-    ran.clear()
-    pool.submit(ran.set)  # a new thread is started for work submitted after that
-    assert ran.wait(5)
+def test_quick_sync_checks_share_a_thread_and_a_slow_one_costs_only_its_batch(
+    release: threading.Event,
+) -> None:
+    """Quick checks (their last run under a millisecond) share one worker thread hop.
+
+    When one of them suddenly hangs, the others of its hop that had not run by the deadline
+    time out with it on that request, and on the next one run apart from the hung run.
+    """
+    app = Flask(__name__)
+    status = FlaskStatus(app, timeout=0.2)
+    hang = threading.Event()
+    threads: dict[str, set[int]] = {"a": set(), "b": set()}
+
+    def make(key: str) -> Any:
+        def check() -> bool:
+            threads[key].add(threading.get_ident())
+            if key == "a" and hang.is_set():
+                release.wait(10)
+            return True
+
+        return check
+
+    status.add_field("a", make("a"))
+    status.add_field("b", make("b"))
+    client = app.test_client()
+    client.get("/api/status")  # first runs: each in its own hop, both found quick
+    threads["a"].clear()
+    threads["b"].clear()
+    for _ in range(3):
+        assert client.get("/api/status").status_code == 200
+    # Each request ran both in one thread.
+    assert len(threads["a"] | threads["b"]) <= 3
+    hang.set()
+    assert client.get("/api/status").status_code == 503
+    answer = client.get("/api/status")  # "a" is still hung: "b" runs on its own
+    assert answer.get_json()["b"] is True

@@ -7,13 +7,12 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import pytest
 from clients import MakeClient, timed_get
 from flask import Flask
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flask_status import FlaskStatus, workers
+from flask_status import FlaskStatus
 
 pytest_plugins = ["reliability_fixtures"]
 
@@ -66,12 +65,6 @@ def make_check(spec: Spec, value: Any, released: threading.Event) -> Callable[[]
         return value
 
     return sync_check
-
-
-@pytest.fixture(autouse=True)
-def short_lived_workers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every example builds an app with its own worker threads: let idle ones exit quickly."""
-    monkeypatch.setattr(workers, "IDLE_SECONDS", 0.5)
 
 
 @settings(

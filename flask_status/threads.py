@@ -1,0 +1,74 @@
+"""Where sync checks and the WSGI event loop run: anyio worker threads, or real OS threads
+under gevent.
+
+gevent's monkey patching turns ``threading`` threads into greenlets on the calling OS thread.
+There, anyio's worker threads would be greenlets on the event loop's own thread: a check that
+blocks below gevent (a C database driver) would freeze the loop and outlive its deadline. So
+under gevent this module uses the original thread functions gevent keeps, and nothing else
+changes: the work is still awaited under the field's cancel scope and the instance's limiter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import sys
+from typing import Any, Callable
+
+import anyio
+import anyio.to_thread
+
+
+def _gevent_monkey() -> Any:
+    """``gevent.monkey`` if gevent has patched ``threading`` in this process, else ``None``."""
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey if monkey is not None and monkey.is_module_patched("threading") else None
+
+
+def gevent_patched() -> bool:
+    """Whether gevent has patched ``threading`` in this process."""
+    return _gevent_monkey() is not None
+
+
+def start_thread(target: Callable[[], object], name: str) -> None:
+    """Start ``target`` in a daemon OS thread (a real one, even under gevent)."""
+    monkey = _gevent_monkey()
+    if monkey is not None:
+        monkey.get_original("_thread", "start_new_thread")(target, ())
+        return
+    import threading
+
+    threading.Thread(target=target, name=name, daemon=True).start()
+
+
+async def run_sync(func: Callable[[], Any], limiter: anyio.CapacityLimiter) -> Any:
+    """Run ``func`` in a worker thread, abandoned if the caller's scope is cancelled."""
+    if not gevent_patched():
+        return await anyio.to_thread.run_sync(func, abandon_on_cancel=True, limiter=limiter)
+    async with limiter:
+        return await _run_in_os_thread(func)
+
+
+async def _run_in_os_thread(func: Callable[[], Any]) -> Any:
+    """``func`` in a new real OS thread; its result is handed back to this loop's thread."""
+    loop = asyncio.get_running_loop()
+    done = anyio.Event()
+    result: list[Any] = []
+    error: list[BaseException] = []
+    context = contextvars.copy_context()  # the app and request context, as anyio gives
+
+    def work() -> None:
+        try:
+            result.append(context.run(func))
+        except BaseException as exc:  # handed to the awaiting task, which owns it
+            error.append(exc)
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+                loop.call_soon_threadsafe(done.set)
+
+    start_thread(work, "flask-status-check")
+    await done.wait()
+    if error:
+        raise error[0]
+    return result[0]
