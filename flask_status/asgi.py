@@ -13,8 +13,8 @@ import asyncio
 import inspect
 import io
 import sys
-from collections.abc import Awaitable, MutableMapping
-from typing import Any, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
 
 import anyio
 import anyio.to_thread

@@ -17,8 +17,8 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Awaitable, Collection
-from typing import Any, Callable
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any
 from urllib.parse import urlsplit
 
 import anyio

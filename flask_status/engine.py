@@ -22,8 +22,8 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Iterable
-from typing import Any, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 import anyio
 import anyio.to_thread

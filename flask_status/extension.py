@@ -6,10 +6,10 @@ import dataclasses
 import functools
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Callable, Union, cast
+from typing import Any, cast
 
 import anyio.from_thread
 from flask import Blueprint, Flask, Response, abort, current_app, request
@@ -29,7 +29,7 @@ from .render import (
     json_payload,
 )
 
-Scaffold = Union[Flask, Blueprint]
+Scaffold = Flask | Blueprint
 View = Callable[..., Any]
 Authenticator = Callable[[View], View]
 Listener = Callable[[Mapping[str, Outcome]], object]

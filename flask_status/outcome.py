@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
 #: Encodes a value as the answer will (the app's JSON provider); raises if it cannot.
 Encode = Callable[[Any], str]

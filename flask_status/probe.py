@@ -50,7 +50,7 @@ def probe(url: str, timeout: float = DEFAULT_TIMEOUT) -> ProbeResult:
             code, reason = response.status, response.reason
     except HTTPError as exc:
         return ProbeResult(False, f"HTTP {exc.code} {exc.reason} from {url}{_quoted_body(exc)}")
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         return _no_answer(url, timeout)
     except URLError as exc:
         if isinstance(exc.reason, (TimeoutError, socket.timeout)):

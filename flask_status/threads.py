@@ -14,7 +14,8 @@ import asyncio
 import contextlib
 import contextvars
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import anyio
 import anyio.to_thread

@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from asgiref.wsgi import WsgiToAsgi
 from flask import Flask, Response, abort, current_app, g, jsonify, request
