@@ -105,7 +105,11 @@ class Evaluator:
         hosted: list[list[Run]] = []
         for item in fields:
             previous = self._latest.get(item.key)
-            if previous is not None and self._reusable(previous, item, now, thread):
+            if (
+                previous is not None
+                and item.single_flight
+                and self._reusable(previous, item, now, thread)
+            ):
                 runs[item.key] = previous
                 if previous.outcome is None:
                     waited.append(previous)

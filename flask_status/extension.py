@@ -133,15 +133,22 @@ class FlaskStatus:
         timeout: float | None = None,
         critical: bool = True,
         cache_ttl: float | None = None,
+        single_flight: bool = True,
     ) -> None:
         """Add ``key`` to the payload: a JSON-serializable constant, or a callable run per request.
 
         A callable may be sync or async. ``timeout`` and ``cache_ttl`` (seconds) override the
         instance defaults; a failing non-critical field makes the status DEGRADED, not DOWN.
-        Adding an existing key replaces that field.
+        ``single_flight=False`` gives each request a run of its own (seeing its own request),
+        instead of sharing the run in flight. Adding an existing key replaces that field.
         """
         self.fields[key] = make_field(
-            key, value, critical=critical, timeout=timeout, cache_ttl=cache_ttl
+            key,
+            value,
+            critical=critical,
+            timeout=timeout,
+            cache_ttl=cache_ttl,
+            single_flight=single_flight,
         )
 
     def on_evaluated(self, listener: Listener) -> None:

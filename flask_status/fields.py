@@ -49,6 +49,8 @@ class Field:
     critical: bool = True
     timeout: float | None = None
     cache_ttl: float | None = None
+    #: Whether concurrent requests share one run of the check (and so its request context).
+    single_flight: bool = True
     #: For a constant, its outcome, built once; ``None`` for a callable.
     constant: Outcome | None = None
 
@@ -114,6 +116,7 @@ def make_field(
     critical: Any = True,
     timeout: Any = None,
     cache_ttl: Any = None,
+    single_flight: Any = True,
 ) -> Field:
     """Validate ``add_field`` arguments and build the field."""
     if not isinstance(key, str):
@@ -124,6 +127,8 @@ def make_field(
         raise ValueError(f"key {key!r} is reserved: {RESERVED_KEYS[key]}")
     if not isinstance(critical, bool):
         raise TypeError(f"critical must be a bool, got {type(critical).__name__}")
+    if not isinstance(single_flight, bool):
+        raise TypeError(f"single_flight must be a bool, got {type(single_flight).__name__}")
     if timeout is not None:
         timeout = check_seconds("timeout", timeout)
     if cache_ttl is not None:
@@ -136,4 +141,4 @@ def make_field(
         check_json(value, f"value of field {key!r}")
         kind = Kind.CONSTANT
     constant = Outcome(value) if kind is Kind.CONSTANT else None
-    return Field(key, value, kind, critical, timeout, cache_ttl, constant)
+    return Field(key, value, kind, critical, timeout, cache_ttl, single_flight, constant)

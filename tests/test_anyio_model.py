@@ -124,3 +124,31 @@ def test_sync_checks_keep_the_app_and_request_context(make_client: MakeClient) -
 
     expected = {"app": "context_app", "user": "alice", "path": URL}
     assert body == {"sync": expected, "async": expected, "status": "OK"}
+
+
+def test_a_field_out_of_single_flight_sees_its_own_request(make_client: MakeClient) -> None:
+    """A shared run sees the request that started it; ``single_flight=False`` gives each
+    request a run of its own, which sees that request."""
+    from clients import in_threads
+    from flask import request
+
+    app = Flask(__name__)
+    status = FlaskStatus(app, timeout=5)
+
+    async def caller() -> str | None:
+        await anyio.sleep(0.2)  # long enough for the concurrent requests to overlap
+        return request.headers.get("X-Caller")
+
+    status.add_field("shared", caller)
+    status.add_field("own", caller, single_flight=False)
+    client = make_client(app)
+    bodies: dict[int, Any] = {}
+
+    def probe(index: int) -> None:
+        bodies[index] = client.get(URL, headers={"X-Caller": str(index)}).json()
+
+    in_threads(8, probe)
+
+    assert all(body["own"] == str(index) for index, body in bodies.items())
+    shared = {body["shared"] for body in bodies.values()}
+    assert len(shared) < len(bodies)  # several requests shared one run
