@@ -5,11 +5,15 @@ request waiting on slow checks holds up the whole app. :class:`StatusMiddleware`
 status routes itself, on the event loop, and passes everything else through::
 
     asgi_app = StatusMiddleware(WsgiToAsgi(app), app)
+
+Only the status URLs and ``<url>/<field>`` for a field that exists are its own; everything
+else, an app's own view under a status URL included, goes to the wrapped app untouched. When
+``app.wsgi_app`` is wrapped (ProxyFix, an auth guard), status requests go through that wrapped
+WSGI stack, in a worker thread: a guard around the app is never skipped.
 """
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import io
 import sys
@@ -23,6 +27,7 @@ from flask.globals import request_ctx
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, MapAdapter, Rule
 
+from .config import DEFAULT_MAX_WORKERS
 from .extension import EXTENSION_KEY, Handover, StatusRoute, deferred, no_store
 from .fields import is_async_callable
 
@@ -38,7 +43,8 @@ class StatusMiddleware:
 
     Answers are the same as under WSGI: the authenticator, the app's request hooks and error
     handlers all apply. Sync checks run in worker threads, async checks on this event loop;
-    request hooks and a sync authenticator run in a worker thread, so they cannot stall it.
+    request hooks and a sync authenticator run in a worker thread, so they cannot stall it,
+    and no thread is held while checks run unless a sync authenticator wraps the view.
     """
 
     def __init__(self, asgi_app: ASGIApp, flask_app: Flask) -> None:
@@ -46,23 +52,23 @@ class StatusMiddleware:
             raise TypeError(f"flask_app must be a Flask app, got {type(flask_app).__name__}")
         self.asgi_app = asgi_app
         self.flask_app = flask_app
-        self._routes: MapAdapter | None = None
+        self._routes: StatusRoutes | None = None
         self._app_code: bool | None = None
+        # Threads for the app's own code, apart from anyio's default ones the app may use.
+        self._limiter = anyio.CapacityLimiter(DEFAULT_MAX_WORKERS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and _on_asyncio() and self._is_status_route(scope):
+        if scope["type"] != "http" or not self._is_status_request(scope):
+            await self.asgi_app(scope, receive, send)
+        elif _own_wsgi_app(self.flask_app):
             await self._serve(scope, receive, send)
         else:
-            await self.asgi_app(scope, receive, send)
+            await self._serve_wrapped(scope, receive, send)
 
-    def _is_status_route(self, scope: Scope) -> bool:
+    def _is_status_request(self, scope: Scope) -> bool:
         if self._routes is None:
-            self._routes = _status_routes(self.flask_app)
-        try:
-            self._routes.match(_path_info(scope), method=scope["method"])
-        except HTTPException:  # not found, wrong method, or a redirect: Flask answers those
-            return False
-        return True
+            self._routes = StatusRoutes(self.flask_app)
+        return self._routes.serves(_path_info(scope), scope["method"])
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         app = self.flask_app
@@ -70,7 +76,7 @@ class StatusMiddleware:
         context = app.request_context(environ)
         if self._app_code is None:
             self._app_code = _has_app_code(app)
-        handover = Handover(on_loop=not self._app_code)
+        handover = Handover(defer=not _sync_authenticator(app))
         token = deferred.set(handover)
         error: BaseException | None = None
         try:
@@ -94,14 +100,15 @@ class StatusMiddleware:
         finally:
             if hasattr(app_iter, "close"):
                 app_iter.close()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": int(status.split(" ", 1)[0]),
-                "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers],
-            }
+        await _respond(send, status, headers, body)
+
+    async def _serve_wrapped(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Through the app's wrapped WSGI stack, in a worker thread, as a WSGI server would."""
+        environ = _environ(scope, await _read_body(receive))
+        status, headers, body = await anyio.to_thread.run_sync(
+            _call_wsgi, self.flask_app.wsgi_app, environ, limiter=self._limiter
         )
-        await send({"type": "http.response.body", "body": body})
+        await _respond(send, status, headers, body)
 
     async def _full_dispatch(self, handover: Handover) -> Response:
         """``Flask.full_dispatch_request``, with the checks evaluated on this event loop."""
@@ -141,28 +148,82 @@ class StatusMiddleware:
         Without any, Flask's own steps are quick and run here.
         """
         if self._app_code:
-            return await anyio.to_thread.run_sync(func, *args)
+            return await anyio.to_thread.run_sync(func, *args, limiter=self._limiter)
         return func(*args)
 
 
-def _status_routes(app: Flask) -> MapAdapter:
-    """A URL map holding only the app's FlaskStatus routes, to recognise them quickly."""
-    views = {id(view) for view in _status_views(app)}
-    rules = [
-        Rule(rule.rule, endpoint=rule.endpoint, methods=rule.methods)
-        for rule in app.url_map.iter_rules()
-        if id(app.view_functions.get(rule.endpoint)) in views
-    ]
-    return Map(rules, strict_slashes=app.url_map.strict_slashes).bind("localhost")
+class StatusRoutes:
+    """The app's FlaskStatus URLs, to recognise the requests that are the middleware's own."""
+
+    def __init__(self, app: Flask) -> None:
+        routes: list[StatusRoute] = app.extensions.get(EXTENSION_KEY, [])
+        self._by_endpoint: dict[str, StatusRoute] = {}
+        rules = []
+        for rule in app.url_map.iter_rules():
+            view = app.view_functions.get(rule.endpoint)
+            route = next((route for route in routes if route.view is view), None)
+            if route is not None:
+                self._by_endpoint[rule.endpoint] = route
+                rules.append(Rule(rule.rule, endpoint=rule.endpoint, methods=rule.methods))
+        self._urls: MapAdapter = Map(rules, strict_slashes=app.url_map.strict_slashes).bind(
+            "localhost"
+        )
+
+    def serves(self, path: str, method: str) -> bool:
+        """Whether ``path`` is a status URL, or ``<url>/<field>`` for a field that exists."""
+        try:
+            endpoint, arguments = self._urls.match(path, method=method)
+        except HTTPException:  # not found, wrong method, or a redirect: Flask answers those
+            return False
+        field = arguments.get("field")
+        return field is None or field in self._by_endpoint[endpoint].status.fields
 
 
-def _on_asyncio() -> bool:
-    """Native serving needs asyncio; under another event loop (trio) Flask answers as usual."""
+def _own_wsgi_app(app: Flask) -> bool:
+    """Whether ``app.wsgi_app`` is Flask's own, not wrapped in WSGI middleware."""
+    return getattr(app.wsgi_app, "__func__", None) is Flask.wsgi_app
+
+
+def _call_wsgi(
+    wsgi_app: Callable[..., Any], environ: dict[str, Any]
+) -> tuple[str, list[tuple[str, str]], bytes]:
+    """Call a WSGI app and collect its whole answer (status answers are small)."""
+    started: list[Any] = []
+    chunks: list[bytes] = []
+
+    def start_response(
+        status: str, headers: list[tuple[str, str]], exc_info: Any = None
+    ) -> Callable[[bytes], object]:
+        started[:] = [status, headers]
+        return chunks.append
+
+    iterable = wsgi_app(environ, start_response)
     try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
+        chunks.extend(iterable)
+    finally:
+        if hasattr(iterable, "close"):
+            iterable.close()
+    return started[0], started[1], b"".join(chunks)
+
+
+async def _respond(send: Send, status: str, headers: list[tuple[str, str]], body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": int(status.split(" ", 1)[0]),
+            "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _sync_authenticator(app: Flask) -> bool:
+    """Whether a sync authenticator wraps one of the app's status views."""
+    routes: list[StatusRoute] = app.extensions.get(EXTENSION_KEY, [])
+    return any(
+        route.status.authenticator is not None and not is_async_callable(route.view)
+        for route in routes
+    )
 
 
 def _has_app_code(app: Flask) -> bool:
@@ -175,20 +236,7 @@ def _has_app_code(app: Flask) -> bool:
         for func in funcs
         if func is not no_store  # the extension's own hook only sets a header
     ]
-    routes: list[StatusRoute] = app.extensions.get(EXTENSION_KEY, [])
-    return (
-        bool(hooks)
-        or bool(request_started.receivers)
-        or any(
-            route.status.authenticator is not None and not is_async_callable(route.view)
-            for route in routes
-        )
-    )
-
-
-def _status_views(app: Flask) -> list[Callable[..., Any]]:
-    routes: list[StatusRoute] = app.extensions.get(EXTENSION_KEY, [])
-    return [route.view for route in routes]
+    return bool(hooks) or bool(request_started.receivers) or _sync_authenticator(app)
 
 
 def _path_info(scope: Scope) -> str:

@@ -169,11 +169,12 @@ class Pending:
 class Handover:
     """How a view called by the ASGI middleware reaches the server's event loop.
 
-    ``on_loop`` is true when the middleware calls the view on the loop itself: the view cannot
-    block there, so it leaves its request in ``pending`` for the middleware to evaluate.
+    ``defer`` is true unless a sync authenticator wraps the view (it must see the finished
+    answer): the view then leaves its request in ``pending`` and the middleware evaluates it
+    on the loop, so no thread is held while checks run.
     """
 
-    on_loop: bool
+    defer: bool
     pending: list[tuple[StatusRoute, Pending]] = dataclasses.field(default_factory=list)
 
 
@@ -199,13 +200,12 @@ class StatusRoute:
             handover = deferred.get()
             if handover is None:  # WSGI
                 return self.respond_blocking(pending)
-            if handover.on_loop:
-                # Called on the event loop by the middleware with no wrapper around it:
-                # hand the request back, the middleware evaluates it on the loop.
+            if handover.defer:
+                # Hand the request back: the middleware evaluates it on the loop.
                 handover.pending.append((self, pending))
                 return pending.response
-            # In the middleware's worker thread (a sync authenticator wraps the view): evaluate
-            # on the server's loop now, so the wrapper sees the finished answer.
+            # In a worker thread, inside a sync authenticator's wrapper: evaluate on the
+            # server's loop now, so that the wrapper sees the finished answer.
             return anyio.from_thread.run(self.respond, pending)
 
         authenticator = self.status.authenticator
