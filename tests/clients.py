@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+import anyio
 from asgiref.wsgi import WsgiToAsgi
 from flask import Flask
 
@@ -73,7 +74,7 @@ async def asgi_get(asgi_app: Any, url: str, headers: Mapping[str, str] | None = 
         "server": ("127.0.0.1", 80),
     }
     request_sent = False
-    never = asyncio.Event()
+    never = anyio.Event()
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:

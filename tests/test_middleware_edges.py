@@ -1,0 +1,167 @@
+"""What StatusMiddleware serves itself, what it passes on, and through which stack."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import pytest
+from asgiref.wsgi import WsgiToAsgi
+from clients import LoopThread, asgi_get
+from flask import Flask, request
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from flask_status import FlaskStatus
+from flask_status.asgi import StatusMiddleware
+
+URL = "/api/status"
+
+
+class Recording:
+    """An ASGI app that records the paths it is given and passes them to ``inner``."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.paths: list[str] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.paths.append(scope.get("path", ""))
+        await self.inner(scope, receive, send)
+
+
+@pytest.fixture
+def loop() -> Any:
+    loop = LoopThread()
+    yield loop
+    loop.close()
+
+
+def get(loop: LoopThread, asgi_app: Any, url: str, **headers: str) -> Any:
+    return loop.run(asgi_get(asgi_app, url, headers))
+
+
+def test_only_status_urls_and_existing_fields_are_served_natively(loop: LoopThread) -> None:
+    app = Flask(__name__)
+    FlaskStatus(app).add_field("db", lambda: "up")
+
+    @app.get(f"{URL}/report")
+    def report() -> str:
+        return "the app's own report"
+
+    inner = Recording(WsgiToAsgi(app))
+    asgi_app = StatusMiddleware(inner, app)
+
+    assert get(loop, asgi_app, URL).json() == {"db": "up", "status": "OK"}
+    assert get(loop, asgi_app, f"{URL}/db").json() == {"db": "up", "status": "OK"}
+    assert inner.paths == []
+    answer = get(loop, asgi_app, f"{URL}/report")
+    assert (answer.status, answer.body) == (200, b"the app's own report")
+    assert get(loop, asgi_app, f"{URL}/nothing").status == 404
+    assert inner.paths == [f"{URL}/report", f"{URL}/nothing"]
+
+
+def guard(wsgi_app: Any) -> Any:
+    """WSGI middleware around ``app.wsgi_app``: 401 without the right header."""
+
+    def guarded(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        if environ.get("HTTP_X_API_KEY") != "let-me-in":
+            start_response("401 UNAUTHORIZED", [("Content-Type", "text/plain")])
+            return [b"no key"]
+        return wsgi_app(environ, start_response)  # type: ignore[no-any-return]
+
+    return guarded
+
+
+def test_a_guard_around_wsgi_app_is_never_skipped(loop: LoopThread) -> None:
+    app = Flask(__name__)
+    FlaskStatus(app).add_field("secret", lambda: "only for key holders")
+    app.wsgi_app = guard(app.wsgi_app)  # type: ignore[method-assign]
+    asgi_app = StatusMiddleware(WsgiToAsgi(app), app)
+
+    for url in (URL, f"{URL}/secret"):
+        denied = get(loop, asgi_app, url)
+        assert (denied.status, denied.body) == (401, b"no key")
+        allowed = get(loop, asgi_app, url, **{"X-Api-Key": "let-me-in"})
+        assert allowed.status == 200
+        assert allowed.json() == {"secret": "only for key holders", "status": "OK"}
+
+
+def test_proxy_fix_applies_to_status_requests(loop: LoopThread) -> None:
+    app = Flask(__name__)
+
+    async def client_address() -> str | None:
+        return request.remote_addr
+
+    FlaskStatus(app).add_field("client", client_address)
+    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1)  # type: ignore[method-assign]
+    asgi_app = StatusMiddleware(WsgiToAsgi(app), app)
+
+    answer = get(loop, asgi_app, URL, **{"X-Forwarded-For": "203.0.113.7"})
+
+    assert answer.json() == {"client": "203.0.113.7", "status": "OK"}
+
+
+def threads_held(middleware: StatusMiddleware) -> dict[str, float]:
+    """Worker thread tokens held right now: anyio's default ones, and the middleware's own."""
+    return {
+        "default": anyio.to_thread.current_default_thread_limiter().borrowed_tokens,
+        "middleware": middleware._limiter.borrowed_tokens,
+    }
+
+
+def login_required(view: Any) -> Any:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+@pytest.mark.parametrize(
+    ("hook", "authenticator", "held"),
+    [
+        (True, None, {"default": 0, "middleware": 0}),
+        # A sync authenticator wraps the view and must see the finished answer: the one case
+        # that waits in a thread, one of the middleware's own.
+        (False, login_required, {"default": 0, "middleware": 1}),
+    ],
+    ids=["before_request hook", "sync authenticator"],
+)
+def test_no_worker_thread_is_held_while_checks_run(
+    loop: LoopThread, hook: bool, authenticator: Any, held: dict[str, int]
+) -> None:
+    app = Flask(__name__)
+    if hook:
+        app.before_request(lambda: None)
+    status = FlaskStatus(app, authenticator=authenticator)
+    middleware = StatusMiddleware(WsgiToAsgi(app), app)
+
+    async def count_threads() -> dict[str, float]:
+        await anyio.sleep(0)
+        return threads_held(middleware)
+
+    status.add_field("held", count_threads)
+
+    assert get(loop, middleware, URL).json() == {"held": held, "status": "OK"}
+
+
+def test_status_is_served_natively_under_trio() -> None:
+    """asgiref's WsgiToAsgi needs asyncio; status routes do not."""
+    app = Flask(__name__)
+    status = FlaskStatus(app, timeout=5)
+
+    async def on_trio() -> str:
+        import sniffio
+
+        await anyio.sleep(0.01)
+        return sniffio.current_async_library()
+
+    status.add_field("loop", on_trio)
+    status.add_field("thread", lambda: threading.current_thread() is not threading.main_thread())
+    asgi_app = StatusMiddleware(WsgiToAsgi(app), app)
+
+    answer = anyio.run(asgi_get, asgi_app, URL, None, backend="trio")
+
+    assert (answer.status, answer.json()) == (200, {"loop": "trio", "thread": True, "status": "OK"})
