@@ -82,6 +82,8 @@ class Evaluator:
         self.default_cache_ttl = default_cache_ttl
         self.max_workers = max_workers
         self._failing: dict[str, bool] = {}  # per key: whether its last run failed (for logs)
+        #: Called with ``(key, outcome)`` once per finished run (not per request served by it).
+        self.run_listeners: list[Callable[[str, Outcome], object]] = []
         self._reset()
         _evaluators.add(self)
 
@@ -226,6 +228,11 @@ class Evaluator:
         run.done.set()
         error, run.error = run.error, None
         self._log(run.field.key, outcome, error)
+        for listener in self.run_listeners:
+            try:
+                listener(run.field.key, outcome)
+            except Exception:  # a broken listener must not break the field
+                self.logger.exception("status run listener %r failed", listener)
 
     def _log(self, key: str, outcome: Outcome, error: BaseException | None) -> None:
         """Log state changes: the first failure at ERROR, repeats at DEBUG, recovery at INFO."""
