@@ -6,24 +6,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .fields import DEFAULT_TIMEOUT, check_message, check_seconds, check_url
+from .fields import (
+    DEFAULT_TIMEOUT,
+    check_bool,
+    check_count,
+    check_message,
+    check_seconds,
+    check_url,
+)
 
 #: Default upper bound on sync checks running at once, per FlaskStatus instance.
 DEFAULT_MAX_WORKERS = 256
-
-
-def check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return value
-
-
-def check_workers(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -47,7 +40,7 @@ VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "timeout": check_seconds,
     "cache_ttl": lambda name, value: check_seconds(name, value, allow_zero=True),
     "expose_errors": check_bool,
-    "max_workers": check_workers,
+    "max_workers": check_count,
 }
 
 

@@ -10,6 +10,9 @@ run (up to the run's deadline) instead of starting another, so a hung check hold
 however many probes arrive. The request that starts a run hosts it in a shielded scope, so a
 client that hangs up does not cancel a run others wait for; the run's own deadline bounds it.
 A finished run is reused for ``cache_ttl`` seconds.
+
+A field with an ``interval`` runs in the background instead (:meth:`Evaluator.run_every`), and
+a request only reads its latest result.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import anyio.to_thread
 from . import threads
 from .fields import Field, Kind
 from .outcome import Encode, Outcome, describe, overran, timed_out, unreportable
+from .thresholds import Streak, damp
 
 #: Seconds an async check may run past its deadline before it is reported as having outrun
 #: its cancellation (a cancelled check normally ends at its next await, within milliseconds).
@@ -49,7 +53,8 @@ class Run:
 
     field: Field
     timeout: float
-    deadline: float  # on anyio's clock
+    started_at: float  # time.monotonic()
+    deadline: float  # on anyio's clock, for the cancel scope
     loop_thread: int  # the event loop's thread: its Event can be awaited only there
     done: anyio.Event = dataclasses.field(default_factory=anyio.Event)
     #: What the check produced so far: its outcome, an awaitable a sync check returned, or
@@ -57,7 +62,7 @@ class Run:
     produced: Outcome | Awaitable[Any] | None = None
     error: BaseException | None = None  # what it raised, kept until logged
     outcome: Outcome | None = None  # final, once the run is over
-    finished_at: float | None = None  # anyio clock; None while the check is still running
+    finished_at: float | None = None  # time.monotonic(); None while the check still runs
     thread_busy: bool = False  # a sync check abandoned at its deadline has not returned yet
 
     def result(self) -> Outcome:
@@ -82,6 +87,7 @@ class Evaluator:
         self.default_cache_ttl = default_cache_ttl
         self.max_workers = max_workers
         self._failing: dict[str, bool] = {}  # per key: whether its last run failed (for logs)
+        self._streaks: dict[str, Streak] = {}  # per key: flap damping state
         #: Called with ``(key, outcome)`` once per finished run (not per request served by it).
         self.run_listeners: list[Callable[[str, Outcome], object]] = []
         self._reset()
@@ -91,15 +97,30 @@ class Evaluator:
         """Forget runs and threads; called at start and in a forked child, where none exist."""
         self._latest: dict[str, Run] = {}
         self.limiter = anyio.CapacityLimiter(self.max_workers)
+        # Set once a background field has a first result; waited on from any thread or loop.
+        self._first_results: dict[str, threading.Event] = {}
 
     async def evaluate(self, fields: Iterable[Field]) -> dict[str, Outcome]:
         """Every callable field's outcome, gathered concurrently, each by its deadline.
 
-        A run this request starts is hosted by a task of its own (quick sync checks with the
-        same timeout share one); a run another request started is waited for, up to its
-        deadline; a finished one still fresh is reused at once.
+        A background field's is its latest result. For the others, a run this request starts
+        is hosted by a task of its own (quick sync checks with the same timeout share one); a
+        run another request started is waited for, up to its deadline; a finished one still
+        fresh is reused at once.
         """
-        now = anyio.current_time()
+        outcomes: dict[str, Outcome] = {}
+        on_request: list[Field] = []
+        for item in fields:
+            if item.interval is None:
+                on_request.append(item)
+            else:
+                outcomes[item.key] = await self._background_result(item)
+        if on_request:
+            outcomes.update(await self._run_on_request(on_request))
+        return outcomes
+
+    async def _run_on_request(self, fields: list[Field]) -> dict[str, Outcome]:
+        now = time.monotonic()
         thread = threading.get_ident()
         runs: dict[str, Run] = {}
         waited: list[Run] = []
@@ -148,8 +169,62 @@ class Evaluator:
 
     def _start(self, item: Field, now: float, thread: int) -> Run:
         timeout = item.timeout if item.timeout is not None else self.default_timeout
-        run = self._latest[item.key] = Run(item, timeout, now + timeout, thread)
+        deadline = anyio.current_time() + timeout
+        run = self._latest[item.key] = Run(item, timeout, now, deadline, thread)
         return run
+
+    # -- background fields ---------------------------------------------------------------
+
+    async def run_every(self, item: Field) -> None:
+        """Run a background field's check every ``item.interval`` seconds, until cancelled.
+
+        While a sync check abandoned at its deadline still runs, each tick records another
+        "timed out" instead of starting a second thread.
+        """
+        assert item.interval is not None
+        thread = threading.get_ident()
+        while True:
+            began = time.monotonic()
+            previous = self._latest.get(item.key)
+            if previous is not None and previous.field is item and previous.thread_busy:
+                self._finish(previous, began - previous.started_at)
+            else:
+                await self._host([self._start(item, began, thread)])
+            self._first_result(item.key).set()
+            await anyio.sleep(max(0.0, began + item.interval - time.monotonic()))
+
+    def background_result(self, item: Field) -> Outcome | None:
+        """A background field's latest result; ``None`` when a request should wait for one."""
+        assert item.interval is not None
+        run = self._latest.get(item.key)
+        if run is None or run.field is not item or run.outcome is None:
+            if item.wait_first:
+                return None
+            return Outcome(error="starting: no result yet", measured_at=time.time())
+        assert run.finished_at is not None
+        age = time.monotonic() - run.finished_at
+        if age > item.interval + run.timeout:  # the runner died or is stuck
+            return Outcome(
+                error=f"stale: the last result is {age:.0f}s old (interval {item.interval:g}s)",
+                measured_at=time.time(),
+            )
+        return run.outcome
+
+    async def _background_result(self, item: Field) -> Outcome:
+        outcome = self.background_result(item)
+        if outcome is None:  # wait_first: for the first result, up to the timeout
+            timeout = item.timeout if item.timeout is not None else self.default_timeout
+            first = self._first_result(item.key)
+            await anyio.to_thread.run_sync(
+                first.wait, timeout, abandon_on_cancel=True, limiter=self.limiter
+            )
+            outcome = self.background_result(item) or Outcome(
+                error=f"starting: no result within {timeout:g}s", measured_at=time.time()
+            )
+        return outcome
+
+    def _first_result(self, key: str) -> threading.Event:
+        return self._first_results.setdefault(key, threading.Event())
 
     @staticmethod
     async def _wait(run: Run) -> None:
@@ -224,7 +299,8 @@ class Evaluator:
             outcome = timed_out(run.timeout, elapsed)
             if elapsed > run.timeout + OVERRUN_GRACE and run.field.kind is Kind.ASYNC:
                 outcome = overran(outcome)
-        run.outcome, run.finished_at, run.produced = outcome, anyio.current_time(), None
+        run.outcome = self._damped(run.field, outcome)
+        run.finished_at, run.produced = time.monotonic(), None
         run.done.set()
         error, run.error = run.error, None
         self._log(run.field.key, outcome, error)
@@ -233,6 +309,15 @@ class Evaluator:
                 listener(run.field.key, outcome)
             except Exception:  # a broken listener must not break the field
                 self.logger.exception("status run listener %r failed", listener)
+
+    def _damped(self, item: Field, raw: Outcome) -> Outcome:
+        """What the field shows for a run: ``raw``, unless its thresholds hold it back."""
+        if item.failure_threshold == item.success_threshold == 1:
+            return raw
+        streak = self._streaks.get(item.key)
+        if streak is None:
+            streak = self._streaks[item.key] = Streak()
+        return damp(streak, raw, item.failure_threshold, item.success_threshold)
 
     def _log(self, key: str, outcome: Outcome, error: BaseException | None) -> None:
         """Log state changes: the first failure at ERROR, repeats at DEBUG, recovery at INFO."""

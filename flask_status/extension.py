@@ -17,6 +17,7 @@ from flask.json.provider import DefaultJSONProvider
 
 from . import config
 from .aggregate import Health, aggregate
+from .background import BackgroundRuns
 from .engine import Evaluator
 from .fields import Field, Kind, is_async_callable, make_field
 from .loop import LoopStopped, portal_loop
@@ -134,13 +135,20 @@ class FlaskStatus:
         critical: bool = True,
         cache_ttl: float | None = None,
         single_flight: bool = True,
+        interval: float | None = None,
+        wait_first: bool = False,
+        failure_threshold: int = 1,
+        success_threshold: int = 1,
     ) -> None:
         """Add ``key`` to the payload: a JSON-serializable constant, or a callable run per request.
 
         A callable may be sync or async. ``timeout`` and ``cache_ttl`` (seconds) override the
         instance defaults; a failing non-critical field makes the status DEGRADED, not DOWN.
         ``single_flight=False`` gives each request a run of its own (seeing its own request),
-        instead of sharing the run in flight. Adding an existing key replaces that field.
+        instead of sharing the run in flight. ``interval`` runs the check in the background
+        every that many seconds instead of on request (``wait_first``: a request before the
+        first result waits for it). ``failure_threshold``/``success_threshold``: consecutive
+        runs needed to change the field's state. Adding an existing key replaces that field.
         """
         self.fields[key] = make_field(
             key,
@@ -149,6 +157,10 @@ class FlaskStatus:
             timeout=timeout,
             cache_ttl=cache_ttl,
             single_flight=single_flight,
+            interval=interval,
+            wait_first=wait_first,
+            failure_threshold=failure_threshold,
+            success_threshold=success_threshold,
         )
 
     def on_evaluated(self, listener: Listener) -> None:
@@ -192,6 +204,7 @@ class StatusRoute:
         self.evaluator = Evaluator(
             app.logger, self.encode, settings.timeout, settings.cache_ttl, settings.max_workers
         )
+        self.background = BackgroundRuns(self.evaluator)
         self.view = self._make_view()
 
     def _make_view(self) -> View:
@@ -234,18 +247,26 @@ class StatusRoute:
         else:
             excluded = request.args.getlist("exclude") if request.query_string else []
             selected = [field for key, field in fields.items() if key not in excluded]
+        self.background.ensure(selected)
         return Pending(selected, time.time(), current_app.response_class())
 
     def respond_blocking(self, pending: Pending) -> Response:
         """Answer from a thread without an event loop (WSGI): evaluate on the portal's loop."""
-        if not any(field.kind is not Kind.CONSTANT for field in pending.fields):
-            return self.fill(pending, {})  # nothing to run: no need for the loop
+        callables = _callables(pending.fields)
+        latest = {
+            field.key: outcome
+            for field in callables
+            if field.interval is not None
+            and (outcome := self.evaluator.background_result(field)) is not None
+        }
+        if len(latest) == len(callables):
+            return self.fill(pending, latest)  # nothing to run or wait for: no need for the loop
         try:
             return portal_loop.call(self.respond, pending)
         except LoopStopped as exc:
             current_app.logger.error("status route %s: %s", request.path, exc)
             stopped = Outcome(error=str(exc), measured_at=time.time())
-            return self.fill(pending, {field.key: stopped for field in _callables(pending.fields)})
+            return self.fill(pending, {field.key: stopped for field in callables})
 
     async def respond(self, pending: Pending) -> Response:
         """Evaluate the request's fields on the running event loop and fill the response."""

@@ -51,6 +51,14 @@ class Field:
     cache_ttl: float | None = None
     #: Whether concurrent requests share one run of the check (and so its request context).
     single_flight: bool = True
+    #: Seconds between background runs; ``None``: the check runs on request.
+    interval: float | None = None
+    #: With ``interval``: whether a request before the first result waits for it.
+    wait_first: bool = False
+    #: Consecutive failed runs before a healthy field counts as failing.
+    failure_threshold: int = 1
+    #: Consecutive good runs before a failing field counts as healthy.
+    success_threshold: int = 1
     #: For a constant, its outcome, built once; ``None`` for a callable.
     constant: Outcome | None = None
 
@@ -109,6 +117,21 @@ def check_message(name: str, message: Any) -> dict[str, Any]:
     return payload
 
 
+def check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
+def check_count(name: str, value: Any) -> int:
+    """Validate a positive whole number (workers, thresholds)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value!r}")
+    return value
+
+
 def make_field(
     key: Any,
     value: Any,
@@ -117,6 +140,10 @@ def make_field(
     timeout: Any = None,
     cache_ttl: Any = None,
     single_flight: Any = True,
+    interval: Any = None,
+    wait_first: Any = False,
+    failure_threshold: Any = 1,
+    success_threshold: Any = 1,
 ) -> Field:
     """Validate ``add_field`` arguments and build the field."""
     if not isinstance(key, str):
@@ -125,14 +152,19 @@ def make_field(
         raise ValueError("key must be a non-empty str")
     if key in RESERVED_KEYS:
         raise ValueError(f"key {key!r} is reserved: {RESERVED_KEYS[key]}")
-    if not isinstance(critical, bool):
-        raise TypeError(f"critical must be a bool, got {type(critical).__name__}")
-    if not isinstance(single_flight, bool):
-        raise TypeError(f"single_flight must be a bool, got {type(single_flight).__name__}")
+    check_bool("critical", critical)
+    check_bool("single_flight", single_flight)
+    check_bool("wait_first", wait_first)
+    check_count("failure_threshold", failure_threshold)
+    check_count("success_threshold", success_threshold)
     if timeout is not None:
         timeout = check_seconds("timeout", timeout)
     if cache_ttl is not None:
         cache_ttl = check_seconds("cache_ttl", cache_ttl, allow_zero=True)
+    if interval is not None:
+        interval = check_seconds("interval", interval)
+    elif wait_first:
+        raise ValueError("wait_first applies only to a background check: give an interval")
     if is_async_callable(value):
         kind = Kind.ASYNC
     elif callable(value):
@@ -140,5 +172,19 @@ def make_field(
     else:
         check_json(value, f"value of field {key!r}")
         kind = Kind.CONSTANT
-    constant = Outcome(value) if kind is Kind.CONSTANT else None
-    return Field(key, value, kind, critical, timeout, cache_ttl, single_flight, constant)
+        if interval is not None:
+            raise TypeError(f"interval needs a callable value; field {key!r} is a constant")
+    return Field(
+        key,
+        value,
+        kind,
+        critical=critical,
+        timeout=timeout,
+        cache_ttl=cache_ttl,
+        single_flight=single_flight,
+        interval=interval,
+        wait_first=wait_first,
+        failure_threshold=failure_threshold,
+        success_threshold=success_threshold,
+        constant=Outcome(value) if kind is Kind.CONSTANT else None,
+    )

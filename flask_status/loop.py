@@ -12,10 +12,13 @@ starts a new one.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
@@ -38,6 +41,14 @@ class _Host:
         self.running = True
 
 
+@dataclass(frozen=True)
+class Started:
+    """A task started on the loop: its future, and the loop (host) it runs on."""
+
+    task: Future[Any]
+    host: _Host
+
+
 class PortalLoop:
     """One event loop in a daemon thread, reached through an anyio blocking portal."""
 
@@ -54,6 +65,30 @@ class PortalLoop:
             if host.running:
                 raise
             raise LoopStopped("the event loop stopped while it evaluated this request") from None
+
+    def start_soon(self, func: Callable[..., Awaitable[Any]], *args: Any) -> Started:
+        """Start ``func(*args)`` as a task of the loop (from a thread other than the loop's)."""
+        host = self._running_host()
+        return Started(host.portal.start_task_soon(func, *args), host)
+
+    def runs(self, started: Started) -> bool:
+        """Whether a task started by :meth:`start_soon` still runs on the current loop."""
+        return started.host is self._host and started.host.running and not started.task.done()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Cancel the loop's tasks and stop it, waiting ``timeout`` seconds at most."""
+        host = self._host
+        if host is None or not host.running:
+            return
+
+        def stop_portal() -> None:
+            with contextlib.suppress(BaseException):  # already stopping, or stopped
+                host.portal.start_task_soon(host.portal.stop, True).result(timeout)
+
+        # In a thread of its own: a loop held by a blocking check must not hold up the exit.
+        stopper = threading.Thread(target=stop_portal, name="flask-status-stop", daemon=True)
+        stopper.start()
+        stopper.join(timeout)
 
     def _running_host(self) -> _Host:
         with self._lock:
@@ -98,3 +133,5 @@ portal_loop = PortalLoop()
 
 if hasattr(os, "register_at_fork"):  # POSIX
     os.register_at_fork(after_in_child=portal_loop.forget)
+# Background checks are cancelled, rather than left pending, when the interpreter exits.
+atexit.register(portal_loop.stop)

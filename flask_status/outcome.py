@@ -29,6 +29,9 @@ class Outcome:
     error: str | None = None
     duration: float = 0.0
     measured_at: float = 0.0
+    #: Set by flap damping: ``("failing", details)`` on a value kept while its check fails,
+    #: ``("recovering", details)`` on an error kept while its check recovers.
+    note: tuple[str, dict[str, Any]] | None = None
 
     @property
     def ok(self) -> bool:

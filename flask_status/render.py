@@ -38,10 +38,42 @@ def invalid_values(outcomes: Mapping[str, Outcome], encode: Encode) -> dict[str,
 
 def hide_errors(outcomes: Mapping[str, Outcome]) -> dict[str, Outcome]:
     """Replace every error text with :data:`HIDDEN_ERROR` (the log keeps the real one)."""
-    return {
-        key: outcome if outcome.ok else replace(outcome, error=HIDDEN_ERROR)
-        for key, outcome in outcomes.items()
-    }
+    return {key: _hidden(outcome) for key, outcome in outcomes.items()}
+
+
+def _hidden(outcome: Outcome) -> Outcome:
+    if outcome.note is not None and "error" in outcome.note[1]:
+        state, details = outcome.note
+        outcome = replace(outcome, note=(state, {**details, "error": HIDDEN_ERROR}))
+    return outcome if outcome.ok else replace(outcome, error=HIDDEN_ERROR)
+
+
+def field_entry(outcome: Outcome) -> Any:
+    """A field's entry: its value, or ``{"error": ...}``.
+
+    A field held back by its thresholds says so inside its own entry: ``{"value": ...,
+    "failing": {...}}`` while its check fails but not yet for long enough, ``{"error": ...,
+    "recovering": {...}}`` while it recovers.
+    """
+    if outcome.note is None:
+        return outcome.value if outcome.ok else {"error": outcome.error}
+    state, details = outcome.note
+    shown = {**details, "since": iso_time(details["since"])}
+    if outcome.ok:
+        return {"value": outcome.value, state: shown}
+    return {"error": outcome.error, state: shown}
+
+
+def note_text(outcome: Outcome) -> str | None:
+    """The thresholds' note on one line, for health+json's ``output``."""
+    if outcome.note is None:
+        return None
+    state, details = outcome.note
+    text = (
+        f"{state} since {iso_time(details['since'])} "
+        f"({details['runs']} of {details['threshold']} runs)"
+    )
+    return f"{text}: {details['error']}" if "error" in details else text
 
 
 def json_payload(
@@ -58,7 +90,7 @@ def json_payload(
     """
     body = dict(message)
     for key, outcome in outcomes.items():
-        body[key] = outcome.value if outcome.ok else {"error": outcome.error}
+        body[key] = field_entry(outcome)
     if health is not Health.UP:
         body["status"] = health.value
     if cached:
@@ -93,6 +125,9 @@ def _health_json_check(outcome: Outcome, critical: bool) -> dict[str, Any]:
         check: dict[str, Any] = {"status": "pass"}
     else:
         check = {"status": "fail" if critical else "warn", "output": outcome.error}
+    note = note_text(outcome)
+    if note is not None:
+        check["output"] = f"{check['output']}; {note}" if "output" in check else note
     if outcome.measured_at:  # constants were never measured
         check["time"] = iso_time(outcome.measured_at)
         check["duration"] = round(outcome.duration, 6)
