@@ -1,17 +1,19 @@
-"""Test helpers: check callables, an HTTP client, and a uvicorn process running a test app."""
+"""Test helpers: check callables, an HTTP client, and real server processes serving test apps."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,46 +158,66 @@ def free_port() -> int:
         return port
 
 
-class UvicornServer:
-    """``python -m uvicorn status_app:<factory> --factory`` on a free port of 127.0.0.1."""
+class ServerProcess:
+    """A real server in a child process, listening on a free port of 127.0.0.1.
+
+    ``argv`` is its command line, with ``{port}`` where the port goes (``"127.0.0.1:{port}"``).
+    It runs in ``app_dir``, which also leads its ``PYTHONPATH``, with ``env`` added to this
+    process's environment, and writes its output to ``log_path``. :meth:`start` returns once
+    ``ready_path`` answers 200; if the process exits first (someone took the port between
+    :func:`free_port` and the bind), it tries again on another port.
+
+    The server leads a process group of its own, so :meth:`stop` leaves none of its worker
+    processes behind, even when it has to kill them.
+    """
 
     STARTUP_SECONDS = 30.0
     ATTEMPTS = 3
 
-    def __init__(self, factory: str, env: Mapping[str, str], log_path: Path) -> None:
-        self.factory = factory
-        self.env = {**os.environ, **env}
+    def __init__(
+        self,
+        argv: Sequence[str],
+        app_dir: Path,
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+        *,
+        ready_path: str = "/hello",
+    ) -> None:
+        self.argv = list(argv)
+        self.app_dir = app_dir
         self.log_path = log_path
+        python_path = os.pathsep.join(filter(None, [str(app_dir), os.environ.get("PYTHONPATH")]))
+        self.env = {**os.environ, "PYTHONPATH": python_path, **(env or {})}
+        self.ready_path = ready_path
         self.port = 0
         self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        """The process id of the server (of the master, for gunicorn)."""
+        assert self._process is not None, "the server is not running"
+        return self._process.pid
 
     def start(self) -> None:
         for _ in range(self.ATTEMPTS):
             self.port = free_port()
             if self._launch():
                 return
-        raise RuntimeError(f"uvicorn did not start; see {self.log_path}:\n{self._log()}")
+        raise RuntimeError(f"{self.argv[:3]} did not start; see {self.log_path}:\n{self.log()}")
 
     def _launch(self) -> bool:
-        command = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            f"status_app:{self.factory}",
-            "--factory",
-            "--app-dir",
-            str(TESTS_DIR),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--lifespan",
-            "off",
-            "--no-access-log",
-        ]
+        command = [arg.replace("{port}", str(self.port)) for arg in self.argv]
         with self.log_path.open("ab") as log:
+            log.write(f"$ {' '.join(command)}\n".encode())
+            log.flush()
             self._process = subprocess.Popen(
-                command, env=self.env, stdout=log, stderr=subprocess.STDOUT
+                command,
+                cwd=self.app_dir,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         try:
             ready = self._wait_until_ready(self._process)
@@ -212,30 +234,75 @@ class UvicornServer:
             if process.poll() is not None:
                 return False  # e.g. the port was taken between free_port() and bind
             try:
-                if self.fetch("/hello").status == 200:
-                    return True
+                if self.fetch(self.ready_path).status == 200:
+                    return process.poll() is None
             except (OSError, http.client.HTTPException):
                 pass  # not listening yet
             time.sleep(0.05)
         return False
 
     def fetch(self, path: str, **options: Any) -> Reply:
+        """Request ``path`` over a fresh connection (see :func:`http_fetch`)."""
         return http_fetch(self.port, path, **options)
 
-    def stop(self) -> None:
-        if self._process is not None:
-            stop_process(self._process)
-            self._process = None
-
-    def _log(self) -> str:
+    def log(self) -> str:
+        """Everything the server has written so far."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        """Send ``sig``, wait for the exit and return the exit code (None if not running)."""
+        if self._process is None:
+            return None
+        process, self._process = self._process, None
+        return stop_process(process, sig, group=True)
 
-def stop_process(process: subprocess.Popen[bytes]) -> None:
-    """Terminate a child process, killing it if it does not exit within 10 s."""
-    process.terminate()
+    def __enter__(self) -> ServerProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+class UvicornServer(ServerProcess):
+    """``python -m uvicorn status_app:<factory> --factory`` on a free port of 127.0.0.1."""
+
+    def __init__(self, factory: str, env: Mapping[str, str], log_path: Path) -> None:
+        argv = [
+            sys.executable, "-m", "uvicorn", f"status_app:{factory}", "--factory",
+            "--host", "127.0.0.1", "--port", "{port}",
+            "--lifespan", "off",
+            "--no-access-log",
+        ]  # fmt: skip
+        super().__init__(argv, TESTS_DIR, log_path, env)
+
+
+#: Seconds a process may take to exit after its signal before it is killed.
+EXIT_SECONDS = 10.0
+
+
+def stop_process(
+    process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, *, group: bool = False
+) -> int:
+    """Send ``sig`` to a child process and return its exit code, killing it after 10 s.
+
+    With ``group``, the process leads a process group (``start_new_session``): whatever of
+    the group is left once it has exited (a server's orphaned workers) is killed too.
+    """
+    process.send_signal(sig)
     try:
-        process.wait(timeout=10)
+        code = process.wait(timeout=EXIT_SECONDS)
     except subprocess.TimeoutExpired:
+        if group:
+            _kill_group(process.pid)
         process.kill()
-        process.wait(timeout=10)
+        code = process.wait(timeout=EXIT_SECONDS)
+    if group:
+        _kill_group(process.pid)
+    return code
+
+
+def _kill_group(pgid: int) -> None:
+    # A group id is not reused as a process id while a member lives, so this hits only ours.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)

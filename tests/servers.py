@@ -1,17 +1,17 @@
-"""Real local services for tests: a TCP dependency that can go down and come back, and uvicorn."""
+"""Real local services for tests: a TCP dependency that can go down and come back, and real
+server processes (uvicorn, gunicorn with each kind of worker, hypercorn) serving test apps."""
 
 from __future__ import annotations
 
 import re
 import socket
 import socketserver
-import subprocess
 import sys
 import threading
-import time
+from collections.abc import Mapping
 from pathlib import Path
 
-from helpers import stop_process
+from helpers import TESTS_DIR, ServerProcess
 
 PING = b"PING\n"
 PONG = b"PONG\n"
@@ -67,51 +67,18 @@ def ping(port: int, timeout: float = 0.5) -> str:
     return "PONG"
 
 
-class UvicornProcess:
+#: Seconds a server gives requests in flight to finish once told to stop: a hung check must
+#: not hold a test's teardown for a server's default (30 s for gunicorn).
+GRACEFUL_SECONDS = 3
+
+
+class UvicornProcess(ServerProcess):
     """``python -m uvicorn <app>`` in a child process on a free port of 127.0.0.1."""
 
-    STARTED = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
-
     def __init__(self, app: str, app_dir: Path, log_path: Path, *options: str) -> None:
-        self.app = app
-        self.app_dir = app_dir
-        self.log_path = log_path
-        self.options = options
-        self.port = 0
-        self._process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self._process is not None
-        return self._process.pid
-
-    def start(self, timeout: float = 20.0) -> None:
-        command = [
-            sys.executable, "-m", "uvicorn", self.app,
-            "--app-dir", str(self.app_dir),
-            "--host", "127.0.0.1", "--port", "0",  # the kernel picks a free port: no race
-            "--no-access-log",
-            "--timeout-keep-alive", "60",
-            *self.options,
-        ]  # fmt: skip
-        with self.log_path.open("wb") as log:
-            self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            match = self.STARTED.search(self.log_path.read_text(errors="replace"))
-            if match:
-                self.port = int(match.group(1))
-                return
-            if self._process.poll() is not None:
-                break
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"uvicorn did not start:\n{self.log_path.read_text(errors='replace')}")
-
-    def stop(self) -> None:
-        if self._process is not None:
-            stop_process(self._process)
-            self._process = None
+        super().__init__(
+            uvicorn_argv(app, "--timeout-keep-alive", "60", *options), app_dir, log_path
+        )
 
     def rss_kib(self) -> int:
         """Resident memory of the server process (VmRSS), in KiB."""
@@ -119,3 +86,78 @@ class UvicornProcess:
         match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
         assert match, status
         return int(match.group(1))
+
+
+def uvicorn_argv(app: str, *options: str) -> list[str]:
+    return [
+        sys.executable, "-m", "uvicorn", app,
+        "--host", "127.0.0.1", "--port", "{port}",
+        "--no-access-log",
+        "--timeout-graceful-shutdown", str(GRACEFUL_SECONDS),
+        *options,
+    ]  # fmt: skip
+
+
+def uvicorn(
+    app: str, log_path: Path, *options: str, env: Mapping[str, str] | None = None
+) -> ServerProcess:
+    """uvicorn serving ``app`` (``module:attribute``; add ``--factory`` for a factory)."""
+    return ServerProcess(uvicorn_argv(app, *options), TESTS_DIR, log_path, env)
+
+
+def gunicorn(
+    app: str,
+    log_path: Path,
+    *options: str,
+    worker_class: str = "sync",
+    workers: int = 1,
+    threads: int | None = None,
+    preload: bool = False,
+    env: Mapping[str, str] | None = None,
+) -> ServerProcess:
+    """gunicorn serving ``app`` (``module:attribute`` or ``module:factory()``).
+
+    ``worker_class`` is ``sync``, ``gthread``, ``gevent`` or a worker class's dotted path such
+    as ``uvicorn_worker.UvicornWorker``.
+    """
+    argv = [
+        sys.executable, "-m", "gunicorn",
+        "--bind", "127.0.0.1:{port}",
+        "--worker-class", worker_class,
+        "--workers", str(workers),
+        "--graceful-timeout", str(GRACEFUL_SECONDS),
+        *_no_control_socket(),
+    ]  # fmt: skip
+    if threads is not None:
+        argv += ["--threads", str(threads)]
+    if preload:
+        argv.append("--preload")
+    return ServerProcess([*argv, *options, app], TESTS_DIR, log_path, env)
+
+
+def _no_control_socket() -> list[str]:
+    """gunicorn 25.1 added a control socket, by default one path shared by every gunicorn of the
+    user: servers of concurrent tests would fight over it."""
+    from gunicorn.config import KNOWN_SETTINGS
+
+    if any(setting.name == "control_socket" for setting in KNOWN_SETTINGS):
+        return ["--no-control-socket"]
+    return []
+
+
+def hypercorn(
+    app: str,
+    log_path: Path,
+    *options: str,
+    worker_class: str = "asyncio",
+    env: Mapping[str, str] | None = None,
+) -> ServerProcess:
+    """hypercorn serving ``app``; ``worker_class`` is ``asyncio`` or ``trio`` (needs trio)."""
+    argv = [
+        sys.executable, "-m", "hypercorn",
+        "--bind", "127.0.0.1:{port}",
+        "--worker-class", worker_class,
+        "--graceful-timeout", str(GRACEFUL_SECONDS),
+        *options, app,
+    ]  # fmt: skip
+    return ServerProcess(argv, TESTS_DIR, log_path, env)

@@ -1,0 +1,42 @@
+"""A gunicorn worker class for ASGI apps: uvicorn's, each request in a fresh context.
+
+::
+
+    gunicorn -k flask_status.uvicorn_worker.UvicornWorker myapp:asgi_app
+
+Under asyncio the context of one request can leak into the next request of a keep-alive
+connection (CPython issue 140947); ``asgiref.wsgi.WsgiToAsgi`` then answers some requests to
+the Flask app with a 500 (``CurrentThreadExecutor already quit or is broken``). uvicorn's
+``--reset-contextvars`` runs each request in a fresh context, but gunicorn has no way to pass
+that option to the worker class of ``uvicorn-worker``: this subclass sets it. It needs
+``pip install 'flask-status[uvicorn]'`` (uvicorn 0.45 or later, and uvicorn-worker).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from .extras import requires_extra
+
+with requires_extra("flask_status.uvicorn_worker", "uvicorn"):
+    from uvicorn.config import Config
+    from uvicorn_worker import UvicornWorker as _UvicornWorker
+
+if "reset_contextvars" not in inspect.signature(Config).parameters:
+    raise ImportError(
+        "flask_status.uvicorn_worker needs uvicorn 0.45 or later (for reset_contextvars), "
+        "as the 'uvicorn' extra installs: pip install --upgrade 'flask-status[uvicorn]'"
+    )
+
+__all__ = ["UvicornWorker"]
+
+
+class UvicornWorker(_UvicornWorker):
+    """``uvicorn_worker.UvicornWorker`` with ``reset_contextvars`` (``--reset-contextvars``)."""
+
+    # Not a ClassVar: the base class annotates it as a plain attribute.
+    CONFIG_KWARGS: dict[str, Any] = {  # noqa: RUF012
+        **_UvicornWorker.CONFIG_KWARGS,
+        "reset_contextvars": True,
+    }

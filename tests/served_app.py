@@ -1,0 +1,199 @@
+"""Flask apps that ``test_servers.py`` serves with real servers, one factory per setup.
+
+gunicorn and hypercorn call the factory named in the app string (``served_app:create_app()``);
+uvicorn does with ``--factory``. Every answer carries the ``X-Pid`` of the worker process that
+served it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import Callable
+
+import anyio
+import anyio.from_thread
+from asgiref.wsgi import WsgiToAsgi
+from flask import Flask, Response, jsonify
+
+from flask_status import FlaskStatus
+from flask_status.asgi import StatusMiddleware
+
+#: ``/api/status`` of every app answers this (200).
+STATUS_BODY = {"status": "OK", "version": "1.0", "sync_check": "ok", "async_check": "ok"}
+
+#: Timeout of ``/api/hung``'s hung check, and how long that check blocks.
+HUNG_TIMEOUT = 0.2
+HUNG_SECONDS = 2.0
+#: ``/api/hung`` answers this (200: the hung field is not critical).
+HUNG_BODY = {
+    "status": "DEGRADED",
+    "hung": {"error": f"timed out after {HUNG_TIMEOUT:g}s"},
+    "async_check": "ok",
+}
+
+#: Workers of the ``--preload`` server; the import-time evaluation lasts until all are forked.
+PRELOAD_WORKERS = 2
+#: Timeout of the fields evaluated at import time, and the longest they wait for the forks.
+WARM_UP_TIMEOUT = 3.0
+
+
+def sync_check() -> str:
+    return "ok"
+
+
+async def async_check() -> str:
+    await asyncio.sleep(0.01)
+    return "ok"
+
+
+async def _answer() -> str:
+    await anyio.sleep(0)
+    return "ok"
+
+
+def calls_async_from_thread() -> str:
+    """A sync check that runs a coroutine function on the event loop that started its thread."""
+    return anyio.from_thread.run(_answer)
+
+
+def create_app(blocking_sleep: Callable[[float], None] = time.sleep) -> Flask:
+    """Plain and async views, and status routes with sync and async checks.
+
+    ``/api/hung`` has a non-critical sync check that blocks in ``blocking_sleep`` for
+    :data:`HUNG_SECONDS`, past its timeout, and a healthy critical async check.
+    """
+    app = Flask("served_app")
+
+    @app.after_request
+    def worker_pid(response: Response) -> Response:
+        response.headers["X-Pid"] = str(os.getpid())
+        return response
+
+    @app.get("/hello")
+    def hello() -> str:
+        return "hello"
+
+    @app.get("/async-view")
+    async def async_view() -> str:
+        await asyncio.sleep(0)
+        return "async view"
+
+    status = FlaskStatus(app, timeout=2.0)
+    status.add_field("version", STATUS_BODY["version"])
+    status.add_field("sync_check", sync_check)
+    status.add_field("async_check", async_check)
+
+    def hung() -> str:
+        blocking_sleep(HUNG_SECONDS)
+        return "too late"
+
+    hung_status = FlaskStatus(app, url="/api/hung", timeout=2.0)
+    hung_status.add_field("hung", hung, timeout=HUNG_TIMEOUT, critical=False)
+    hung_status.add_field("async_check", async_check)
+
+    FlaskStatus(app, url="/api/from-thread", timeout=2.0).add_field(
+        "from_thread", calls_async_from_thread
+    )
+    return app
+
+
+def create_gevent_app() -> Flask:
+    """:func:`create_app` for a gevent worker: the hung check blocks below gevent's patching,
+    holding its OS thread (and the whole process, if that is the thread of gevent's hub)."""
+    from gevent.monkey import get_original
+
+    return create_app(get_original("time", "sleep"))
+
+
+def create_asgi_app() -> StatusMiddleware:
+    """:func:`create_app` for ASGI servers: status routes on the server's event loop."""
+    app = create_app()
+    return StatusMiddleware(WsgiToAsgi(app), app)  # type: ignore[no-untyped-call]
+
+
+# -- evaluated at import: the run is in flight when gunicorn --preload forks the workers ----
+
+#: The process that builds the app: the gunicorn master under ``--preload``.
+_builder_pid = 0
+_forks = threading.Condition()
+_fork_count = 0
+#: In the builder: whether the import-time evaluation is in flight now.
+_warm_up_in_flight = False
+#: In a worker: whether that evaluation was in flight when the worker was forked.
+_in_flight_at_fork = False
+
+
+def _before_fork() -> None:
+    global _in_flight_at_fork
+    _in_flight_at_fork = _warm_up_in_flight
+
+
+def _after_fork_in_parent() -> None:
+    global _fork_count
+    with _forks:
+        _fork_count += 1
+        _forks.notify_all()
+
+
+def _forked_enough() -> bool:
+    return _fork_count >= PRELOAD_WORKERS
+
+
+#: Set as the import-time evaluation starts each check.
+_sync_started = threading.Event()
+_async_started = threading.Event()
+
+
+def until_forked() -> str:
+    """In the builder, returns once every worker is forked; in a worker, at once."""
+    _sync_started.set()
+    if os.getpid() == _builder_pid:
+        with _forks:
+            _forks.wait_for(_forked_enough, timeout=WARM_UP_TIMEOUT)
+    return "ok"
+
+
+async def until_forked_async() -> str:
+    """:func:`until_forked` as a coroutine function, polling on the event loop."""
+    _async_started.set()
+    deadline = time.monotonic() + WARM_UP_TIMEOUT
+    while os.getpid() == _builder_pid and not _forked_enough() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    return "ok"
+
+
+def create_preload_app() -> Flask:
+    """:func:`create_app`, plus ``/api/warm`` whose checks are evaluated as the app is built
+    and finish only once :data:`PRELOAD_WORKERS` processes have been forked from the builder.
+
+    ``/warm-up`` tells whether that evaluation was in flight when the worker was forked.
+    """
+    global _builder_pid, _warm_up_in_flight
+    app = create_app()
+    warm = FlaskStatus(app, url="/api/warm", timeout=WARM_UP_TIMEOUT)
+    warm.add_field("sync_check", until_forked)
+    warm.add_field("async_check", until_forked_async)
+
+    @app.get("/warm-up")
+    def warm_up_state() -> Response:
+        return jsonify(in_flight_at_fork=_in_flight_at_fork, builder_pid=_builder_pid)
+
+    _builder_pid = os.getpid()
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent)
+
+    def warm_up() -> None:
+        global _warm_up_in_flight
+        try:
+            app.test_client().get("/api/warm")
+        finally:
+            _warm_up_in_flight = False
+
+    _warm_up_in_flight = True
+    threading.Thread(target=warm_up, name="warm-up", daemon=True).start()
+    # Both checks are running before the server can fork.
+    if not (_sync_started.wait(WARM_UP_TIMEOUT) and _async_started.wait(WARM_UP_TIMEOUT)):
+        raise RuntimeError("the import-time evaluation did not start its checks")
+    return app
