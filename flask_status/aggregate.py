@@ -12,11 +12,15 @@ class Health(enum.Enum):
     UP = "UP"
     DEGRADED = "DEGRADED"
     DOWN = "DOWN"
+    #: A readiness route before its startup gate opened.
+    STARTING = "STARTING"
+    #: A readiness route of a process about to stop.
+    DRAINING = "DRAINING"
 
     @property
     def http_status(self) -> int:
         """503 tells load balancers and probes to stop sending traffic; anything else is 200."""
-        return 503 if self is Health.DOWN else 200
+        return 200 if self in (Health.UP, Health.DEGRADED) else 503
 
 
 def aggregate(results: Iterable[tuple[bool, bool]]) -> Health:

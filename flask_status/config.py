@@ -15,6 +15,13 @@ from .fields import (
     check_url,
 )
 
+
+def check_path(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"{name} must be a non-empty str (a file path), got {value!r}")
+    return value
+
+
 #: Default upper bound on sync checks running at once, per FlaskStatus instance.
 DEFAULT_MAX_WORKERS = 256
 
@@ -29,6 +36,7 @@ class Settings:
     cache_ttl: float = 0.0
     expose_errors: bool = True
     max_workers: int = DEFAULT_MAX_WORKERS
+    drain_file: str | None = None
 
 
 DEFAULTS = Settings()
@@ -41,6 +49,7 @@ VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "cache_ttl": lambda name, value: check_seconds(name, value, allow_zero=True),
     "expose_errors": check_bool,
     "max_workers": check_count,
+    "drain_file": check_path,
 }
 
 

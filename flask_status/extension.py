@@ -6,7 +6,7 @@ import dataclasses
 import functools
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, cast
@@ -15,11 +15,11 @@ import anyio.from_thread
 from flask import Blueprint, Flask, Response, abort, current_app, request
 from flask.json.provider import DefaultJSONProvider
 
-from . import config
+from . import config, lifecycle
 from .aggregate import Health, aggregate
 from .background import BackgroundRuns
 from .engine import Evaluator
-from .fields import Field, Kind, is_async_callable, make_field
+from .fields import Field, Kind, check_bool, is_async_callable, make_field
 from .loop import LoopStopped, portal_loop
 from .outcome import Encode, Outcome
 from .render import (
@@ -60,6 +60,9 @@ class FlaskStatus:
         expose_errors: bool | None = None,
         max_workers: int | None = None,
         endpoint: str | None = None,
+        readiness: bool = False,
+        started_by: str | Sequence[str] | None = None,
+        drain_file: str | None = None,
     ) -> None:
         self._given = config.validate(
             {
@@ -69,8 +72,11 @@ class FlaskStatus:
                 "cache_ttl": cache_ttl,
                 "expose_errors": expose_errors,
                 "max_workers": max_workers,
+                "drain_file": drain_file,
             }
         )
+        self.readiness = check_bool("readiness", readiness)
+        self.started_by = _check_started_by(started_by, readiness)
         self.authenticator = _check_authenticator(authenticator)
         if endpoint is not None and (not isinstance(endpoint, str) or not endpoint):
             raise TypeError("endpoint must be a non-empty str")
@@ -112,6 +118,9 @@ class FlaskStatus:
         add_url_rule(
             settings.url.rstrip("/") + "/<field>", endpoint + "_field", route.view, methods=["GET"]
         )
+        if self.readiness:  # GET too: a Kubernetes preStop hook can only send GET
+            drain_url = settings.url.rstrip("/") + "/drain"
+            add_url_rule(drain_url, endpoint + "_drain", route.drain_view, methods=["GET", "POST"])
         routes = app.extensions.setdefault(EXTENSION_KEY, [])
         if not routes:
             app.after_request(no_store)
@@ -150,6 +159,8 @@ class FlaskStatus:
         first result waits for it). ``failure_threshold``/``success_threshold``: consecutive
         runs needed to change the field's state. Adding an existing key replaces that field.
         """
+        if self.readiness and key == "drain":
+            raise ValueError('key "drain" is reserved on a readiness route: <url>/drain drains')
         self.fields[key] = make_field(
             key,
             value,
@@ -175,6 +186,8 @@ class Pending:
     fields: list[Field]
     since: float  # Unix time the request began; values measured before it came from the cache
     response: Response
+    #: STARTING or DRAINING when a readiness route answers so without running its checks.
+    state: Health | None = None
 
 
 @dataclass
@@ -205,7 +218,20 @@ class StatusRoute:
             app.logger, self.encode, settings.timeout, settings.cache_ttl, settings.max_workers
         )
         self.background = BackgroundRuns(self.evaluator)
+        self.gate_open = False  # the startup gate of ``started_by`` fields, once open, stays so
         self.view = self._make_view()
+        self.drain_view = _guarded(self.status.authenticator, self._drain)
+
+    def _drain(self) -> Response:
+        """The drain trigger (a Kubernetes preStop hook calls it): readiness answers 503 now."""
+        lifecycle.drain(self.settings.drain_file)
+        current_app.logger.info("status: draining")
+        return cast(Response, current_app.json.response({"status": Health.DRAINING.value}))
+
+    @property
+    def views(self) -> tuple[View, ...]:
+        """Every view of this route: the status view, and the drain trigger's."""
+        return (self.view, self.drain_view)
 
     def _make_view(self) -> View:
         def status_ping(field: str | None = None) -> Response:
@@ -247,8 +273,31 @@ class StatusRoute:
         else:
             excluded = request.args.getlist("exclude") if request.query_string else []
             selected = [field for key, field in fields.items() if key not in excluded]
+        state = self.readiness_state()
+        if state is not None:
+            return Pending([], time.time(), current_app.response_class(), state)
         self.background.ensure(selected)
         return Pending(selected, time.time(), current_app.response_class())
+
+    def readiness_state(self) -> Health | None:
+        """DRAINING or STARTING when a readiness route answers so without running checks."""
+        if not self.status.readiness:
+            return None
+        if lifecycle.draining(self.settings.drain_file):
+            return Health.DRAINING
+        if self.status.started_by == "app" and not lifecycle.started():
+            return Health.STARTING
+        return None
+
+    def _gated(self, health: Health, outcomes: Mapping[str, Outcome]) -> Health:
+        """STARTING until each field in ``started_by`` has succeeded once, then ``health``."""
+        gate = self.status.started_by
+        if self.gate_open or not isinstance(gate, tuple):
+            return health
+        if all(key in outcomes and outcomes[key].ok for key in gate):
+            self.gate_open = True
+            return health
+        return Health.STARTING
 
     def respond_blocking(self, pending: Pending) -> Response:
         """Answer from a thread without an event loop (WSGI): evaluate on the portal's loop."""
@@ -287,7 +336,10 @@ class StatusRoute:
         )
 
         def encode(outcomes: Mapping[str, Outcome]) -> tuple[str, Health]:
-            health = aggregate((critical[key], outcome.ok) for key, outcome in outcomes.items())
+            health = pending.state or self._gated(
+                aggregate((critical[key], outcome.ok) for key, outcome in outcomes.items()),
+                outcomes,
+            )
             shown = outcomes if self.settings.expose_errors else hide_errors(outcomes)
             if wants_health_json:
                 document = health_json_payload(self.settings.message, shown, critical, health)
@@ -343,7 +395,7 @@ def no_store(response: Response) -> Response:
         )
     else:
         view = current_app.view_functions.get(request.endpoint)
-        ours = any(view is route.view for route in routes)
+        ours = any(view in route.views for route in routes)
     if ours:
         response.headers["Cache-Control"] = "no-store"
     return response
@@ -354,6 +406,36 @@ def _encoder(app: Flask) -> Encode:
     if isinstance(app.json, DefaultJSONProvider):
         return functools.partial(app.json.dumps, allow_nan=False)
     return app.json.dumps
+
+
+def _guarded(authenticator: Authenticator | None, view: View) -> View:
+    """``view`` behind the authenticator, whether it was written for sync or async views."""
+    if authenticator is None:
+        return view
+    guarded = authenticator(view)
+    if is_async_callable(guarded):
+
+        async def view_async(*args: Any, **kwargs: Any) -> Any:
+            return view(*args, **kwargs)
+
+        guarded = authenticator(view_async)
+    return guarded
+
+
+def _check_started_by(started_by: Any, readiness: bool) -> str | tuple[str, ...] | None:
+    """``"app"``, a tuple of field keys, or ``None``; only for a readiness route."""
+    if started_by is None:
+        return None
+    if not readiness:
+        raise ValueError("started_by applies only to a readiness route: pass readiness=True")
+    if started_by == "app":
+        return "app"
+    if isinstance(started_by, str) or not isinstance(started_by, Sequence):
+        raise TypeError(f'started_by must be "app" or a sequence of field keys, got {started_by!r}')
+    keys = tuple(started_by)
+    if not keys or not all(isinstance(key, str) and key for key in keys):
+        raise ValueError(f"started_by must name one field key or more, got {started_by!r}")
+    return keys
 
 
 def _callables(fields: list[Field]) -> list[Field]:

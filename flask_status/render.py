@@ -19,7 +19,13 @@ HIDDEN_ERROR = "check failed"
 
 HEALTH_JSON = "application/health+json"
 
-_HEALTH_JSON_STATUS = {Health.UP: "pass", Health.DEGRADED: "warn", Health.DOWN: "fail"}
+_HEALTH_JSON_STATUS = {
+    Health.UP: "pass",
+    Health.DEGRADED: "warn",
+    Health.DOWN: "fail",
+    Health.STARTING: "fail",
+    Health.DRAINING: "fail",
+}
 
 
 def invalid_values(outcomes: Mapping[str, Outcome], encode: Encode) -> dict[str, Outcome]:
@@ -112,7 +118,9 @@ def health_json_payload(
     if isinstance(description, str):
         body["description"] = description
     failing = [key for key, outcome in outcomes.items() if not outcome.ok]
-    if failing:
+    if health in (Health.STARTING, Health.DRAINING):
+        body["output"] = health.value.lower()
+    elif failing:
         body["output"] = "failing: " + ", ".join(failing)
     body["checks"] = {
         key: [_health_json_check(outcome, critical[key])] for key, outcome in outcomes.items()

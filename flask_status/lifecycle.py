@@ -1,0 +1,39 @@
+"""Readiness over a process's life: starting until the app says so, draining before it stops.
+
+Both are states of the process, shared by its readiness routes; draining can also be shared by
+every process of a pod through a file (gunicorn workers are processes of their own).
+"""
+
+from __future__ import annotations
+
+import os
+
+_started = False
+_draining = False
+
+
+def mark_started() -> None:
+    """Open the startup gate of readiness routes with ``started_by="app"``, in this process."""
+    global _started
+    _started = True
+
+
+def started() -> bool:
+    return _started
+
+
+def drain(drain_file: str | None = None) -> None:
+    """Make readiness routes answer 503 DRAINING from now on; other routes serve on.
+
+    With ``drain_file``, the file is created too, so that every process watching it drains.
+    """
+    global _draining
+    _draining = True
+    if drain_file is not None:
+        with open(drain_file, "a"):
+            pass
+
+
+def draining(drain_file: str | None = None) -> bool:
+    """Whether this process drains, or ``drain_file`` exists."""
+    return _draining or (drain_file is not None and os.path.exists(drain_file))
