@@ -249,12 +249,21 @@ class ServerProcess:
         """Everything the server has written so far."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+    def stop(self, sig: int | None = signal.SIGTERM) -> int | None:
         """Send ``sig``, wait for the exit and return the exit code (None if not running)."""
         if self._process is None:
             return None
         process, self._process = self._process, None
         return stop_process(process, sig, group=True)
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` and go on: :meth:`wait` collects the exit."""
+        assert self._process is not None
+        self._process.send_signal(sig)
+
+    def wait(self) -> int | None:
+        """Wait for the process to exit (killing it after 10 s); its exit code."""
+        return self.stop(None)
 
     def __enter__(self) -> ServerProcess:
         self.start()
@@ -282,14 +291,15 @@ EXIT_SECONDS = 10.0
 
 
 def stop_process(
-    process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, *, group: bool = False
+    process: subprocess.Popen[bytes], sig: int | None = signal.SIGTERM, *, group: bool = False
 ) -> int:
-    """Send ``sig`` to a child process and return its exit code, killing it after 10 s.
+    """Send ``sig`` (if any) to a child process and return its exit code, killing it after 10 s.
 
     With ``group``, the process leads a process group (``start_new_session``): whatever of
     the group is left once it has exited (a server's orphaned workers) is killed too.
     """
-    process.send_signal(sig)
+    if sig is not None:
+        process.send_signal(sig)
     try:
         code = process.wait(timeout=EXIT_SECONDS)
     except subprocess.TimeoutExpired:

@@ -197,3 +197,35 @@ def create_preload_app() -> Flask:
     if not (_sync_started.wait(WARM_UP_TIMEOUT) and _async_started.wait(WARM_UP_TIMEOUT)):
         raise RuntimeError("the import-time evaluation did not start its checks")
     return app
+
+
+#: Environment variable naming the drain file of :func:`create_lifecycle_app`.
+DRAIN_FILE_ENV = "SERVED_APP_DRAIN_FILE"
+#: How long ``/slow`` of :func:`create_lifecycle_app` takes.
+SLOW_SECONDS = 1.0
+
+
+def create_lifecycle_app() -> Flask:
+    """Liveness at ``/livez``; readiness at ``/readyz``, draining with a shared drain file."""
+    app = Flask(__name__)
+
+    @app.get("/hello")
+    def hello() -> str:
+        return "hello"
+
+    @app.get("/slow")
+    def slow() -> str:
+        time.sleep(SLOW_SECONDS)
+        return "slow"
+
+    @app.after_request
+    def tag_pid(response: Response) -> Response:
+        response.headers["X-Pid"] = str(os.getpid())
+        return response
+
+    FlaskStatus(app, url="/livez")
+    ready = FlaskStatus(
+        app, url="/readyz", readiness=True, drain_file=os.environ.get(DRAIN_FILE_ENV)
+    )
+    ready.add_field("database", sync_check)
+    return app

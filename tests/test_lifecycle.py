@@ -1,0 +1,190 @@
+"""Readiness over a process's life: the startup gate, draining, and gunicorn's SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import served_app
+from clients import MakeClient
+from flask import Flask, abort, request
+from helpers import ServerProcess, http_fetch
+from servers import gunicorn
+
+from flask_status import FlaskStatus, drain, lifecycle, mark_started
+
+pytest_plugins = ["reliability_fixtures"]
+
+
+@pytest.fixture(autouse=True)
+def fresh_process_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Starting and draining are states of the process: each test begins with neither."""
+    monkeypatch.setattr(lifecycle, "_started", False)
+    monkeypatch.setattr(lifecycle, "_draining", False)
+
+
+def test_a_readiness_route_is_starting_until_the_app_says_so(make_client: MakeClient) -> None:
+    app = Flask(__name__)
+    ready = FlaskStatus(app, url="/readyz", readiness=True, started_by="app")
+    ready.add_field("db", lambda: "up")
+    live = FlaskStatus(app, url="/livez")
+    live.add_field("db", lambda: "up")
+    client = make_client(app)
+
+    starting = client.get("/readyz")
+    assert (starting.status, starting.json()) == (503, {"status": "STARTING"})
+    assert client.get("/livez").status == 200  # liveness has no gate
+    mark_started()
+    assert client.get("/readyz").json() == {"db": "up", "status": "OK"}
+
+
+def test_a_readiness_route_is_starting_until_its_gate_fields_succeed(
+    make_client: MakeClient,
+) -> None:
+    app = Flask(__name__)
+    ready = FlaskStatus(app, url="/readyz", readiness=True, started_by=["cache"])
+    results = iter([ConnectionError("warming"), "warm", ConnectionError("evicted")])
+
+    def cache() -> str:
+        result = next(results)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    ready.add_field("cache", cache, critical=False)
+    client = make_client(app)
+
+    first = client.get("/readyz")
+    assert (first.status, first.json()["status"]) == (503, "STARTING")
+    assert client.get("/readyz").json() == {"cache": "warm", "status": "OK"}
+    # Once open, the gate stays open: a later failure is an ordinary (here non-critical) one.
+    assert client.get("/readyz").json()["status"] == "DEGRADED"
+
+
+def test_draining_fails_readiness_without_running_checks(make_client: MakeClient) -> None:
+    app = Flask(__name__)
+    ran: list[str] = []
+    ready = FlaskStatus(app, url="/readyz", readiness=True)
+    ready.add_field("db", lambda: ran.append("db") or "up")
+    FlaskStatus(app, url="/livez")
+    client = make_client(app)
+
+    assert client.get("/readyz").status == 200
+    drain()
+    draining = client.get("/readyz")
+    assert (draining.status, draining.json()) == (503, {"status": "DRAINING"})
+    health_json = client.get("/readyz", headers={"Accept": "application/health+json"})
+    assert health_json.json() == {"status": "fail", "output": "draining", "checks": {}}
+    assert client.get("/livez").status == 200
+    assert ran == ["db"]
+
+
+def token_required(view: Any) -> Any:
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        if request.headers.get("X-Token") != "s3cret":
+            abort(401)
+        return view(*args, **kwargs)
+
+    return guarded
+
+
+def test_the_drain_trigger_is_guarded_like_the_status_route(tmp_path: Path) -> None:
+    app = Flask(__name__)
+    drain_file = tmp_path / "draining"
+    FlaskStatus(
+        app, url="/readyz", readiness=True, authenticator=token_required, drain_file=str(drain_file)
+    )
+    client = app.test_client()
+
+    assert client.post("/readyz/drain").status_code == 401
+    assert not lifecycle.draining(str(drain_file))
+    answer = client.post("/readyz/drain", headers={"X-Token": "s3cret"})
+    assert (answer.status_code, answer.get_json()) == (200, {"status": "DRAINING"})
+    assert answer.headers["Cache-Control"] == "no-store"
+    assert drain_file.exists()
+    assert client.get("/readyz", headers={"X-Token": "s3cret"}).status_code == 503
+
+
+def test_drain_is_a_reserved_key_on_a_readiness_route() -> None:
+    with pytest.raises(ValueError, match='"drain" is reserved'):
+        FlaskStatus(Flask(__name__), readiness=True).add_field("drain", 1)
+
+
+@pytest.mark.parametrize("started_by", ["app", ["db"]])
+def test_started_by_needs_a_readiness_route(started_by: Any) -> None:
+    with pytest.raises(ValueError, match="readiness=True"):
+        FlaskStatus(Flask(__name__), started_by=started_by)
+
+
+# -- real gunicorn ---------------------------------------------------------------------------
+
+
+def fetch(server: ServerProcess, path: str) -> Any:
+    return http_fetch(server.port, path)
+
+
+@pytest.fixture
+def drain_file(tmp_path: Path) -> Path:
+    return tmp_path / "draining"
+
+
+@pytest.fixture
+def lifecycle_server(tmp_path: Path, drain_file: Path) -> Iterator[ServerProcess]:
+    with gunicorn(
+        "served_app:create_lifecycle_app()",
+        tmp_path / "gunicorn.log",
+        workers=2,
+        threads=4,
+        worker_class="gthread",
+        env={served_app.DRAIN_FILE_ENV: str(drain_file)},
+    ) as server:
+        yield server
+
+
+def test_prestop_drain_then_sigterm_under_gunicorn(
+    lifecycle_server: ServerProcess, drain_file: Path
+) -> None:
+    """The preStop pattern: the hook triggers draining, readiness fails on every worker while
+    requests in flight and new ordinary ones complete, then SIGTERM stops the server cleanly."""
+    assert fetch(lifecycle_server, "/readyz").status == 200
+    slow: list[Any] = []
+    in_flight = threading.Thread(target=lambda: slow.append(fetch(lifecycle_server, "/slow")))
+    in_flight.start()
+    time.sleep(0.2)  # the slow request is being served
+
+    assert fetch(lifecycle_server, "/readyz/drain").status == 200  # one worker takes it
+    assert drain_file.exists()  # and tells the others
+    readiness = [fetch(lifecycle_server, "/readyz") for _ in range(10)]
+    assert {reply.status for reply in readiness} == {503}
+    assert len({reply.headers["x-pid"] for reply in readiness}) == 2, "both workers answered"
+    assert fetch(lifecycle_server, "/livez").status == 200
+    assert all(fetch(lifecycle_server, "/hello").status == 200 for _ in range(5))
+    in_flight.join(10)
+    assert [reply.status for reply in slow] == [200]
+
+    assert lifecycle_server.stop(signal.SIGTERM) == 0
+
+
+def test_drain_on_sigterm_keeps_serving_with_readiness_failing(tmp_path: Path) -> None:
+    config = tmp_path / "gunicorn.conf.py"
+    config.write_text(
+        "from flask_status.gunicorn import drain_on_sigterm\n"
+        "post_worker_init = drain_on_sigterm(seconds=1.5)\n"
+    )
+    with gunicorn(
+        "served_app:create_lifecycle_app()", tmp_path / "gunicorn.log", "-c", str(config)
+    ) as server:
+        assert fetch(server, "/readyz").status == 200
+        started = time.monotonic()
+        server.signal(signal.SIGTERM)
+        time.sleep(0.3)
+        draining = fetch(server, "/readyz")
+        assert (draining.status, draining.json()) == (503, {"status": "DRAINING"})
+        assert fetch(server, "/hello").status == 200
+        assert server.wait() == 0
+        assert time.monotonic() - started >= 1.5
