@@ -14,6 +14,7 @@ WSGI stack, in a worker thread: a guard around the app is never skipped.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import io
 import sys
@@ -22,14 +23,16 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from flask import Flask, Response, request_started
 from flask.globals import request_ctx
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, MapAdapter, Rule
 
+from . import lifecycle
 from .config import DEFAULT_MAX_WORKERS
 from .extension import EXTENSION_KEY, Handover, StatusRoute, deferred, no_store
-from .fields import is_async_callable
+from .fields import check_bool, is_async_callable
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -47,23 +50,72 @@ class StatusMiddleware:
     and no thread is held while checks run unless a sync authenticator wraps the view.
     """
 
-    def __init__(self, asgi_app: ASGIApp, flask_app: Flask) -> None:
+    def __init__(
+        self, asgi_app: ASGIApp, flask_app: Flask, *, drain_on_shutdown: bool = True
+    ) -> None:
         if not isinstance(flask_app, Flask):
             raise TypeError(f"flask_app must be a Flask app, got {type(flask_app).__name__}")
         self.asgi_app = asgi_app
         self.flask_app = flask_app
+        self.drain_on_shutdown = check_bool("drain_on_shutdown", drain_on_shutdown)
         self._routes: StatusRoutes | None = None
         self._app_code: bool | None = None
         # Threads for the app's own code, apart from anyio's default ones the app may use.
         self._limiter = anyio.CapacityLimiter(DEFAULT_MAX_WORKERS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self._is_status_request(scope):
+        if scope["type"] == "lifespan":
+            await self._lifespan(scope, receive, send)
+        elif scope["type"] != "http" or not self._is_status_request(scope):
             await self.asgi_app(scope, receive, send)
         elif _own_wsgi_app(self.flask_app):
             await self._serve(scope, receive, send)
         else:
             await self._serve_wrapped(scope, receive, send)
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ASGI lifespan protocol, passed on to the wrapped app if it speaks it.
+
+        At startup the app's background checks start; at shutdown its readiness routes
+        drain (when ``drain_on_shutdown``) and its background checks stop.
+        """
+        to_app, app_receives = anyio.create_memory_object_stream[Message](1)
+        app_sends, from_app = anyio.create_memory_object_stream[Message](1)
+
+        async def run_wrapped_app() -> None:
+            # An app without lifespan support raises (WsgiToAsgi does): then it has no part.
+            async with app_sends, app_receives:
+                with contextlib.suppress(Exception):
+                    await self.asgi_app(scope, app_receives.receive, app_sends.send)
+
+        async with anyio.create_task_group() as task_group, to_app, from_app:
+            task_group.start_soon(run_wrapped_app)
+            for phase in ("startup", "shutdown"):
+                message = await receive()
+                if phase == "shutdown":
+                    self._stop_background()
+                answer = await _ask(to_app, from_app, message)
+                if answer is not None and answer["type"] == f"lifespan.{phase}.failed":
+                    await send(answer)
+                    return
+                if phase == "startup":
+                    self._start_background()
+                await send({"type": f"lifespan.{phase}.complete"})
+            task_group.cancel_scope.cancel()  # an app that went on after its shutdown
+
+    def _routes_of_app(self) -> list[StatusRoute]:
+        routes: list[StatusRoute] = self.flask_app.extensions.get(EXTENSION_KEY, [])
+        return routes
+
+    def _start_background(self) -> None:
+        for route in self._routes_of_app():
+            route.background.ensure(route.status.fields.values())
+
+    def _stop_background(self) -> None:
+        if self.drain_on_shutdown:
+            lifecycle.drain()
+        for route in self._routes_of_app():
+            route.background.stop()
 
     def _is_status_request(self, scope: Scope) -> bool:
         if self._routes is None:
@@ -177,6 +229,19 @@ class StatusRoutes:
             return False
         field = arguments.get("field")
         return field is None or field in self._by_endpoint[endpoint].status.fields
+
+
+async def _ask(
+    to_app: MemoryObjectSendStream[Message],
+    from_app: MemoryObjectReceiveStream[Message],
+    message: Message,
+) -> Message | None:
+    """Pass a lifespan event to the wrapped app; its answer, or None if it does not answer."""
+    try:
+        await to_app.send(message)
+        return await from_app.receive()
+    except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+        return None  # it returned, or raised: no lifespan support
 
 
 def _own_wsgi_app(app: Flask) -> bool:

@@ -229,3 +229,20 @@ def create_lifecycle_app() -> Flask:
     )
     ready.add_field("database", sync_check)
     return app
+
+
+#: Seconds between the runs of the background check of :func:`create_background_asgi_app`.
+BACKGROUND_INTERVAL = 0.2
+
+
+def create_background_asgi_app() -> StatusMiddleware:
+    """A background check behind StatusMiddleware: started at lifespan startup."""
+    app = Flask(__name__)
+
+    @app.get("/hello")
+    def hello() -> str:
+        return "hello"
+
+    runs = iter(range(1, 1_000_000))
+    FlaskStatus(app).add_field("runs", lambda: next(runs), interval=BACKGROUND_INTERVAL)
+    return StatusMiddleware(WsgiToAsgi(app), app)  # type: ignore[no-untyped-call]
