@@ -15,7 +15,7 @@ import anyio.from_thread
 from flask import Blueprint, Flask, Response, abort, current_app, request
 from flask.json.provider import DefaultJSONProvider
 
-from . import config, lifecycle
+from . import config, lifecycle, logs
 from .aggregate import Health, aggregate
 from .background import BackgroundRuns
 from .engine import Evaluator
@@ -121,6 +121,7 @@ class FlaskStatus:
         if self.readiness:  # GET too: a Kubernetes preStop hook can only send GET
             drain_url = settings.url.rstrip("/") + "/drain"
             add_url_rule(drain_url, endpoint + "_drain", route.drain_view, methods=["GET", "POST"])
+        logs.status_urls.update(route.paths(app))
         routes = app.extensions.setdefault(EXTENSION_KEY, [])
         if not routes:
             app.after_request(no_store)

@@ -246,3 +246,30 @@ def create_background_asgi_app() -> StatusMiddleware:
     runs = iter(range(1, 1_000_000))
     FlaskStatus(app).add_field("runs", lambda: next(runs), interval=BACKGROUND_INTERVAL)
     return StatusMiddleware(WsgiToAsgi(app), app)  # type: ignore[no-untyped-call]
+
+
+def create_quiet_app() -> Flask:
+    """Successful probes of ``/api/status`` stay out of the access log; ``?fail`` fails one."""
+    from flask import request
+
+    from flask_status import quiet_access_logs
+
+    quiet_access_logs()
+    app = Flask(__name__)
+
+    @app.get("/hello")
+    def hello() -> str:
+        return "hello"
+
+    def database() -> str:
+        if "fail" in request.args:
+            raise ConnectionError("refused")
+        return "up"
+
+    FlaskStatus(app).add_field("database", database, single_flight=False)
+    return app
+
+
+def create_quiet_asgi_app() -> StatusMiddleware:
+    app = create_quiet_app()
+    return StatusMiddleware(WsgiToAsgi(app), app)  # type: ignore[no-untyped-call]
