@@ -96,6 +96,7 @@ class Evaluator:
     def _reset(self) -> None:
         """Forget runs and threads; called at start and in a forked child, where none exist."""
         self._latest: dict[str, Run] = {}
+        self._last_background: dict[str, Run] = {}  # per key: the last finished background run
         self.limiter = anyio.CapacityLimiter(self.max_workers)
         # Set once a background field has a first result; waited on from any thread or loop.
         self._first_results: dict[str, threading.Event] = {}
@@ -196,7 +197,7 @@ class Evaluator:
     def background_result(self, item: Field) -> Outcome | None:
         """A background field's latest result; ``None`` when a request should wait for one."""
         assert item.interval is not None
-        run = self._latest.get(item.key)
+        run = self._last_background.get(item.key)
         if run is None or run.field is not item or run.outcome is None:
             if item.wait_first:
                 return None
@@ -301,6 +302,8 @@ class Evaluator:
                 outcome = overran(outcome)
         run.outcome = self._damped(run.field, outcome)
         run.finished_at, run.produced = time.monotonic(), None
+        if run.field.interval is not None:
+            self._last_background[run.field.key] = run
         run.done.set()
         error, run.error = run.error, None
         self._log(run.field.key, outcome, error)

@@ -273,3 +273,21 @@ def create_quiet_app() -> Flask:
 def create_quiet_asgi_app() -> StatusMiddleware:
     app = create_quiet_app()
     return StatusMiddleware(WsgiToAsgi(app), app)  # type: ignore[no-untyped-call]
+
+
+def create_preload_background_app() -> Flask:
+    """A background check started at import (in the gunicorn master under ``--preload``)."""
+    app = Flask(__name__)
+
+    @app.get("/hello")
+    def hello() -> str:
+        return "hello"
+
+    @app.after_request
+    def tag_pid(response: Response) -> Response:
+        response.headers["X-Pid"] = str(os.getpid())
+        return response
+
+    FlaskStatus(app).add_field("pid", os.getpid, interval=BACKGROUND_INTERVAL, wait_first=True)
+    assert app.test_client().get("/api/status").get_json()["pid"] == os.getpid()
+    return app

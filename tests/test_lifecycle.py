@@ -188,3 +188,21 @@ def test_drain_on_sigterm_keeps_serving_with_readiness_failing(tmp_path: Path) -
         assert fetch(server, "/hello").status == 200
         assert server.wait() == 0
         assert time.monotonic() - started >= 1.5
+
+
+def test_background_checks_restart_in_each_forked_worker(tmp_path: Path) -> None:
+    """Started at import in the gunicorn master (``--preload``): each worker runs its own."""
+    with gunicorn(
+        "served_app:create_preload_background_app()",
+        tmp_path / "gunicorn.log",
+        workers=2,
+        preload=True,
+    ) as server:
+        seen: dict[str, int] = {}
+        deadline = time.monotonic() + 20
+        while len(seen) < 2 and time.monotonic() < deadline:
+            reply = fetch(server, "/api/status")
+            assert reply.status == 200, reply.body
+            seen[reply.headers["x-pid"]] = reply.json()["pid"]
+        assert len(seen) == 2, "both workers answered"
+        assert all(int(pid) == value for pid, value in seen.items()), seen
