@@ -15,10 +15,14 @@ from typing import Any, Callable
 from flask import Flask, jsonify
 
 URL = "/api/status"
-BARE_URL = "/bare"  # the bare route beside the status route, in the ASGI scenario
+BARE_URL = "/bare"  # a bare route beside the status route, on the real servers
 
 #: How long a hung check would run: far longer than any timeout, released at teardown.
 HANG_SECONDS = 60.0
+
+#: The gevent scenario's sync check blocks for this long, under this timeout (``gevent_app``).
+BLOCK_SECONDS = 2.0
+BLOCK_TIMEOUT = 0.2
 
 
 @dataclass(frozen=True)
@@ -30,15 +34,16 @@ class Fields:
     constant: int = 0
     hung_sync: int = 0
     hung_async: int = 0
+    slow_async: int = 0
     seconds: float = 0.0  # how long each sync/async check runs; 0 returns at once
+    slow_seconds: float = 0.0  # how long each slow async check runs
     timeout: float = 0.8  # per-field timeout, where the contender has one
 
-    def total(self) -> int:
-        return self.sync + self.async_ + self.constant + self.hung_sync + self.hung_async
 
-
-#: The fields of the overhead scenarios, also served by the ASGI throughput app.
+#: The fields of the overhead scenarios, also served in the scenarios on real servers.
 TRIVIAL_MIXED = Fields(sync=5, async_=5)
+#: One slow async check among trivial ones, served in the load scenario.
+SLOW_MIXED = Fields(sync=2, async_=2, slow_async=1, slow_seconds=0.05)
 
 
 class Checks:
@@ -66,6 +71,10 @@ class Checks:
         await asyncio.sleep(HANG_SECONDS)
         return True
 
+    async def slow_async(self) -> bool:
+        await asyncio.sleep(self.fields.slow_seconds)
+        return True
+
     def named(self) -> list[tuple[str, Any]]:
         """``(key, callable or constant)`` for every field."""
         counts = [
@@ -73,6 +82,7 @@ class Checks:
             ("async", self.fields.async_, self.async_),
             ("hung_sync", self.fields.hung_sync, self.hung_sync),
             ("hung_async", self.fields.hung_async, self.hung_async),
+            ("slow_async", self.fields.slow_async, self.slow_async),
         ]
         named = [(f"{kind}{i}", check) for kind, count, check in counts for i in range(count)]
         return named + [(f"constant{i}", i) for i in range(self.fields.constant)]
@@ -124,7 +134,44 @@ def _as_healthcheck(key: str, check: Callable[[], Any]) -> Callable[[], tuple[bo
 
 
 def obvious_design(app: Flask, checks: Checks) -> None:
-    """What one would write by hand: an async view gathering the fields in an anyio task group.
+    """What one would write by hand: an async view gathering the fields in an anyio task group."""
+
+    @app.get(URL)
+    async def status() -> Any:
+        document, code = answer(await gather_with_anyio(checks))
+        return jsonify(document), code
+
+
+def asyncio_view(app: Flask, checks: Checks) -> None:
+    """The other obvious view: ``asyncio.gather``, each field under ``asyncio.wait_for``.
+
+    Sync fields go to ``asyncio.to_thread``; a sync field that times out is left running in
+    its thread, and the answer does not wait for it.
+    """
+    timeout = checks.fields.timeout
+
+    async def run(check: Any) -> Any:
+        call = check() if asyncio.iscoroutinefunction(check) else asyncio.to_thread(check)
+        try:
+            return await asyncio.wait_for(call, timeout)
+        except asyncio.TimeoutError:
+            return {"error": f"timed out after {timeout}s"}
+        except Exception as exc:
+            return {"error": repr(exc)}
+
+    @app.get(URL)
+    async def status() -> Any:
+        named = checks.named()
+        called = [(key, value) for key, value in named if callable(value)]
+        values = await asyncio.gather(*(run(check) for _, check in called))
+        results = {key: value for key, value in named if not callable(value)}
+        results.update(zip((key for key, _ in called), values))
+        document, code = answer(results)
+        return jsonify(document), code
+
+
+async def gather_with_anyio(checks: Checks) -> dict[str, Any]:
+    """Every field at once in an anyio task group; a failed field's result is ``{"error": ...}``.
 
     Sync fields go to ``anyio.to_thread.run_sync``; each field is under ``move_on_after``, and a
     sync field that times out is abandoned so that a hung one cannot hold the answer.
@@ -133,8 +180,9 @@ def obvious_design(app: Flask, checks: Checks) -> None:
     import anyio.to_thread
 
     timeout = checks.fields.timeout
+    results: dict[str, Any] = {}
 
-    async def run(results: dict[str, Any], key: str, check: Any) -> None:
+    async def run(key: str, check: Any) -> None:
         with anyio.move_on_after(timeout) as scope:
             try:
                 if asyncio.iscoroutinefunction(check):
@@ -146,17 +194,19 @@ def obvious_design(app: Flask, checks: Checks) -> None:
         if scope.cancelled_caught:
             results[key] = {"error": f"timed out after {timeout}s"}
 
-    @app.get(URL)
-    async def status() -> Any:
-        results: dict[str, Any] = {}
-        async with anyio.create_task_group() as task_group:
-            for key, value in checks.named():
-                if callable(value):
-                    task_group.start_soon(run, results, key, value)
-                else:
-                    results[key] = value
-        failed = any(isinstance(value, dict) and "error" in value for value in results.values())
-        return jsonify({"status": "DOWN" if failed else "OK", **results}), 503 if failed else 200
+    async with anyio.create_task_group() as task_group:
+        for key, value in checks.named():
+            if callable(value):
+                task_group.start_soon(run, key, value)
+            else:
+                results[key] = value
+    return results
+
+
+def answer(results: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """The JSON document and status code of the hand-written designs."""
+    failed = any(isinstance(value, dict) and "error" in value for value in results.values())
+    return {"status": "DOWN" if failed else "OK", **results}, 503 if failed else 200
 
 
 BUILDERS: dict[str, Callable[[Flask, Checks], None]] = {
@@ -165,6 +215,7 @@ BUILDERS: dict[str, Callable[[Flask, Checks], None]] = {
     "flask-status-1.0.1": flask_status_101,
     "py-healthcheck": py_healthcheck,
     "obvious": obvious_design,
+    "asyncio-view": asyncio_view,
 }
 
 

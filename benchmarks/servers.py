@@ -1,0 +1,223 @@
+"""The scenarios on real servers: uvicorn and gunicorn processes, and the load put on them.
+
+Each server listens on a free port of 127.0.0.1, runs in a session of its own, writes its output
+to a log under ``.venvs/logs/`` and is stopped when its scenario ends.
+
+The servers bind their port themselves, as users run them. (Handed an open socket with
+``--fd``, uvicorn takes it for a Unix socket and leaves ``TCP_NODELAY`` off, so that on
+kept-alive connections every answer waits 40 ms for the client's delayed ACK.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, suppress
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import peers
+from apps import BARE_URL, URL, Fields
+
+HERE = Path(__file__).resolve().parent
+LOGS = peers.VENVS / "logs"
+
+#: wrk's connections, kept alive, all busy at once.
+CONNECTIONS = 32
+#: How long a server may take to answer its first request.
+START_SECONDS = 20
+
+#: The command line of a server listening on the given port of 127.0.0.1.
+Command = Callable[[int], list[str]]
+
+# Requests to 127.0.0.1 never go through a proxy, whatever the environment says.
+_direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class BenchError(Exception):
+    """The benchmark itself broke (a worker or server died, a route answered wrongly)."""
+
+
+# -- servers -------------------------------------------------------------------------------
+
+
+def uvicorn(app: str, fields: Fields, log: str) -> AbstractContextManager[str]:
+    """uvicorn serving ``asgi_app``'s ``app``, checking ``fields``; yields its base URL.
+
+    Every app runs with ``--reset-contextvars``: without it, on kept-alive connections,
+    ``WsgiToAsgi`` fails about half of the requests to Flask routes.
+    """
+
+    def command(port: int) -> list[str]:
+        return [
+            *(sys.executable, "-m", "uvicorn", "asgi_app:create", "--factory"),
+            *("--app-dir", str(HERE), "--host", "127.0.0.1", "--port", str(port)),
+            *("--reset-contextvars", "--no-access-log", "--log-level", "warning"),
+        ]
+
+    environment = {"BENCH_APP": app, "BENCH_FIELDS": json.dumps(asdict(fields))}
+    return serving(log, command, URL, environment)
+
+
+def gunicorn_gevent() -> AbstractContextManager[str]:
+    """``gunicorn -k gevent -w 1`` serving ``gevent_app``; yields its base URL."""
+
+    def command(port: int) -> list[str]:
+        return [
+            *(sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "1"),
+            *("--bind", f"127.0.0.1:{port}", "--graceful-timeout", "2", "--log-level", "warning"),
+            *_no_control_socket(),
+            "gevent_app:app",
+        ]
+
+    return serving("gunicorn-gevent", command, BARE_URL)
+
+
+def _no_control_socket() -> list[str]:
+    """gunicorn 25.1 and later open a control socket under $HOME unless told not to."""
+    from gunicorn.config import KNOWN_SETTINGS
+
+    return [flag for s in KNOWN_SETTINGS if s.name == "control_socket_disable" for flag in s.cli]
+
+
+@contextmanager
+def serving(
+    log: str, command: Command, ready: str, environment: dict[str, str] | None = None
+) -> Iterator[str]:
+    """A server started on a free port, once its ``ready`` path answers 200; yields its base URL.
+
+    Its output goes to ``LOGS/<log>.log``; it is stopped on exit.
+    """
+    LOGS.mkdir(parents=True, exist_ok=True)
+    log_path = LOGS / f"{log}.log"
+    port = _free_port()
+    with log_path.open("w") as output:
+        server = subprocess.Popen(
+            command(port),
+            cwd=HERE,
+            env={**os.environ, **(environment or {})},
+            stdout=output,
+            stderr=output,
+            start_new_session=True,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            _wait_for_ok(base + ready, server, log_path)
+            yield base
+        finally:
+            _stop(server)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_for_ok(url: str, server: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + START_SECONDS
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise BenchError(f"the server exited; its log: {log_path}")
+        if timed_get(url, timeout=1)[1] == 200:
+            return
+        time.sleep(0.1)
+    raise BenchError(f"{url} did not answer 200 within {START_SECONDS} s; log: {log_path}")
+
+
+def _stop(server: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the server's session; SIGKILL if it is still there 10 s later."""
+    for signal_number in (signal.SIGTERM, signal.SIGKILL):
+        with suppress(ProcessLookupError):
+            os.killpg(server.pid, signal_number)
+        with suppress(subprocess.TimeoutExpired):
+            server.wait(timeout=10)
+            return
+
+
+def timed_get(url: str, timeout: float) -> tuple[float, int | str]:
+    """How long a GET of ``url`` took, on a connection of its own, and its status code (or the
+    error that came instead)."""
+    sent = time.perf_counter()
+    try:
+        with _direct.open(url, timeout=timeout) as response:
+            response.read()
+            status: int | str = response.status
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        status = exc.code
+    except OSError as exc:
+        status = type(exc).__name__
+    return time.perf_counter() - sent, status
+
+
+# -- load ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Load:
+    """What wrk measured in one round."""
+
+    rate: float  # requests/s
+    p50: float  # latency, seconds
+    p99: float
+
+
+def alternate(wrk: str, urls: dict[str, str], rounds: int, seconds: int) -> dict[str, list[Load]]:
+    """``rounds`` rounds of load on every URL in turn, each round starting one URL later.
+
+    Every URL gets a one-second warm-up first.
+    """
+    for url in urls.values():
+        load(wrk, url, 1)
+    names = list(urls)
+    loads: dict[str, list[Load]] = {name: [] for name in names}
+    for round_number in range(rounds):
+        for offset in range(len(names)):
+            name = names[(round_number + offset) % len(names)]
+            loads[name].append(load(wrk, urls[name], seconds))
+    return loads
+
+
+def load(wrk: str, url: str, seconds: int) -> Load:
+    """wrk's measure of ``url`` over ``seconds``, with ``CONNECTIONS`` kept-alive connections.
+
+    Any answer other than 2xx, and any socket error, breaks the benchmark.
+    """
+    command = [wrk, "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", url]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    if "Non-2xx" in output or "Socket errors" in output:
+        raise BenchError(f"{url} answered errors under load:\n{output}")
+    return Load(
+        float(_find(r"Requests/sec:\s+([\d.]+)", output)),
+        _duration(_find(r"\s50%\s+(\S+)", output)),
+        _duration(_find(r"\s99%\s+(\S+)", output)),
+    )
+
+
+def _find(pattern: str, output: str) -> str:
+    found = re.search(pattern, output)
+    if not found:
+        raise BenchError(f"no {pattern!r} in wrk's output:\n{output}")
+    return found.group(1)
+
+
+_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _duration(text: str) -> float:
+    """Seconds of one of wrk's durations: ``812.00us``, ``1.25ms``, ``2.01s``."""
+    found = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text)
+    if not found:
+        raise BenchError(f"wrk's duration {text!r} not understood")
+    return float(found.group(1)) * _UNITS[found.group(2)]
