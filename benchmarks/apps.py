@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from flask import Flask, jsonify
 
@@ -165,7 +166,7 @@ def asyncio_view(app: Flask, checks: Checks) -> None:
         called = [(key, value) for key, value in named if callable(value)]
         values = await asyncio.gather(*(run(check) for _, check in called))
         results = {key: value for key, value in named if not callable(value)}
-        results.update(zip((key for key, _ in called), values))
+        results.update(zip((key for key, _ in called), values, strict=True))
         document, code = answer(results)
         return jsonify(document), code
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from apps import BARE_URL, URL, Checks, Fields, answer, build, gather_with_anyio
 from asgiref.wsgi import WsgiToAsgi

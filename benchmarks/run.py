@@ -22,13 +22,14 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from functools import partial
 from importlib.metadata import version
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 import peers
 import servers
@@ -226,7 +227,7 @@ class Scenario:
     def run(self, workers: dict[str, WorkerProcess], missing: dict[str, str]) -> list[Row]:
         cells = [cell for cell in self.cells if cell.contender in workers]
         names = [f"{self.title} #{index}" for index in range(len(cells))]
-        for name, cell in zip(names, cells):
+        for name, cell in zip(names, cells, strict=True):
             answer = workers[cell.contender].ask(
                 op="setup", cell=name, builder=cell.contender, fields=asdict(cell.fields)
             )
@@ -235,7 +236,7 @@ class Scenario:
         try:
             samples, beside = self._measure(cells, names, workers)
         finally:
-            for name, cell in zip(names, cells):
+            for name, cell in zip(names, cells, strict=True):
                 workers[cell.contender].ask(op="teardown", cell=name)
         title = f"{self.title} ({self.rounds} rounds)"
         rows = [
@@ -245,7 +246,7 @@ class Scenario:
                 *self.judge(cell, cell_samples, bare_samples),
                 cell.target,
             )
-            for cell, cell_samples, bare_samples in zip(cells, samples, beside)
+            for cell, cell_samples, bare_samples in zip(cells, samples, beside, strict=True)
         ]
         why_not = {c.contender: missing[c.contender] for c in self.cells if c.contender in missing}
         why_not.update(self.not_run)
@@ -298,7 +299,7 @@ class Scenario:
 def versus_bare(cell: Cell, samples: list[Sample], bare: list[Sample]) -> tuple[str, str, float]:
     """Median time per request; the median of per-round ratios to the bare route."""
     ratio = statistics.median(
-        mine.per_request / base.per_request for mine, base in zip(samples, bare)
+        mine.per_request / base.per_request for mine, base in zip(samples, bare, strict=True)
     )
     typical = statistics.median(sample.per_request for sample in samples)
     return f"{seconds(typical)} / request", f"{ratio:.2f}x bare", ratio
@@ -479,7 +480,9 @@ def load_row(
 ) -> Row:
     """Median requests/s and latencies, and the median of per-round ratios of requests/s to
     ``base``'s."""
-    ratio = statistics.median(mine.rate / theirs.rate for mine, theirs in zip(loads, base))
+    ratio = statistics.median(
+        mine.rate / theirs.rate for mine, theirs in zip(loads, base, strict=True)
+    )
     rate = statistics.median(load.rate for load in loads)
     p50 = statistics.median(load.p50 for load in loads)
     p99 = statistics.median(load.p99 for load in loads)
