@@ -177,3 +177,19 @@ def test_single_field_requests_keep_the_other_gauges(
     assert client.get("/api/status?exclude=switch").status_code == 200
     assert sample(registry, UP, "switch") == 0  # from the single-field request
     assert sample(registry, UP, "version") == 1
+
+
+def test_the_up_gauge_follows_failure_thresholds(registry: CollectorRegistry) -> None:
+    app = Flask(__name__)
+    status = FlaskStatus(app)
+    switch = Switch()
+    status.add_field("db", switch, failure_threshold=2)
+    instrument(status, registry=registry)
+    client = app.test_client()
+
+    client.get("/api/status")
+    switch.broken = True
+    client.get("/api/status")  # one failed run of two: still up
+    assert sample(registry, UP, "db") == 1.0
+    client.get("/api/status")
+    assert sample(registry, UP, "db") == 0.0
