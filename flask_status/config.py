@@ -14,6 +14,16 @@ from .fields import (
     check_seconds,
     check_url,
 )
+from .store import RedisStore
+
+
+def check_store(name: str, value: Any) -> RedisStore:
+    """A result store: a ``RedisStore``, or a Redis URL to make one of."""
+    if isinstance(value, RedisStore):
+        return value
+    if isinstance(value, str):
+        return RedisStore(value)
+    raise TypeError(f"{name} must be a RedisStore or a redis:// URL, got {type(value).__name__}")
 
 
 def check_path(name: str, value: Any) -> str:
@@ -37,6 +47,7 @@ class Settings:
     expose_errors: bool = True
     max_workers: int = DEFAULT_MAX_WORKERS
     drain_file: str | None = None
+    store: RedisStore | None = None
 
 
 DEFAULTS = Settings()
@@ -50,6 +61,7 @@ VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "expose_errors": check_bool,
     "max_workers": check_count,
     "drain_file": check_path,
+    "store": check_store,
 }
 
 

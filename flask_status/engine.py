@@ -34,6 +34,7 @@ import anyio.to_thread
 from . import threads
 from .fields import Field, Kind
 from .outcome import Encode, Outcome, describe, overran, timed_out, unreportable
+from .store import Sharing
 from .thresholds import Streak, damp
 
 #: Seconds an async check may run past its deadline before it is reported as having outrun
@@ -90,6 +91,8 @@ class Evaluator:
         self._streaks: dict[str, Streak] = {}  # per key: flap damping state
         #: Called with ``(key, outcome)`` once per finished run (not per request served by it).
         self.run_listeners: list[Callable[[str, Outcome], object]] = []
+        #: Where results are shared with other processes, if anywhere.
+        self.sharing: Sharing | None = None
         self._reset()
         _evaluators.add(self)
 
@@ -139,7 +142,7 @@ class Evaluator:
                     waited.append(previous)
                 continue
             run = runs[item.key] = self._start(item, now, thread)
-            if item.kind is Kind.SYNC and _was_quick(previous):
+            if item.kind is Kind.SYNC and _was_quick(previous) and not self._shared(item):
                 quick.setdefault(run.timeout, []).append(run)
             else:
                 hosted.append([run])
@@ -165,8 +168,7 @@ class Evaluator:
             return True  # a hung sync check: its "timed out" stands until its thread returns
         if run.finished_at is None:
             return run.loop_thread == thread
-        ttl = item.cache_ttl if item.cache_ttl is not None else self.default_cache_ttl
-        return now - run.finished_at < ttl
+        return now - run.finished_at < self._cache_ttl(item)
 
     def _start(self, item: Field, now: float, thread: int) -> Run:
         timeout = item.timeout if item.timeout is not None else self.default_timeout
@@ -240,15 +242,53 @@ class Evaluator:
         """
         started = time.perf_counter()
         with anyio.CancelScope(shield=True, deadline=runs[0].deadline) as scope:
-            if runs[0].field.kind is Kind.ASYNC:
-                await self._await(runs[0], runs[0].field.value, scope)
+            shared = self._sharing_of(runs[0])
+            if shared is None:
+                await self._execute(runs, scope)
             else:
-                await threads.run_sync(functools.partial(self._call_all, runs), self.limiter)
-                for run in runs:
-                    if inspect.isawaitable(run.produced):  # a plain function returned one
-                        await self._await(run, functools.partial(_awaited, run.produced), scope)
+                await self._execute_shared(runs[0], scope, *shared)
         for run in runs:
             self._finish(run, time.perf_counter() - started)
+
+    async def _execute(self, runs: list[Run], scope: anyio.CancelScope) -> None:
+        if runs[0].field.kind is Kind.ASYNC:
+            await self._await(runs[0], runs[0].field.value, scope)
+            return
+        await threads.run_sync(functools.partial(self._call_all, runs), self.limiter)
+        for run in runs:
+            if inspect.isawaitable(run.produced):  # a plain function returned one
+                await self._await(run, functools.partial(_awaited, run.produced), scope)
+
+    def _sharing_of(self, run: Run) -> tuple[float, float] | None:
+        """How long a shared result of this run stays fresh, and how long its lease lasts;
+        ``None`` for a run not shared across processes."""
+        item = run.field
+        if not self._shared(item):
+            return None
+        if item.interval is not None:
+            return item.interval, item.interval
+        return self._cache_ttl(item), run.timeout
+
+    def _shared(self, item: Field) -> bool:
+        """Whether this field's results are shared with other processes (through a store)."""
+        return self.sharing is not None and (item.interval is not None or self._cache_ttl(item) > 0)
+
+    def _cache_ttl(self, item: Field) -> float:
+        return item.cache_ttl if item.cache_ttl is not None else self.default_cache_ttl
+
+    async def _execute_shared(
+        self, run: Run, scope: anyio.CancelScope, fresh_for: float, lease_for: float
+    ) -> None:
+        """A result from the store, another process's, or this run's (then stored)."""
+        assert self.sharing is not None
+
+        async def execute() -> Outcome | None:
+            await self._execute([run], scope)
+            return run.produced if isinstance(run.produced, Outcome) else None
+
+        outcome = await self.sharing.run(run.field.key, execute, fresh_for, lease_for)
+        if outcome is not None:
+            run.produced = outcome
 
     async def _await(
         self, run: Run, check: Callable[[], Awaitable[Any]], scope: anyio.CancelScope
@@ -301,7 +341,9 @@ class Evaluator:
             if elapsed > run.timeout + OVERRUN_GRACE and run.field.kind is Kind.ASYNC:
                 outcome = overran(outcome)
         run.outcome = self._damped(run.field, outcome)
-        run.finished_at, run.produced = time.monotonic(), None
+        # A result shared by another process is as old as it was when measured there.
+        age = max(0.0, time.time() - outcome.measured_at)
+        run.finished_at, run.produced = time.monotonic() - age, None
         if run.field.interval is not None:
             self._last_background[run.field.key] = run
         run.done.set()

@@ -6,7 +6,7 @@ import dataclasses
 import functools
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, cast
@@ -29,6 +29,7 @@ from .render import (
     invalid_values,
     json_payload,
 )
+from .store import RedisStore, Sharing
 
 Scaffold = Flask | Blueprint
 View = Callable[..., Any]
@@ -63,6 +64,7 @@ class FlaskStatus:
         readiness: bool = False,
         started_by: str | Sequence[str] | None = None,
         drain_file: str | None = None,
+        store: RedisStore | str | None = None,
     ) -> None:
         self._given = config.validate(
             {
@@ -73,6 +75,7 @@ class FlaskStatus:
                 "expose_errors": expose_errors,
                 "max_workers": max_workers,
                 "drain_file": drain_file,
+                "store": store,
             }
         )
         self.readiness = check_bool("readiness", readiness)
@@ -82,6 +85,9 @@ class FlaskStatus:
             raise TypeError("endpoint must be a non-empty str")
         self.endpoint = endpoint
         self.fields: dict[str, Field] = {}
+        #: Whether a route of this instance shares results through a store (its answer may
+        #: then have a ``store`` entry).
+        self.sharing_store = False
         self.listeners: list[Listener] = []
         if app is not None:
             self.init_app(app)
@@ -112,6 +118,9 @@ class FlaskStatus:
 
     def _register(self, app: Flask, add_url_rule: Callable[..., None]) -> None:
         settings = config.resolve(self._given, app.config)
+        if settings.store is not None:
+            self._check_store_key(self.fields)
+            self.sharing_store = True
         route = StatusRoute(self, app, settings)
         endpoint = self.endpoint or _default_endpoint(settings.url)
         add_url_rule(settings.url, endpoint, route.view, methods=["GET"])
@@ -160,6 +169,8 @@ class FlaskStatus:
         first result waits for it). ``failure_threshold``/``success_threshold``: consecutive
         runs needed to change the field's state. Adding an existing key replaces that field.
         """
+        if self.sharing_store:
+            self._check_store_key([key])
         if self.readiness and key == "drain":
             raise ValueError('key "drain" is reserved on a readiness route: <url>/drain drains')
         self.fields[key] = make_field(
@@ -174,6 +185,11 @@ class FlaskStatus:
             failure_threshold=failure_threshold,
             success_threshold=success_threshold,
         )
+
+    @staticmethod
+    def _check_store_key(keys: Iterable[str]) -> None:
+        if "store" in keys:
+            raise ValueError('key "store" is reserved with a result store: it reports the store')
 
     def on_evaluated(self, listener: Listener) -> None:
         """Call ``listener(outcomes)`` after each evaluation with every field's :class:`Outcome`."""
@@ -218,6 +234,9 @@ class StatusRoute:
         self.evaluator = Evaluator(
             app.logger, self.encode, settings.timeout, settings.cache_ttl, settings.max_workers
         )
+        if settings.store is not None:
+            namespace = f"{app.import_name}:{settings.url}"
+            self.evaluator.sharing = Sharing(settings.store, namespace, app.logger)
         self.background = BackgroundRuns(self.evaluator)
         self.gate_open = False  # the startup gate of ``started_by`` fields, once open, stays so
         self.view = self._make_view()
@@ -329,6 +348,11 @@ class StatusRoute:
             for field in pending.fields
         }
         critical = {field.key: field.critical for field in pending.fields}
+        sharing = self.evaluator.sharing
+        if sharing is not None and sharing.unavailable is not None and pending.fields:
+            # The store is a dependency too, if not a critical one: checks ran here instead.
+            outcomes["store"] = Outcome(error=sharing.unavailable, measured_at=time.time())
+            critical["store"] = False
         wants_health_json = (
             # the substring test spares the Accept parsing on almost every request
             "health+json" in request.headers.get("Accept", "")

@@ -173,25 +173,58 @@ def http_server() -> Iterator[HttpServer]:
 # -- redis -------------------------------------------------------------------------------
 
 
+class RedisServer:
+    """A real ``redis-server`` on 127.0.0.1 without persistence; restarts keep its port."""
+
+    def __init__(self, workdir: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.skip("redis-server is not installed (apt-get install redis-server)")
+        self.binary = binary
+        self.workdir = workdir
+        self.port = 0
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        for _ in range(3):  # another process may take a free port before redis binds it
+            port = self.port or free_port()
+            self._process = _start_redis(self.binary, port, self.workdir)
+            if self._process is not None:
+                self.port = port
+                return
+        pytest.fail("redis-server did not start")
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(10)
+            self._process = None
+
+
+def _redis(workdir: Path) -> Iterator[RedisServer]:
+    server = RedisServer(workdir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def redis_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    """A real ``redis-server`` on 127.0.0.1, without persistence, for the whole session."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    workdir = tmp_path_factory.mktemp("redis")
-    for _ in range(3):  # another process may take the free port before redis binds it
-        port = free_port()
-        process = _start_redis(binary, port, workdir)
-        if process is not None:
-            break
-    else:
-        pytest.fail("redis-server did not start")
-    try:
-        yield port
-    finally:
-        process.terminate()
-        process.wait(10)
+    """A real ``redis-server`` for the whole session."""
+    for server in _redis(tmp_path_factory.mktemp("redis")):
+        yield server.port
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real ``redis-server`` of this test's own, which it may stop and restart."""
+    yield from _redis(tmp_path)
 
 
 def _start_redis(binary: str, port: int, workdir: Path) -> subprocess.Popen[bytes] | None:
