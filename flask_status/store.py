@@ -45,7 +45,7 @@ class RedisStore:
     makes new ones.
     """
 
-    def __init__(self, url: str, *, prefix: str = "flask-status", timeout: float = 0.25) -> None:
+    def __init__(self, url: str, *, prefix: str = "flask-status", timeout: float = 0.5) -> None:
         with requires_extra("RedisStore", "redis"):
             import redis.asyncio  # noqa: F401
         if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):

@@ -291,3 +291,30 @@ def create_preload_background_app() -> Flask:
     FlaskStatus(app).add_field("pid", os.getpid, interval=BACKGROUND_INTERVAL, wait_first=True)
     assert app.test_client().get("/api/status").get_json()["pid"] == os.getpid()
     return app
+
+
+#: Environment variables of :func:`create_store_app`: the store's URL, the executions file.
+STORE_URL_ENV = "SERVED_APP_STORE_URL"
+EXECUTIONS_ENV = "SERVED_APP_EXECUTIONS"
+#: Seconds a result of :func:`create_store_app` stays fresh.
+STORE_CACHE_TTL = 2.0
+
+
+def create_store_app() -> Flask:
+    """A check that appends the time of each execution to a file, shared through Redis."""
+    app = Flask("store_fleet")
+
+    @app.get("/hello")
+    def hello() -> str:
+        return "hello"
+
+    executions = os.environ[EXECUTIONS_ENV]
+
+    def database() -> str:
+        with open(executions, "a") as log:  # one short append: atomic across processes
+            log.write(f"{time.time()}\n")
+        return "up"
+
+    status = FlaskStatus(app, store=os.environ[STORE_URL_ENV], timeout=1)
+    status.add_field("database", database, cache_ttl=STORE_CACHE_TTL)
+    return app
