@@ -21,11 +21,12 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 import peers
 from apps import BARE_URL, TRIVIAL_MIXED, URL, Fields
@@ -177,7 +178,7 @@ class Scenario:
     def run(self, workers: dict[str, WorkerProcess], missing: dict[str, str]) -> list[Row]:
         cells = [cell for cell in self.cells if cell.contender in workers]
         names = [f"{self.title} #{index}" for index in range(len(cells))]
-        for name, cell in zip(names, cells):
+        for name, cell in zip(names, cells, strict=False):
             answer = workers[cell.contender].ask(
                 op="setup", cell=name, builder=cell.contender, fields=asdict(cell.fields)
             )
@@ -186,11 +187,11 @@ class Scenario:
         try:
             samples, beside = self._measure(cells, names, workers)
         finally:
-            for name, cell in zip(names, cells):
+            for name, cell in zip(names, cells, strict=False):
                 workers[cell.contender].ask(op="teardown", cell=name)
         title = f"{self.title} ({self.rounds} rounds)"
         rows = []
-        for cell, cell_samples, bare_samples in zip(cells, samples, beside):
+        for cell, cell_samples, bare_samples in zip(cells, samples, beside, strict=False):
             measured, ratio, met = self.judge(cell, cell_samples, bare_samples)
             rows.append(
                 Row(
@@ -255,7 +256,7 @@ def versus_bare(limit: float) -> Judge:
 
     def judge(cell: Cell, samples: list[Sample], bare: list[Sample]) -> tuple[str, str, bool]:
         ratio = statistics.median(
-            mine.per_request / base.per_request for mine, base in zip(samples, bare)
+            mine.per_request / base.per_request for mine, base in zip(samples, bare, strict=False)
         )
         typical = statistics.median(sample.per_request for sample in samples)
         return f"{seconds(typical)} / request", f"{ratio:.2f}x bare", ratio <= limit
@@ -411,7 +412,9 @@ def asgi_throughput() -> list[Row]:
             except subprocess.TimeoutExpired:
                 server.kill()
                 server.wait()
-    ratio = statistics.median(mine / bare for mine, bare in zip(rates[OURS], rates[BARE]))
+    ratio = statistics.median(
+        mine / bare for mine, bare in zip(rates[OURS], rates[BARE], strict=False)
+    )
     load = f"wrk -c{LOAD_CONNECTIONS}, a connection per request, {LOAD_ROUNDS} x {LOAD_SECONDS} s"
     return [
         Row(
