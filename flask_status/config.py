@@ -6,7 +6,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .details import check_show_details
 from .fields import DEFAULT_TIMEOUT, check_message, check_seconds, check_url
+from .history import DEFAULT_HISTORY_SIZE, check_history_size
 
 #: Default upper bound on sync checks running at once, per FlaskStatus instance.
 DEFAULT_MAX_WORKERS = 256
@@ -36,6 +38,10 @@ class Settings:
     cache_ttl: float = 0.0
     expose_errors: bool = True
     max_workers: int = DEFAULT_MAX_WORKERS
+    #: ``None``: ``"when_authorized"`` when an ``is_authorized`` is given, else ``"always"``.
+    show_details: str | None = None
+    history_size: int = DEFAULT_HISTORY_SIZE
+    html_for_browsers: bool = False
 
 
 DEFAULTS = Settings()
@@ -48,6 +54,9 @@ VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "cache_ttl": lambda name, value: check_seconds(name, value, allow_zero=True),
     "expose_errors": check_bool,
     "max_workers": check_workers,
+    "show_details": check_show_details,
+    "history_size": check_history_size,
+    "html_for_browsers": check_bool,
 }
 
 

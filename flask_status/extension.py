@@ -15,10 +15,11 @@ import anyio.from_thread
 from flask import Blueprint, Flask, Response, abort, current_app, request
 from flask.json.provider import DefaultJSONProvider
 
-from . import config
+from . import config, details, formats
 from .aggregate import Health, aggregate
 from .engine import Evaluator
 from .fields import Field, Kind, is_async_callable, make_field
+from .history import History
 from .loop import LoopStopped, portal_loop
 from .outcome import Encode, Outcome
 from .render import (
@@ -59,6 +60,10 @@ class FlaskStatus:
         expose_errors: bool | None = None,
         max_workers: int | None = None,
         endpoint: str | None = None,
+        show_details: str | None = None,
+        is_authorized: details.IsAuthorized | None = None,
+        history_size: int | None = None,
+        html_for_browsers: bool | None = None,
     ) -> None:
         self._given = config.validate(
             {
@@ -68,8 +73,13 @@ class FlaskStatus:
                 "cache_ttl": cache_ttl,
                 "expose_errors": expose_errors,
                 "max_workers": max_workers,
+                "show_details": show_details,
+                "history_size": history_size,
+                "html_for_browsers": html_for_browsers,
             }
         )
+        self.is_authorized = details.check_is_authorized(is_authorized)
+        details.resolve_mode(self._given.get("show_details"), self.is_authorized)  # fail early
         self.authenticator = _check_authenticator(authenticator)
         if endpoint is not None and (not isinstance(endpoint, str) or not endpoint):
             raise TypeError("endpoint must be a non-empty str")
@@ -163,6 +173,7 @@ class Pending:
     fields: list[Field]
     since: float  # Unix time the request began; values measured before it came from the cache
     response: Response
+    show_details: bool | None = None  # decided by ``StatusRoute.access``; None: not yet
 
 
 @dataclass
@@ -191,6 +202,18 @@ class StatusRoute:
         self.encode = _encoder(app)
         self.evaluator = Evaluator(
             app.logger, self.encode, settings.timeout, settings.cache_ttl, settings.max_workers
+        )
+        self.history = History(settings.history_size)
+        self.evaluator.run_listeners.append(self.history.record)
+        self.access = details.Access(
+            # Raises only for app.config's value: the constructor checked its own argument.
+            details.resolve_mode(
+                settings.show_details, status.is_authorized, config.config_key("show_details")
+            ),
+            status.is_authorized,
+            settings.timeout,
+            lambda: self.evaluator.limiter,
+            app.logger,
         )
         self.view = self._make_view()
 
@@ -238,8 +261,9 @@ class StatusRoute:
 
     def respond_blocking(self, pending: Pending) -> Response:
         """Answer from a thread without an event loop (WSGI): evaluate on the portal's loop."""
-        if not any(field.kind is not Kind.CONSTANT for field in pending.fields):
-            return self.fill(pending, {})  # nothing to run: no need for the loop
+        # Nothing to run needs no loop, unless is_authorized must be asked (it may be async).
+        if not self.access.per_request and not _callables(pending.fields):
+            return self.fill(pending, {})
         try:
             return portal_loop.call(self.respond, pending)
         except LoopStopped as exc:
@@ -249,6 +273,7 @@ class StatusRoute:
 
     async def respond(self, pending: Pending) -> Response:
         """Evaluate the request's fields on the running event loop and fill the response."""
+        await self.access.decide(pending)  # before the checks, on this loop: it may await
         return self.fill(pending, await self.evaluator.evaluate(_callables(pending.fields)))
 
     def fill(self, pending: Pending, results: Mapping[str, Outcome]) -> Response:
@@ -264,10 +289,13 @@ class StatusRoute:
             and request.accept_mimetypes.best_match(["application/json", HEALTH_JSON])
             == HEALTH_JSON
         )
+        form = formats.choose(self, pending, wants_health_json)  # None: the formats above
 
         def encode(outcomes: Mapping[str, Outcome]) -> tuple[str, Health]:
             health = aggregate((critical[key], outcome.ok) for key, outcome in outcomes.items())
             shown = outcomes if self.settings.expose_errors else hide_errors(outcomes)
+            if form is not None:
+                return form.render(shown, critical, health), health
             if wants_health_json:
                 document = health_json_payload(self.settings.message, shown, critical, health)
             else:
@@ -297,11 +325,16 @@ class StatusRoute:
         response.set_data(body + "\n")
         response.status_code = health.http_status
         response.mimetype = HEALTH_JSON if wants_health_json else "application/json"
+        formats.vary_on_accept(response)
+        if form is not None:
+            form.finish(response)
         return response
 
     def respond_now(self) -> Response:
         """Evaluate every field now, without the authenticator (for the CLI)."""
-        return self.respond_blocking(self.pending())
+        pending = self.pending()
+        pending.show_details = True  # whoever runs the CLI runs the app: not a remote caller
+        return self.respond_blocking(pending)
 
     def paths(self, app: Flask) -> list[str]:
         """The URLs this route is served at on ``app`` (a blueprint adds its prefix)."""
