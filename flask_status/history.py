@@ -30,7 +30,7 @@ def check_history_size(name: str, value: Any) -> int:
     return value
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: many are kept
 class Entry:
     """One finished run of a field's check."""
 

@@ -19,6 +19,9 @@ from .render import iso_time
 #: Seconds between reloads of the page.
 REFRESH_SECONDS = 5
 
+#: Most recent runs drawn per check (``?verbose`` lists the whole history).
+STRIP_RUNS = 30
+
 #: Longest value or error text shown in a row; the JSON formats give the whole value.
 MAX_TEXT_CHARS = 300
 
@@ -141,6 +144,7 @@ def _strip(history: Sequence[Entry]) -> Markup:
     """Recent runs as small cells, oldest first: color for the result, height for duration."""
     if not history:
         return Markup('<span class="none">\N{EM DASH}</span>')
+    history = history[-STRIP_RUNS:]
     longest = max(entry.duration for entry in history) or 1.0
     cells = []
     for entry in history:
@@ -213,8 +217,8 @@ tbody th { font-weight: 600; white-space: nowrap; }
 .age, .constant, .none, footer, .hidden-details, .no-checks { color: var(--muted); }
 .tag { font-size: .75rem; font-weight: 400; color: var(--muted); border: 1px solid var(--line);
   border-radius: .3rem; padding: 0 .3rem; }
-.strip { display: inline-flex; align-items: flex-end; gap: 2px; height: 22px; }
-.run { display: inline-block; width: 6px; min-height: 30%; border-radius: 1px; }
+.strip { display: inline-flex; align-items: flex-end; gap: 1px; height: 22px; }
+.run { display: inline-block; width: 5px; min-height: 30%; border-radius: 1px; }
 .run.ok { background: var(--ok); } .run.failed { background: var(--bad); }
 footer { margin-top: 1.25rem; font-size: .85rem; }
 """

@@ -404,8 +404,14 @@ def test_with_an_authenticator_too(
     assert admin.status == 503 and "mail" in admin.json()
 
 
-def test_the_cli_shows_details() -> None:
-    app, _ = make_app(failing=True, is_authorized=lambda req: False)
+@pytest.mark.parametrize(
+    "options",
+    [{"is_authorized": lambda req: False}, {"show_details": "never"}],
+    ids=["when_authorized", "never"],
+)
+def test_the_cli_shows_details(options: dict[str, Any]) -> None:
+    """show_details is about the route's callers; the CLI's user runs the app itself."""
+    app, _ = make_app(failing=True, **options)
     result = app.test_cli_runner().invoke(args=["status"])
     assert result.exit_code == 1
     assert "ConnectionRefusedError: refused" in result.output
@@ -419,3 +425,26 @@ def test_listeners_still_get_every_outcome() -> None:
     status.on_evaluated(lambda outcomes: seen.append(dict(outcomes)))
     WsgiClient(app).get(URL)
     assert [list(outcomes) for outcomes in seen] == [["database"]]
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_under_trio(kind: str) -> None:
+    """StatusMiddleware serves status routes on trio too: is_authorized is asked there."""
+    import anyio
+    from asgiref.wsgi import WsgiToAsgi
+    from clients import asgi_get
+
+    from flask_status.asgi import StatusMiddleware
+
+    async def trio_admin(req: Request) -> bool:
+        await anyio.sleep(0)  # asyncio.sleep would fail on trio
+        return req.headers.get("X-Admin") == "yes"
+
+    app, _ = make_app(failing=True, is_authorized=sync_admin if kind == "sync" else trio_admin)
+    asgi_app = StatusMiddleware(WsgiToAsgi(app), app)  # type: ignore[no-untyped-call]
+
+    anonymous = anyio.run(asgi_get, asgi_app, URL, None, backend="trio")
+    admin = anyio.run(asgi_get, asgi_app, URL, ADMIN, backend="trio")
+
+    assert (anonymous.status, anonymous.json()) == (503, {"status": "DOWN"})
+    assert admin.status == 503 and "mail" in admin.json()

@@ -13,7 +13,7 @@ from clients import Answer, MakeClient
 from flask import Flask, abort, request
 
 from flask_status import FlaskStatus
-from flask_status.page import CONTENT_SECURITY_POLICY, MAX_TEXT_CHARS
+from flask_status.page import CONTENT_SECURITY_POLICY, MAX_TEXT_CHARS, STRIP_RUNS
 
 pytest_plugins = ["reliability_fixtures"]
 
@@ -217,3 +217,18 @@ def test_a_caller_without_details_gets_no_rows(make_client: MakeClient) -> None:
     assert rows(anonymous) == [] and b"<table" not in anonymous.body
     assert b"not shown" in anonymous.body
     assert rows(admin) == ["version", "database", "mail"]
+
+
+def test_the_strip_shows_the_latest_runs(make_client: MakeClient) -> None:
+    app = Flask(__name__)
+    FlaskStatus(app, history_size=STRIP_RUNS + 5).add_field("database", lambda: "sqlite")
+    client = make_client(app)
+    for _ in range(STRIP_RUNS + 4):
+        client.get(URL)
+    answer = client.get(PAGE)
+    cells = re.findall(r'<span class="run ok"[^>]*title="([^"]*)">', answer.body.decode())
+    history = client.get(f"{URL}?verbose").json()["checks"]["database"]["history"]
+    assert len(history) == STRIP_RUNS + 5  # history_size: more than the strip shows
+    assert len(cells) == STRIP_RUNS
+    # The newest runs: the page's own run is the last cell.
+    assert cells[-1].endswith(history[-2]["measured_at"])
