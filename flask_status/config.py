@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .details import check_show_details
 from .fields import (
     DEFAULT_TIMEOUT,
     check_bool,
@@ -14,6 +15,7 @@ from .fields import (
     check_seconds,
     check_url,
 )
+from .history import DEFAULT_HISTORY_SIZE, check_history_size
 from .store import RedisStore
 
 
@@ -48,6 +50,10 @@ class Settings:
     max_workers: int = DEFAULT_MAX_WORKERS
     drain_file: str | None = None
     store: RedisStore | None = None
+    #: ``None``: ``"when_authorized"`` when an ``is_authorized`` is given, else ``"always"``.
+    show_details: str | None = None
+    history_size: int = DEFAULT_HISTORY_SIZE
+    html_for_browsers: bool = False
 
 
 DEFAULTS = Settings()
@@ -62,6 +68,9 @@ VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "max_workers": check_count,
     "drain_file": check_path,
     "store": check_store,
+    "show_details": check_show_details,
+    "history_size": check_history_size,
+    "html_for_browsers": check_bool,
 }
 
 

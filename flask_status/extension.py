@@ -15,11 +15,12 @@ import anyio.from_thread
 from flask import Blueprint, Flask, Response, abort, current_app, request
 from flask.json.provider import DefaultJSONProvider
 
-from . import config, lifecycle, logs
+from . import config, details, formats, lifecycle, logs
 from .aggregate import Health, aggregate
 from .background import BackgroundRuns
 from .engine import Evaluator
 from .fields import Field, Kind, check_bool, is_async_callable, make_field
+from .history import History
 from .loop import LoopStopped, portal_loop
 from .outcome import Encode, Outcome
 from .render import (
@@ -65,6 +66,10 @@ class FlaskStatus:
         started_by: str | Sequence[str] | None = None,
         drain_file: str | None = None,
         store: RedisStore | str | None = None,
+        show_details: str | None = None,
+        is_authorized: details.IsAuthorized | None = None,
+        history_size: int | None = None,
+        html_for_browsers: bool | None = None,
     ) -> None:
         self._given = config.validate(
             {
@@ -76,10 +81,15 @@ class FlaskStatus:
                 "max_workers": max_workers,
                 "drain_file": drain_file,
                 "store": store,
+                "show_details": show_details,
+                "history_size": history_size,
+                "html_for_browsers": html_for_browsers,
             }
         )
         self.readiness = check_bool("readiness", readiness)
         self.started_by = _check_started_by(started_by, readiness)
+        self.is_authorized = details.check_is_authorized(is_authorized)
+        details.resolve_mode(self._given.get("show_details"), self.is_authorized)  # fail early
         self.authenticator = _check_authenticator(authenticator)
         if endpoint is not None and (not isinstance(endpoint, str) or not endpoint):
             raise TypeError("endpoint must be a non-empty str")
@@ -205,6 +215,7 @@ class Pending:
     response: Response
     #: STARTING or DRAINING when a readiness route answers so without running its checks.
     state: Health | None = None
+    show_details: bool | None = None  # decided by ``StatusRoute.access``; None: not yet
 
 
 @dataclass
@@ -239,6 +250,18 @@ class StatusRoute:
             self.evaluator.sharing = Sharing(settings.store, namespace, app.logger)
         self.background = BackgroundRuns(self.evaluator)
         self.gate_open = False  # the startup gate of ``started_by`` fields, once open, stays so
+        self.history = History(settings.history_size)
+        self.evaluator.run_listeners.append(self.history.record)
+        self.access = details.Access(
+            # Raises only for app.config's value: the constructor checked its own argument.
+            details.resolve_mode(
+                settings.show_details, status.is_authorized, config.config_key("show_details")
+            ),
+            status.is_authorized,
+            settings.timeout,
+            lambda: self.evaluator.limiter,
+            app.logger,
+        )
         self.view = self._make_view()
         self.drain_view = _guarded(self.status.authenticator, self._drain)
 
@@ -328,8 +351,10 @@ class StatusRoute:
             if field.interval is not None
             and (outcome := self.evaluator.background_result(field)) is not None
         }
-        if len(latest) == len(callables):
-            return self.fill(pending, latest)  # nothing to run or wait for: no need for the loop
+        # Nothing to run or wait for needs no loop, unless is_authorized must be asked (it
+        # may be async).
+        if not self.access.per_request and len(latest) == len(callables):
+            return self.fill(pending, latest)
         try:
             return portal_loop.call(self.respond, pending)
         except LoopStopped as exc:
@@ -339,6 +364,7 @@ class StatusRoute:
 
     async def respond(self, pending: Pending) -> Response:
         """Evaluate the request's fields on the running event loop and fill the response."""
+        await self.access.decide(pending)  # before the checks, on this loop: it may await
         return self.fill(pending, await self.evaluator.evaluate(_callables(pending.fields)))
 
     def fill(self, pending: Pending, results: Mapping[str, Outcome]) -> Response:
@@ -359,6 +385,7 @@ class StatusRoute:
             and request.accept_mimetypes.best_match(["application/json", HEALTH_JSON])
             == HEALTH_JSON
         )
+        form = formats.choose(self, pending, wants_health_json)  # None: the formats above
 
         def encode(outcomes: Mapping[str, Outcome]) -> tuple[str, Health]:
             health = pending.state or self._gated(
@@ -366,6 +393,8 @@ class StatusRoute:
                 outcomes,
             )
             shown = outcomes if self.settings.expose_errors else hide_errors(outcomes)
+            if form is not None:
+                return form.render(shown, critical, health), health
             if wants_health_json:
                 document = health_json_payload(self.settings.message, shown, critical, health)
             else:
@@ -395,11 +424,16 @@ class StatusRoute:
         response.set_data(body + "\n")
         response.status_code = health.http_status
         response.mimetype = HEALTH_JSON if wants_health_json else "application/json"
+        formats.vary_on_accept(response)
+        if form is not None:
+            form.finish(response)
         return response
 
     def respond_now(self) -> Response:
         """Evaluate every field now, without the authenticator (for the CLI)."""
-        return self.respond_blocking(self.pending())
+        pending = self.pending()
+        pending.show_details = True  # whoever runs the CLI runs the app: not a remote caller
+        return self.respond_blocking(pending)
 
     def paths(self, app: Flask) -> list[str]:
         """The URLs this route is served at on ``app`` (a blueprint adds its prefix)."""

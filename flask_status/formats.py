@@ -1,0 +1,248 @@
+"""Which representation a status request reads, and the bodies beyond the two original formats.
+
+``StatusRoute.fill`` renders the default JSON and health+json as before; :func:`choose` returns
+a :class:`Form` for everything else:
+
+- ``?verbose`` (callers with details): every check's status, value or error, timing, whether
+  it was cached, and its recent history, under ``checks``;
+- callers without details: the message and the overall status only, in JSON or health+json;
+- the HTML status page: ``?format=html``, or a browser's ``Accept`` when
+  ``html_for_browsers`` is on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from flask import Response, request
+
+from . import page
+from .aggregate import Health
+from .history import Entry, History
+from .outcome import Encode, Outcome
+from .render import HEALTH_JSON, HIDDEN_ERROR, health_json_payload, iso_time, json_payload
+
+if TYPE_CHECKING:
+    from .extension import Pending, StatusRoute
+
+HTML = "text/html"
+
+#: Values of ``?verbose`` that mean "no" (any other value, or an empty one, means yes).
+_NO = frozenset({"0", "false", "no", "off"})
+
+
+def choose(route: StatusRoute, pending: Pending, wants_health_json: bool) -> Form | None:
+    """The form this request gets, or ``None`` for the default JSON or health+json in full."""
+    details = route.access.shows(pending)
+    query = bool(request.query_string)  # most requests have none: no parsing for them
+    form: type[Form] | None = None
+    if (query and request.args.get("format") == "html") or (
+        route.settings.html_for_browsers and _prefers_html()
+    ):
+        form = Page
+    elif not details:
+        form = HealthSummary if wants_health_json else Summary
+    elif query and request.args.get("verbose", "no").lower() not in _NO:
+        form = Verbose
+    return None if form is None else form(Context(route, pending, details))
+
+
+def vary_on_accept(response: Response) -> None:
+    """Add ``Vary: Accept``: health+json, and the page when opted in, depend on ``Accept``.
+
+    Cheaper than ``response.vary.add`` on the usual fresh response, which has no ``Vary`` yet.
+    """
+    vary = response.headers.get("Vary")
+    if vary is None:
+        response.headers["Vary"] = "Accept"
+    elif "accept" not in (item.strip().lower() for item in vary.split(",")):
+        response.headers["Vary"] = f"{vary}, Accept"
+
+
+def _prefers_html() -> bool:
+    """Whether ``Accept`` ranks HTML above JSON (a browser's does; curl's ``*/*`` does not)."""
+    if "html" not in request.headers.get("Accept", ""):  # spares the parsing
+        return False
+    best = request.accept_mimetypes.best_match(["application/json", HEALTH_JSON, HTML])
+    return best == HTML
+
+
+class Context:
+    """What a form needs from its route and request."""
+
+    def __init__(self, route: StatusRoute, pending: Pending, details: bool) -> None:
+        self.message: Mapping[str, Any] = route.settings.message
+        self.encode: Encode = route.encode
+        self.history: History = route.history
+        self.expose_errors = route.settings.expose_errors
+        self.since = pending.since
+        self.details = details
+
+    def cached(self, outcome: Outcome) -> bool:
+        """Whether a value was measured before the request began (a cache or a shared run)."""
+        return 0 < outcome.measured_at < self.since
+
+    def recent(self, key: str) -> list[Entry]:
+        entries = self.history.recent(key)
+        if self.expose_errors:
+            return entries
+        return [entry if entry.ok else _hidden(entry) for entry in entries]
+
+
+@dataclass(frozen=True)
+class Form:
+    """A representation: renders the body, then sets the response's type and headers."""
+
+    context: Context
+    mimetype: ClassVar[str] = "application/json"
+
+    def render(
+        self, outcomes: Mapping[str, Outcome], critical: Mapping[str, bool], health: Health
+    ) -> str:
+        """The body; ``outcomes`` already have their errors hidden when they must be."""
+        raise NotImplementedError
+
+    def finish(self, response: Response) -> None:
+        response.mimetype = self.mimetype
+
+
+class Summary(Form):
+    """JSON without details: the message, and ``status`` when something failed."""
+
+    def render(
+        self, outcomes: Mapping[str, Outcome], critical: Mapping[str, bool], health: Health
+    ) -> str:
+        return self.context.encode(summary_payload(self.context.message, health))
+
+
+class HealthSummary(Form):
+    """health+json without details: ``status`` and ``description`` only."""
+
+    mimetype = HEALTH_JSON
+
+    def render(
+        self, outcomes: Mapping[str, Outcome], critical: Mapping[str, bool], health: Health
+    ) -> str:
+        return self.context.encode(health_json_summary(self.context.message, health))
+
+
+class Verbose(Form):
+    """``?verbose``: every check in full, under ``checks``."""
+
+    def render(
+        self, outcomes: Mapping[str, Outcome], critical: Mapping[str, bool], health: Health
+    ) -> str:
+        context = self.context
+        checks = {
+            key: verbose_check(outcome, critical[key], context.cached(outcome), context.recent(key))
+            for key, outcome in outcomes.items()
+        }
+        return context.encode(verbose_payload(context.message, checks, health))
+
+
+class Page(Form):
+    """The HTML status page; without details it shows the overall status only."""
+
+    mimetype = HTML
+
+    def render(
+        self, outcomes: Mapping[str, Outcome], critical: Mapping[str, bool], health: Health
+    ) -> str:
+        context = self.context
+        about = [
+            (key, value if isinstance(value, str) else context.encode(value))
+            for key, value in context.message.items()
+            if key != "status"  # the page's heading says it
+        ]
+        rows = None
+        if context.details:
+            rows = [
+                page.Row(
+                    key=key,
+                    ok=outcome.ok,
+                    critical=critical[key],
+                    text=_text(outcome, context.encode),
+                    duration=outcome.duration if outcome.measured_at else None,
+                    measured_at=outcome.measured_at or None,
+                    cached=context.cached(outcome),
+                    history=context.recent(key),
+                )
+                for key, outcome in outcomes.items()
+            ]
+        return page.status_page(health, about, rows, time.time())
+
+    def finish(self, response: Response) -> None:
+        super().finish(response)
+        response.headers["Content-Security-Policy"] = page.CONTENT_SECURITY_POLICY
+        response.headers["X-Content-Type-Options"] = "nosniff"
+
+
+def summary_payload(message: Mapping[str, Any], health: Health) -> dict[str, Any]:
+    """The default JSON with no field in it: what a caller without details reads."""
+    return json_payload(message, {}, health, {})
+
+
+def health_json_summary(message: Mapping[str, Any], health: Health) -> dict[str, Any]:
+    """health+json with ``status`` and ``description`` only."""
+    body = health_json_payload(message, {}, {}, health)
+    return {key: body[key] for key in ("status", "description") if key in body}
+
+
+def verbose_payload(
+    message: Mapping[str, Any], checks: Mapping[str, Mapping[str, Any]], health: Health
+) -> dict[str, Any]:
+    """The message, ``status`` (always present: ``UP`` when the message has none), ``checks``."""
+    body = dict(message)
+    if health is not Health.UP or "status" not in body:
+        body["status"] = health.value
+    body["checks"] = dict(checks)
+    return body
+
+
+def verbose_check(
+    outcome: Outcome, critical: bool, cached: bool, history: list[Entry]
+) -> dict[str, Any]:
+    """One check under ``?verbose``; a constant has no duration and no time (``null``)."""
+    measured = outcome.measured_at > 0
+    check: dict[str, Any] = {"status": "ok" if outcome.ok else "failing"}
+    if outcome.ok:
+        check["value"] = outcome.value
+    else:
+        check["error"] = outcome.error
+    check["critical"] = critical
+    check["duration_ms"] = _ms(outcome.duration) if measured else None
+    check["measured_at"] = iso_time(outcome.measured_at) if measured else None
+    check["cached"] = cached
+    check["history"] = [history_entry(entry) for entry in history]
+    return check
+
+
+def history_entry(entry: Entry) -> dict[str, Any]:
+    """One past run: ``status``, ``duration_ms``, ``measured_at``, and ``error`` if it failed."""
+    item: dict[str, Any] = {
+        "status": "ok" if entry.ok else "failing",
+        "duration_ms": _ms(entry.duration),
+        "measured_at": iso_time(entry.measured_at),
+    }
+    if not entry.ok:
+        item["error"] = entry.error
+    return item
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+def _text(outcome: Outcome, encode: Encode) -> str:
+    """What the page shows for a check: a str value as is, another value as JSON, or the error."""
+    if not outcome.ok:
+        return outcome.error or ""
+    value = outcome.value
+    return value if isinstance(value, str) else encode(value)
+
+
+def _hidden(entry: Entry) -> Entry:
+    return Entry(entry.ok, entry.duration, entry.measured_at, HIDDEN_ERROR)

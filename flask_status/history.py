@@ -1,0 +1,69 @@
+"""Each field's recent results: the last ``history_size`` runs, per process, in bounded memory.
+
+The route's evaluator calls :meth:`History.record` once per finished run (not per request a
+run served), so a cached or shared result is counted once. Values are not kept: a value may be
+large or sensitive, and the history is about whether, and how fast, a check passed.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from .outcome import Outcome, one_line
+
+#: Runs kept per field unless ``history_size`` / ``STATUS_HISTORY_SIZE`` says otherwise.
+DEFAULT_HISTORY_SIZE = 60
+
+#: Longest error text kept per entry: enough to tell errors apart, small enough to keep many.
+ERROR_CHARS = 120
+
+
+def check_history_size(name: str, value: Any) -> int:
+    """Validate ``history_size``: an int >= 0 (0 keeps no history)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)  # slots: many are kept
+class Entry:
+    """One finished run of a field's check."""
+
+    ok: bool
+    duration: float  # seconds
+    measured_at: float  # Unix time the run finished
+    error: str | None = None  # short text; None when ``ok``
+
+
+class History:
+    """The last ``size`` entries of every field, oldest first."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: dict[str, deque[Entry]] = {}
+        # Runs finish on whichever event loop evaluated them (the WSGI portal's, a server's),
+        # while another thread may be reading: the lock keeps both sides whole.
+        self._lock = threading.Lock()
+
+    def record(self, key: str, outcome: Outcome) -> None:
+        """Add a finished run of field ``key`` (an ``Evaluator.run_listeners`` callback)."""
+        if not self.size:
+            return
+        error = None if outcome.error is None else one_line(outcome.error, ERROR_CHARS)
+        entry = Entry(outcome.ok, outcome.duration, outcome.measured_at, error)
+        with self._lock:
+            entries = self._entries.get(key)
+            if entries is None:
+                entries = self._entries[key] = deque(maxlen=self.size)
+            entries.append(entry)
+
+    def recent(self, key: str) -> list[Entry]:
+        """Field ``key``'s entries, oldest first (empty for a constant or a field never run)."""
+        with self._lock:
+            entries = self._entries.get(key)
+            return list(entries) if entries is not None else []

@@ -1,0 +1,224 @@
+"""The status page: one self-contained HTML document, for people rather than probes.
+
+Inline CSS, no script, no external request; it reloads itself every few seconds with a
+``<meta http-equiv="refresh">``. Everything it shows that comes from a check, the message or
+the history is escaped, so a check returning markup shows that markup as text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from markupsafe import Markup, escape
+
+from .aggregate import Health
+from .history import Entry
+from .render import iso_time
+
+#: Seconds between reloads of the page.
+REFRESH_SECONDS = 5
+
+#: Most recent runs drawn per check (``?verbose`` lists the whole history).
+STRIP_RUNS = 30
+
+#: Longest value or error text shown in a row; the JSON formats give the whole value.
+MAX_TEXT_CHARS = 300
+
+#: The page needs no script, no image, no font and no form: forbid them all, in case a value
+#: ever got past escaping.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'"
+)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One check as the page shows it."""
+
+    key: str
+    ok: bool
+    critical: bool
+    text: str  # the value (a str as is, anything else as JSON) or the error
+    duration: float | None  # seconds; None for a constant
+    measured_at: float | None  # Unix time; None for a constant
+    cached: bool
+    history: Sequence[Entry] = field(default_factory=tuple)
+
+
+def status_page(
+    health: Health,
+    about: Sequence[tuple[str, str]],
+    rows: Sequence[Row] | None,
+    now: float,
+    refresh: int = REFRESH_SECONDS,
+) -> str:
+    """The page: the overall status, ``about`` (the message's entries), one row per check.
+
+    ``rows`` is ``None`` for a caller who may not see details: the page then names no check.
+    """
+    title = f"{health.value} \N{MIDDLE DOT} status"
+    parts = [
+        "<!doctype html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f'<meta http-equiv="refresh" content="{int(refresh)}">',
+        f"<title>{escape(title)}</title>",
+        f"<style>{_CSS}</style>",
+        "</head>",
+        f'<body class="{_HEALTH_CLASS[health]}">',
+        "<main>",
+        '<header class="overall">',
+        f'<h1>Status: <span id="status">{escape(health.value)}</span></h1>',
+        _about(about),
+        "</header>",
+        _table(rows, now) if rows is not None else _no_details(),
+        f"<footer>Generated {escape(iso_time(now))} \N{MIDDLE DOT} "
+        f"reloads every {int(refresh)} s</footer>",
+        "</main>",
+        "</body>",
+        "</html>",
+    ]
+    return "\n".join(part for part in parts if part)
+
+
+def _about(about: Sequence[tuple[str, str]]) -> str:
+    if not about:
+        return ""
+    items = "".join(
+        f"<div><dt>{escape(key)}</dt><dd>{escape(_cut(value))}</dd></div>" for key, value in about
+    )
+    return f'<dl class="about">{items}</dl>'
+
+
+def _no_details() -> str:
+    return '<p class="hidden-details">Details of the checks are not shown to this caller.</p>'
+
+
+def _table(rows: Sequence[Row], now: float) -> str:
+    if not rows:
+        return '<p class="no-checks">This route has no checks.</p>'
+    head = (
+        "<thead><tr><th scope=col>Check</th><th scope=col>Status</th>"
+        "<th scope=col>Value or error</th><th scope=col>Duration</th>"
+        "<th scope=col>Last measured</th><th scope=col>Recent runs</th></tr></thead>"
+    )
+    body = "\n".join(_row(row, now) for row in rows)
+    return f'<table class="checks">{head}<tbody>\n{body}\n</tbody></table>'
+
+
+def _row(row: Row, now: float) -> str:
+    state = "ok" if row.ok else "failing"
+    badge = "ok" if row.ok else ("bad" if row.critical else "warn")  # as the overall colors
+    name = escape(row.key)
+    if not row.critical:
+        name += Markup(' <span class="tag">non-critical</span>')
+    result_class = "value" if row.ok else "error"
+    return (
+        f'<tr class="check {state}" data-check="{escape(row.key)}">'
+        f'<th scope="row" class="name">{name}</th>'
+        f'<td class="state"><span class="badge {badge}">{state}</span></td>'
+        f'<td class="result {result_class}"><code>{escape(_cut(row.text))}</code></td>'
+        f'<td class="duration">{escape(_duration(row.duration))}</td>'
+        f'<td class="measured">{_measured(row, now)}</td>'
+        f'<td class="recent">{_strip(row.history)}</td>'
+        "</tr>"
+    )
+
+
+def _measured(row: Row, now: float) -> Markup:
+    if row.measured_at is None:
+        return Markup('<span class="constant">constant</span>')
+    stamp = iso_time(row.measured_at)  # e.g. 2026-11-24T16:30:00.123Z
+    text = Markup('<time datetime="{0}" title="{0}">{1} UTC</time> <span class="age">{2}</span>')
+    text = text.format(stamp, stamp[11:23], _ago(now - row.measured_at))
+    if row.cached:
+        text += Markup(' <span class="tag">cached</span>')
+    return text
+
+
+def _strip(history: Sequence[Entry]) -> Markup:
+    """Recent runs as small cells, oldest first: color for the result, height for duration."""
+    if not history:
+        return Markup('<span class="none">\N{EM DASH}</span>')
+    history = history[-STRIP_RUNS:]
+    longest = max(entry.duration for entry in history) or 1.0
+    cells = []
+    for entry in history:
+        state = "ok" if entry.ok else "failed"
+        tip = f"{state} \N{MIDDLE DOT} {_duration(entry.duration)} \N{MIDDLE DOT} "
+        tip += iso_time(entry.measured_at)
+        if entry.error:
+            tip += f" \N{MIDDLE DOT} {entry.error}"
+        height = 30 + round(70 * entry.duration / longest)  # a percentage: only numbers here
+        cells.append(
+            Markup('<span class="run {}" style="height:{}%" title="{}"></span>').format(
+                state, height, tip
+            )
+        )
+    return Markup('<span class="strip">{}</span>').format(Markup("").join(cells))
+
+
+def _cut(text: str) -> str:
+    if len(text) <= MAX_TEXT_CHARS:
+        return text
+    return text[: MAX_TEXT_CHARS - 1] + "\N{HORIZONTAL ELLIPSIS}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "\N{EM DASH}"
+    if seconds < 1:
+        return f"{seconds * 1000:.3g} ms"
+    return f"{seconds:.3g} s"
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(seconds, 0.0)
+    if seconds < 60:
+        return f"{seconds:.1f} s ago"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
+_HEALTH_CLASS = {Health.UP: "up", Health.DEGRADED: "degraded", Health.DOWN: "down"}
+
+_CSS = """
+:root { color-scheme: light dark; --ok: #1a7f37; --warn: #9a6700; --bad: #cf222e;
+  --line: #d0d7de; --muted: #57606a; }
+* { box-sizing: border-box; }
+body { margin: 0; font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; }
+main { max-width: 1100px; margin: 0 auto; padding: 1.5rem 1rem; }
+.overall { border-left: 8px solid var(--state); padding: .25rem 1rem; margin-bottom: 1.25rem; }
+.up { --state: var(--ok); } .degraded { --state: var(--warn); } .down { --state: var(--bad); }
+h1 { margin: 0; font-size: 1.6rem; }
+#status { color: var(--state); }
+.about { display: flex; flex-wrap: wrap; gap: .25rem 1.5rem; margin: .35rem 0 0; }
+.about div { display: flex; gap: .4rem; }
+.about dt { color: var(--muted); } .about dd { margin: 0; }
+table { width: 100%; border-collapse: collapse; }
+th, td { text-align: left; vertical-align: top; padding: .45rem .6rem;
+  border-bottom: 1px solid var(--line); }
+thead th { font-size: .8rem; text-transform: uppercase; letter-spacing: .04em;
+  color: var(--muted); }
+tbody th { font-weight: 600; white-space: nowrap; }
+.badge { display: inline-block; padding: 0 .5rem; border-radius: 1rem; color: #fff;
+  font-size: .85rem; white-space: nowrap; }
+.badge.ok { background: var(--ok); } .badge.warn { background: var(--warn); }
+.badge.bad { background: var(--bad); }
+.result code { font: .85rem/1.4 ui-monospace, SFMono-Regular, Menlo, monospace;
+  white-space: pre-wrap; word-break: break-word; }
+.result.error code { color: var(--bad); }
+.duration, .measured { white-space: nowrap; font-variant-numeric: tabular-nums; }
+.age, .constant, .none, footer, .hidden-details, .no-checks { color: var(--muted); }
+.tag { font-size: .75rem; font-weight: 400; color: var(--muted); border: 1px solid var(--line);
+  border-radius: .3rem; padding: 0 .3rem; }
+.strip { display: inline-flex; align-items: flex-end; gap: 1px; height: 22px; }
+.run { display: inline-block; width: 5px; min-height: 30%; border-radius: 1px; }
+.run.ok { background: var(--ok); } .run.failed { background: var(--bad); }
+footer { margin-top: 1.25rem; font-size: .85rem; }
+"""
