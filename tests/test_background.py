@@ -24,16 +24,20 @@ INTERVAL = 0.2
 
 
 class Counter:
-    """A check returning how often it ran; thread-safe."""
+    """A check returning how often it ran, its first run taking ``first_seconds``."""
 
-    def __init__(self) -> None:
+    def __init__(self, first_seconds: float = 0.0) -> None:
         self.runs = 0
+        self.first_seconds = first_seconds
         self._lock = threading.Lock()
 
     def __call__(self) -> int:
         with self._lock:
             self.runs += 1
-            return self.runs
+            runs = self.runs
+        if runs == 1:
+            time.sleep(self.first_seconds)
+        return runs
 
 
 def wait_for(condition: Any, seconds: float = 10) -> None:
@@ -47,7 +51,7 @@ def test_a_background_field_is_starting_then_answers_without_running_per_probe(
     make_client: MakeClient,
 ) -> None:
     app = Flask(__name__)
-    check = Counter()
+    check = Counter(first_seconds=0.5)  # no result yet when the first answer goes out
     FlaskStatus(app).add_field("runs", check, interval=INTERVAL)
     client = make_client(app)
 

@@ -158,7 +158,7 @@ def test_cli_chooses_among_several_routes_and_skips_the_authenticator() -> None:
     FlaskStatus(app, url="/livez")
     FlaskStatus(app, url="/readyz", authenticator=deny_all).add_field("database", lambda: 1 / 0)
     runner = app.test_cli_runner()
-    assert runner.invoke(args=["status"]).exit_code == 0  # the first route: /livez
+    assert runner.invoke(args=["status", "--url", "/livez"]).exit_code == 0
     result = runner.invoke(args=["status", "--url", "/readyz"])
     assert result.exit_code == 1
     assert json.loads(result.output)["status"] == "DOWN"
@@ -225,3 +225,17 @@ def test_method_not_allowed_is_not_cached() -> None:
     assert response.status_code == 405
     assert response.headers["Cache-Control"] == "no-store"
     assert "Cache-Control" not in app.test_client().post("/elsewhere").headers
+
+
+def test_cli_runs_every_route_without_url_and_fails_if_any_is_down() -> None:
+    app = Flask(__name__)
+    FlaskStatus(app, url="/livez")
+    FlaskStatus(app, url="/readyz").add_field("database", lambda: 1 / 0)
+
+    result = app.test_cli_runner().invoke(args=["status"], input="")
+
+    assert result.exit_code == 1
+    assert json.loads(result.output) == {
+        "/livez": {"status": "OK"},
+        "/readyz": {"database": {"error": "ZeroDivisionError: division by zero"}, "status": "DOWN"},
+    }
