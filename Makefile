@@ -24,6 +24,7 @@ lint: install
 	$(BIN)/ruff check flask_status tests benchmarks examples
 	$(BIN)/ruff format --check flask_status tests benchmarks examples
 	$(BIN)/mypy
+	$(BIN)/mkdocs build --strict --quiet --site-dir build/docs
 
 bench: install
 	$(BIN)/python benchmarks/run.py
