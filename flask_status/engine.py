@@ -114,13 +114,23 @@ class Evaluator:
         """
         outcomes: dict[str, Outcome] = {}
         on_request: list[Field] = []
+        first_results: list[Field] = []  # background fields to wait for (``wait_first``)
         for item in fields:
             if item.interval is None:
                 on_request.append(item)
+            elif (outcome := self.background_result(item)) is None:
+                first_results.append(item)
             else:
-                outcomes[item.key] = await self._background_result(item)
-        if on_request:
-            outcomes.update(await self._run_on_request(on_request))
+                outcomes[item.key] = outcome
+        if not first_results:
+            if on_request:
+                outcomes.update(await self._run_on_request(on_request))
+            return outcomes
+        async with anyio.create_task_group() as task_group:
+            for item in first_results:
+                task_group.start_soon(self._wait_first_result, item, outcomes)
+            if on_request:
+                outcomes.update(await self._run_on_request(on_request))
         return outcomes
 
     async def _run_on_request(self, fields: list[Field]) -> dict[str, Outcome]:
@@ -213,18 +223,16 @@ class Evaluator:
             )
         return run.outcome
 
-    async def _background_result(self, item: Field) -> Outcome:
-        outcome = self.background_result(item)
-        if outcome is None:  # wait_first: for the first result, up to the timeout
-            timeout = item.timeout if item.timeout is not None else self.default_timeout
-            first = self._first_result(item.key)
-            await anyio.to_thread.run_sync(
-                first.wait, timeout, abandon_on_cancel=True, limiter=self.limiter
-            )
-            outcome = self.background_result(item) or Outcome(
-                error=f"starting: no result within {timeout:g}s", measured_at=time.time()
-            )
-        return outcome
+    async def _wait_first_result(self, item: Field, outcomes: dict[str, Outcome]) -> None:
+        """``wait_first``: wait for a background field's first result, up to its timeout."""
+        timeout = item.timeout if item.timeout is not None else self.default_timeout
+        first = self._first_result(item.key)
+        await anyio.to_thread.run_sync(
+            first.wait, timeout, abandon_on_cancel=True, limiter=self.limiter
+        )
+        outcomes[item.key] = self.background_result(item) or Outcome(
+            error=f"starting: no result within {timeout:g}s", measured_at=time.time()
+        )
 
     def _first_result(self, key: str) -> threading.Event:
         return self._first_results.setdefault(key, threading.Event())
