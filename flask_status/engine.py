@@ -21,10 +21,8 @@ import dataclasses
 import functools
 import inspect
 import logging
-import os
 import threading
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -33,6 +31,7 @@ import anyio.to_thread
 
 from . import threads
 from .fields import Field, Kind
+from .fork import reset_after_fork
 from .outcome import Encode, Outcome, describe, overran, timed_out, unreportable
 from .store import Sharing
 from .thresholds import Streak, damp
@@ -93,10 +92,10 @@ class Evaluator:
         self.run_listeners: list[Callable[[str, Outcome], object]] = []
         #: Where results are shared with other processes, if anywhere.
         self.sharing: Sharing | None = None
-        self._reset()
-        _evaluators.add(self)
+        self.after_fork()
+        reset_after_fork(self)
 
-    def _reset(self) -> None:
+    def after_fork(self) -> None:
         """Forget runs and threads; called at start and in a forked child, where none exist."""
         self._latest: dict[str, Run] = {}
         self._last_background: dict[str, Run] = {}  # per key: the last finished background run
@@ -400,16 +399,3 @@ def _was_quick(run: Run | None) -> bool:
 
 async def _awaited(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
-
-
-#: Every evaluator, so that a forked child can drop the runs and threads it did not inherit.
-_evaluators: weakref.WeakSet[Evaluator] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for evaluator in list(_evaluators):
-        evaluator._reset()
-
-
-if hasattr(os, "register_at_fork"):  # POSIX
-    os.register_at_fork(after_in_child=_after_fork_in_child)

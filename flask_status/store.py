@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import secrets
 import threading
-import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 
 from .extras import requires_extra
+from .fork import reset_after_fork
 from .outcome import MAX_FIELD_BYTES, Outcome, describe
 
 #: Largest stored outcome read back: a value's limit plus room for the rest of the outcome.
@@ -54,7 +53,7 @@ class RedisStore:
         self.prefix = prefix
         self.timeout = timeout
         self._clients: dict[int, Any] = {}
-        _stores.add(self)
+        reset_after_fork(self)
 
     def _client(self) -> Any:
         import redis.asyncio
@@ -67,7 +66,8 @@ class RedisStore:
             )
         return client
 
-    def _forget_clients(self) -> None:
+    def after_fork(self) -> None:
+        """Drop the parent's connections: a forked child opens its own."""
         self._clients = {}
 
     async def get(self, key: str) -> Outcome | None:
@@ -197,16 +197,3 @@ def _decode(data: bytes | str | None) -> Outcome | None:
 
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
-
-
-#: Every store, so that a forked child can drop the connections it inherited.
-_stores: weakref.WeakSet[RedisStore] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for store in list(_stores):
-        store._forget_clients()
-
-
-if hasattr(os, "register_at_fork"):  # POSIX
-    os.register_at_fork(after_in_child=_after_fork_in_child)
