@@ -3,6 +3,7 @@ real local servers (HTTP, redis) and ports that refuse connections."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -251,3 +252,18 @@ def _answers_ping(port: int) -> bool:
             return sock.recv(16).startswith(b"+PONG")
     except OSError:
         return False
+
+
+# -- CI: nothing skipped -----------------------------------------------------------------
+
+#: Set by ``.ci/run``, which installs everything the suite needs: a skip there is a failure.
+REQUIRE_ALL = "FLASK_STATUS_REQUIRE_ALL"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and os.environ.get(REQUIRE_ALL):
+        report.outcome = "failed"
+        report.longrepr = f"skipped, but {REQUIRE_ALL} is set: {report.longrepr}"
