@@ -143,10 +143,11 @@ def http_server() -> Iterator[HttpServer]:
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            if self.path == "/hang":
+            path = self.path.split("?", 1)[0]  # a query string (a token, say) changes nothing
+            if path == "/hang":
                 release.wait(30)  # holds the connection open until the test ends
                 return
-            code = int(self.path.rsplit("/", 1)[-1]) if self.path.startswith("/status/") else 404
+            code = int(path.rsplit("/", 1)[-1]) if path.startswith("/status/") else 404
             body = f'{{"code": {code}}}\n'.encode()
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
