@@ -24,6 +24,7 @@ import anyio
 from .extras import requires_extra
 from .fork import reset_after_fork
 from .outcome import MAX_FIELD_BYTES, Outcome, describe
+from .redact import redact_url
 
 #: Largest stored outcome read back: a value's limit plus room for the rest of the outcome.
 MAX_STORED_BYTES = MAX_FIELD_BYTES + 4096
@@ -48,7 +49,8 @@ class RedisStore:
         with requires_extra("RedisStore", "redis"):
             import redis.asyncio  # noqa: F401
         if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"store must be a redis://, rediss:// or unix:// URL, got {url!r}")
+            shown = redact_url(url) if isinstance(url, str) else type(url).__name__
+            raise ValueError(f"store must be a redis://, rediss:// or unix:// URL, got {shown!r}")
         self.url = url
         self.prefix = prefix
         self.timeout = timeout
