@@ -91,6 +91,10 @@ class RedisStore:
             pipeline.eval(_RELEASE, 1, f"{key}:lease", token)
             await pipeline.execute()
 
+    async def release(self, key: str, token: str) -> None:
+        """Give the lease of ``key`` back, if it is still the one ``token`` took."""
+        await self._client().eval(_RELEASE, 1, f"{key}:lease", token)
+
     async def wait(self, key: str) -> Outcome:
         """The result another process is producing for ``key``; waits until cancelled."""
         pubsub = self._client().pubsub()
@@ -137,6 +141,12 @@ class Sharing:
             with anyio.fail_after(self.store.timeout):
                 stored = await self.store.get(key)
                 token = None if stored is not None else await self.store.lease(key, lease_for)
+                if token is not None:
+                    # Another process may have stored a result and let its lease go between
+                    # the two calls above: then that result it is.
+                    stored = await self.store.get(key)
+                    if stored is not None:
+                        await self.store.release(key, token)
         except Exception as exc:  # down, slow, or not Redis: evaluate here
             self._failed(exc)
             return await execute()
