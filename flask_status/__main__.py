@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from .fields import check_seconds
+from .fields import MAX_SECONDS, check_seconds
 from .probe import DEFAULT_TIMEOUT, probe
 
 EXIT_HEALTHY = 0
@@ -19,18 +19,23 @@ EXIT_UNHEALTHY = 1
 
 
 class _Parser(argparse.ArgumentParser):
-    """Exits 1 on a bad command line: Docker reserves exit status 2 of a HEALTHCHECK."""
+    """Exits 1 on a bad command line: Docker reserves exit status 2 of a HEALTHCHECK.
+
+    The error is one line, as everything the probe prints: a health log keeps it whole.
+    """
 
     def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_UNHEALTHY, f"{self.prog}: error: {message}\n")
+        self.exit(EXIT_UNHEALTHY, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _seconds(text: str) -> float:
+    """A ``--timeout`` value: finite, above 0 and at most one day."""
     try:
-        return check_seconds("timeout", float(text))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        return check_seconds("--timeout", float(text))
+    except ValueError:  # not a number, or out of range: one message for both
+        raise argparse.ArgumentTypeError(
+            f"expected seconds above 0 and at most {MAX_SECONDS} (one day), got {text!r}"
+        ) from None
 
 
 def _run_probe(args: argparse.Namespace) -> int:
@@ -53,7 +58,7 @@ def _add_probe(commands: argparse._SubParsersAction[_Parser]) -> None:
         type=_seconds,
         default=DEFAULT_TIMEOUT,
         metavar="S",
-        help=f"seconds to wait for connecting and for each read (default {DEFAULT_TIMEOUT:g})",
+        help=f"seconds the whole probe may take, at most one day (default {DEFAULT_TIMEOUT:g})",
     )
     parser.set_defaults(run=_run_probe)
 

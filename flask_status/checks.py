@@ -2,8 +2,10 @@
 
 A check returns what it observed (``{"latency_ms": 1.2}``) and raises when the dependency is
 unhealthy; the status route shows the error in that field. Arguments are validated when the
-factory is called, at setup time. Optional packages are imported by the factory that needs
-them, so ``import flask_status.checks`` works without any of them::
+factory is called, at setup time. No check shows a credential of its target (a password, a
+token in a query string) in an error or a log line: see :mod:`flask_status.redact`. Optional
+packages are imported by the factory that needs them, so ``import flask_status.checks`` works
+without any of them::
 
     status.add_field("database", checks.sqlalchemy(db))
     status.add_field("cache", checks.redis(redis_client))
@@ -14,10 +16,14 @@ them, so ``import flask_status.checks`` works without any of them::
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import os
+import re
 import shutil
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Iterator
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,6 +32,7 @@ import anyio
 from .extras import requires_extra
 from .fields import check_seconds
 from .outcome import describe
+from .redact import Redactor, redact_url
 
 #: What a check reports on success.
 Observed = dict[str, Any]
@@ -41,9 +48,14 @@ def _elapsed_ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 2)
 
 
+#: No cap on a text that is still to be scrubbed (the route caps what it shows).
+_UNLIMITED = 1 << 30
+
+
 def _reason(exc: BaseException) -> str:
     """The deepest cause that has a message: it says why (``Connection refused``), where
-    the wrappers above it only say that connecting failed."""
+    the wrappers above it only say that connecting failed. Not shortened: secrets are masked
+    in the whole text before anything cuts it."""
     reason: BaseException = exc
     seen = {id(exc)}
     cause = _cause_of(exc)
@@ -52,13 +64,77 @@ def _reason(exc: BaseException) -> str:
         if isinstance(cause, Exception) and str(cause):  # not a cancellation
             reason = cause
         cause = _cause_of(cause)
-    return describe(reason)
+    return describe(reason, limit=_UNLIMITED)
 
 
 def _cause_of(exc: BaseException) -> BaseException | None:
     # The implicit context counts even when suppressed: httpcore hides the OSError that says
     # "Connection refused" that way, and here the chain is all from one connection attempt.
     return exc.__cause__ or exc.__context__
+
+
+# -- credentials ---------------------------------------------------------------------------
+
+
+@contextmanager
+def _masking(secrets: Redactor) -> Iterator[None]:
+    """Let out no exception whose text, or the text of one chained to it, holds a secret.
+
+    Such an exception becomes a :class:`CheckFailed` with the secrets masked and without the
+    chain: the traceback that the route logs prints every chained exception's text.
+    """
+    try:
+        yield
+    except Exception as exc:
+        if not secrets or not any(secrets.reveals(text) for text in _chain_texts(exc)):
+            raise
+        text = str(exc) if isinstance(exc, CheckFailed) else describe(exc, limit=_UNLIMITED)
+        raise CheckFailed(secrets.scrub(text)) from None
+
+
+def _chain_texts(exc: BaseException) -> Iterator[str]:
+    """The texts a traceback of ``exc`` prints: each chained exception's message and notes."""
+    pending, seen = [exc], set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        try:
+            text = str(current)
+        except BaseException:  # a broken __str__: a traceback cannot print it either
+            text = ""
+        yield text
+        yield from (str(note) for note in getattr(current, "__notes__", ()))
+        pending.extend(getattr(current, "exceptions", ()))  # exception groups
+        pending.extend(chained for chained in (current.__cause__, current.__context__) if chained)
+
+
+class _LogMasking(logging.Filter):
+    """Masks the secrets of ``http`` checks' URLs in httpx's log: it logs each request's URL,
+    password and query string included, at INFO."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._redactors: dict[str, Redactor] = {}  # by URL: a check built twice adds one
+
+    def add(self, url: str, secrets: Redactor) -> None:
+        self._redactors[url] = secrets
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken record: logging reports it when it formats it
+            return True
+        masked = message
+        for secrets in list(self._redactors.values()):
+            masked = secrets.scrub(masked)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+_httpx_log_masking = _LogMasking()
 
 
 # -- databases ---------------------------------------------------------------------------
@@ -97,11 +173,18 @@ def sqlalchemy(engine: Any) -> SyncCheck:
 
     def check_sqlalchemy() -> Observed:
         started = time.perf_counter()
-        with get_engine().connect() as connection:
+        current = get_engine()
+        with _masking(_engine_secrets(current)), current.connect() as connection:
             connection.execute(select_one).scalar_one()
         return {"latency_ms": _elapsed_ms(started)}
 
     return check_sqlalchemy
+
+
+def _engine_secrets(engine: Any) -> Redactor:
+    """The password and query values of the engine's URL (a driver may echo its DSN)."""
+    url = engine.url
+    return Redactor(urls=[url.render_as_string(hide_password=False)], secrets=[url.password])
 
 
 def _is_flask_sqlalchemy(value: Any) -> bool:
@@ -126,25 +209,39 @@ def redis(client: Any) -> SyncCheck | AsyncCheck:
 
     if isinstance(client, (redis_asyncio.Redis, redis_asyncio.RedisCluster)):
         async_client = client
+        secrets = _redis_secrets(client)
 
         async def check_redis_async() -> Observed:
             started = time.perf_counter()
-            await async_client.ping()
+            with _masking(secrets):
+                await async_client.ping()
             return {"latency_ms": _elapsed_ms(started)}
 
         return check_redis_async
     if isinstance(client, (redis_lib.Redis, redis_lib.RedisCluster)):
         sync_client = client
+        secrets = _redis_secrets(client)
 
         def check_redis() -> Observed:
             started = time.perf_counter()
-            sync_client.ping()
+            with _masking(secrets):
+                sync_client.ping()
             return {"latency_ms": _elapsed_ms(started)}
 
         return check_redis
     raise TypeError(
         f"client must be a redis.Redis or redis.asyncio.Redis client, got {type(client).__name__}"
     )
+
+
+def _redis_secrets(client: Any) -> Redactor:
+    """The password the client authenticates with: a server may echo what it was sent
+    (``unknown command 'AUTH', with args beginning with: ...``)."""
+    pool = getattr(client, "connection_pool", None)  # a cluster client has a nodes manager
+    owner = pool if pool is not None else getattr(client, "nodes_manager", None)
+    kwargs = getattr(owner, "connection_kwargs", None)
+    password = kwargs.get("password") if isinstance(kwargs, dict) else None
+    return Redactor(secrets=[password] if isinstance(password, str) else [])
 
 
 # -- network -----------------------------------------------------------------------------
@@ -166,29 +263,43 @@ def http(
 
     if not isinstance(url, str):
         raise TypeError(f"url must be a str, got {type(url).__name__}")
+    shown = redact_url(url)
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"url must be an absolute http:// or https:// URL, got {url!r}")
+        raise ValueError(f"url must be an absolute http:// or https:// URL, got {shown!r}")
     expected = _status_codes(expect_status)
     seconds = None if timeout is None else check_seconds("timeout", timeout)
     wanted = " or ".join(str(code) for code in sorted(expected))
+    secrets = Redactor(urls=_httpx_forms(httpx, url))
+    if secrets:
+        _httpx_log_masking.add(url, secrets)
+        logging.getLogger("httpx").addFilter(_httpx_log_masking)  # once: filters are a set
 
     async def check_http() -> Observed:
         started = time.perf_counter()
-        try:
-            async with httpx.AsyncClient(timeout=seconds, follow_redirects=False) as client:
-                response = await client.get(url)
-        except httpx.TimeoutException as exc:  # only raised when ``timeout`` is set
-            raise CheckFailed(
-                f"GET {url} timed out after {seconds:g}s ({type(exc).__name__})"
-            ) from exc
-        except httpx.TransportError as exc:
-            raise CheckFailed(f"GET {url} failed: {_reason(exc)}") from exc
+        with _masking(secrets):
+            try:
+                async with httpx.AsyncClient(timeout=seconds, follow_redirects=False) as client:
+                    response = await client.get(url)
+            except httpx.TimeoutException as exc:  # only raised when ``timeout`` is set
+                raise CheckFailed(
+                    f"GET {shown} timed out after {seconds:g}s ({type(exc).__name__})"
+                ) from exc
+            except httpx.TransportError as exc:
+                raise CheckFailed(secrets.scrub(f"GET {shown} failed: {_reason(exc)}")) from exc
         if response.status_code not in expected:
-            raise CheckFailed(f"GET {url} answered {response.status_code}, expected {wanted}")
+            raise CheckFailed(f"GET {shown} answered {response.status_code}, expected {wanted}")
         return {"status_code": response.status_code, "latency_ms": _elapsed_ms(started)}
 
     return check_http
+
+
+def _httpx_forms(httpx: Any, url: str) -> list[str]:
+    """``url`` as given and as httpx prints it (lower-case host, no default port)."""
+    try:
+        return [url, str(httpx.URL(url))]
+    except httpx.InvalidURL:  # reported by the request itself
+        return [url]
 
 
 def _status_codes(expect_status: Any) -> frozenset[int]:
@@ -209,6 +320,11 @@ def tcp(host: str, port: int) -> AsyncCheck:
         raise TypeError(f"host must be a str, got {type(host).__name__}")
     if not host:
         raise ValueError("host must be a non-empty str")
+    if _not_a_host(host):
+        # Not echoed: a URL or user:password@host given by mistake holds a credential.
+        raise ValueError(
+            "host must be a host name or an IP address, not a URL nor user:password@host"
+        )
     if isinstance(port, bool) or not isinstance(port, int):
         raise TypeError(f"port must be an int, got {type(port).__name__}")
     if not 1 <= port <= 65535:
@@ -227,7 +343,23 @@ def tcp(host: str, port: int) -> AsyncCheck:
     return check_tcp
 
 
+def _not_a_host(host: str) -> bool:
+    if any(char in host for char in "@/?#") or any(char.isspace() for char in host):
+        return True
+    if ":" not in host:
+        return False
+    try:  # only an IPv6 address may hold a colon
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return True
+    return False
+
+
 # -- local resources ---------------------------------------------------------------------
+
+
+#: A URL (``smb://...``) or a network path with a userinfo (``//user:password@host/share``).
+_URL_LIKE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://|//[^/]*@")
 
 
 def disk(path: str | os.PathLike[str], min_free: int) -> SyncCheck:
@@ -240,6 +372,10 @@ def disk(path: str | os.PathLike[str], min_free: int) -> SyncCheck:
         raise TypeError(f"path must be a str or a path, got {type(path).__name__}")
     if not os.fspath(path):
         raise ValueError("path must not be empty")
+    shown = os.fspath(path)
+    if isinstance(shown, str) and _URL_LIKE.match(shown):
+        # Not echoed: such a path may hold a credential, and a URL is no local filesystem.
+        raise ValueError("path must be a local filesystem path, not a URL nor //user@host/...")
     if isinstance(min_free, bool) or not isinstance(min_free, int):
         raise TypeError(f"min_free must be an int number of bytes, got {type(min_free).__name__}")
     if min_free < 0:

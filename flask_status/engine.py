@@ -21,10 +21,8 @@ import dataclasses
 import functools
 import inspect
 import logging
-import os
 import threading
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -33,6 +31,7 @@ import anyio.to_thread
 
 from . import threads
 from .fields import Field, Kind
+from .fork import reset_after_fork
 from .outcome import Encode, Outcome, describe, overran, timed_out, unreportable
 from .store import Sharing
 from .thresholds import Streak, damp
@@ -93,10 +92,10 @@ class Evaluator:
         self.run_listeners: list[Callable[[str, Outcome], object]] = []
         #: Where results are shared with other processes, if anywhere.
         self.sharing: Sharing | None = None
-        self._reset()
-        _evaluators.add(self)
+        self.after_fork()
+        reset_after_fork(self)
 
-    def _reset(self) -> None:
+    def after_fork(self) -> None:
         """Forget runs and threads; called at start and in a forked child, where none exist."""
         self._latest: dict[str, Run] = {}
         self._last_background: dict[str, Run] = {}  # per key: the last finished background run
@@ -114,13 +113,23 @@ class Evaluator:
         """
         outcomes: dict[str, Outcome] = {}
         on_request: list[Field] = []
+        first_results: list[Field] = []  # background fields to wait for (``wait_first``)
         for item in fields:
             if item.interval is None:
                 on_request.append(item)
+            elif (outcome := self.background_result(item)) is None:
+                first_results.append(item)
             else:
-                outcomes[item.key] = await self._background_result(item)
-        if on_request:
-            outcomes.update(await self._run_on_request(on_request))
+                outcomes[item.key] = outcome
+        if not first_results:
+            if on_request:
+                outcomes.update(await self._run_on_request(on_request))
+            return outcomes
+        async with anyio.create_task_group() as task_group:
+            for item in first_results:
+                task_group.start_soon(self._wait_first_result, item, outcomes)
+            if on_request:
+                outcomes.update(await self._run_on_request(on_request))
         return outcomes
 
     async def _run_on_request(self, fields: list[Field]) -> dict[str, Outcome]:
@@ -213,18 +222,16 @@ class Evaluator:
             )
         return run.outcome
 
-    async def _background_result(self, item: Field) -> Outcome:
-        outcome = self.background_result(item)
-        if outcome is None:  # wait_first: for the first result, up to the timeout
-            timeout = item.timeout if item.timeout is not None else self.default_timeout
-            first = self._first_result(item.key)
-            await anyio.to_thread.run_sync(
-                first.wait, timeout, abandon_on_cancel=True, limiter=self.limiter
-            )
-            outcome = self.background_result(item) or Outcome(
-                error=f"starting: no result within {timeout:g}s", measured_at=time.time()
-            )
-        return outcome
+    async def _wait_first_result(self, item: Field, outcomes: dict[str, Outcome]) -> None:
+        """``wait_first``: wait for a background field's first result, up to its timeout."""
+        timeout = item.timeout if item.timeout is not None else self.default_timeout
+        first = self._first_result(item.key)
+        await anyio.to_thread.run_sync(
+            first.wait, timeout, abandon_on_cancel=True, limiter=self.limiter
+        )
+        outcomes[item.key] = self.background_result(item) or Outcome(
+            error=f"starting: no result within {timeout:g}s", measured_at=time.time()
+        )
 
     def _first_result(self, key: str) -> threading.Event:
         return self._first_results.setdefault(key, threading.Event())
@@ -392,16 +399,3 @@ def _was_quick(run: Run | None) -> bool:
 
 async def _awaited(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
-
-
-#: Every evaluator, so that a forked child can drop the runs and threads it did not inherit.
-_evaluators: weakref.WeakSet[Evaluator] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for evaluator in list(_evaluators):
-        evaluator._reset()
-
-
-if hasattr(os, "register_at_fork"):  # POSIX
-    os.register_at_fork(after_in_child=_after_fork_in_child)

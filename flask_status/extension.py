@@ -22,6 +22,7 @@ from .engine import Evaluator
 from .fields import Field, Kind, check_bool, is_async_callable, make_field
 from .history import History
 from .loop import LoopStopped, portal_loop
+from .mount import Mount
 from .outcome import Encode, Outcome
 from .render import (
     HEALTH_JSON,
@@ -39,6 +40,9 @@ Listener = Callable[[Mapping[str, Outcome]], object]
 
 #: Key in ``app.extensions``: the list of :class:`StatusRoute` registered on the app.
 EXTENSION_KEY = "flask_status"
+
+#: Why a field may not share a key with the message.
+_REPLACES = "the field would silently replace the message's value"
 
 
 class FlaskStatus:
@@ -99,6 +103,8 @@ class FlaskStatus:
         #: then have a ``store`` entry).
         self.sharing_store = False
         self.listeners: list[Listener] = []
+        # The message of each app this instance serves, with the setting it came from.
+        self._messages: list[tuple[str, Mapping[str, Any]]] = []
         if app is not None:
             self.init_app(app)
 
@@ -120,27 +126,38 @@ class FlaskStatus:
         if authenticator is not None:
             self.authenticator = _check_authenticator(authenticator)
         if isinstance(app, Flask):
-            self._register(app, app.add_url_rule)
+            self._register(app, app.add_url_rule, Mount())
         else:
             app.record_once(
-                lambda state: self._register(cast(Flask, state.app), state.add_url_rule)
+                lambda state: self._register(
+                    cast(Flask, state.app), state.add_url_rule, Mount.of(state)
+                )
             )
 
-    def _register(self, app: Flask, add_url_rule: Callable[..., None]) -> None:
+    def _register(self, app: Flask, add_url_rule: Callable[..., None], mount: Mount) -> None:
+        # Everything is checked before anything is added: a refused route leaves no trace.
         settings = config.resolve(self._given, app.config)
+        source = "message" if "message" in self._given else config.config_key("message")
+        self._check_message_keys(settings.message, source)
         if settings.store is not None:
             self._check_store_key(self.fields)
+        field_url = settings.url.rstrip("/") + "/<field>"
+        mount.check_url(settings.url)
+        mount.check_unrouted(app, settings.url, "URL")
+        mount.check_unrouted(app, field_url, "per-field route")
+        drain_url = settings.url.rstrip("/") + "/drain" if self.readiness else None
+        if drain_url is not None:
+            mount.check_unrouted(app, drain_url, "drain route")
+        endpoint = self._endpoint(app, mount, settings.url)
+        if settings.store is not None:
             self.sharing_store = True
         route = StatusRoute(self, app, settings)
-        endpoint = self.endpoint or _default_endpoint(settings.url)
         add_url_rule(settings.url, endpoint, route.view, methods=["GET"])
-        add_url_rule(
-            settings.url.rstrip("/") + "/<field>", endpoint + "_field", route.view, methods=["GET"]
-        )
-        if self.readiness:  # GET too: a Kubernetes preStop hook can only send GET
-            drain_url = settings.url.rstrip("/") + "/drain"
+        add_url_rule(field_url, endpoint + "_field", route.view, methods=["GET"])
+        if drain_url is not None:  # GET too: a Kubernetes preStop hook can only send GET
             add_url_rule(drain_url, endpoint + "_drain", route.drain_view, methods=["GET", "POST"])
         logs.status_urls.update(route.paths(app))
+        self._messages.append((source, settings.message))
         routes = app.extensions.setdefault(EXTENSION_KEY, [])
         if not routes:
             app.after_request(no_store)
@@ -149,6 +166,35 @@ class FlaskStatus:
             from .cli import status_command  # the CLI needs click, which only Flask apps load
 
             app.cli.add_command(status_command)
+
+    def _endpoint(self, app: Flask, mount: Mount, url: str) -> str:
+        """The given endpoint, which must be free, else a free name derived from ``url``."""
+        if self.endpoint is not None:
+            taken = mount.taken_endpoint(app, self.endpoint)
+            if taken is not None:
+                raise ValueError(
+                    f"endpoint {self.endpoint!r}: {taken!r} is already used on the app"
+                )
+            return self.endpoint
+        base = _default_endpoint(url)
+        name, number = base, 1
+        # URLs such as /a/b and /a_b derive the same name: number the later ones.
+        while mount.taken_endpoint(app, name) is not None:
+            number += 1
+            name = f"{base}_{number}"
+        return name
+
+    def _check_message_keys(self, message: Mapping[str, Any], source: str) -> None:
+        """Refuse a message sharing a key with a field: the field would replace it unseen."""
+        for key in self.fields:
+            if key in message:
+                raise ValueError(f"key {key!r} of a field is a key of {source} too: {_REPLACES}")
+
+    def _known_messages(self) -> list[tuple[str, Mapping[str, Any]]]:
+        """The messages known so far, each with the setting it came from."""
+        if "message" in self._given:
+            return [*self._messages, ("message", self._given["message"])]
+        return self._messages
 
     @property
     def url(self) -> str:
@@ -178,12 +224,13 @@ class FlaskStatus:
         every that many seconds instead of on request (``wait_first``: a request before the
         first result waits for it). ``failure_threshold``/``success_threshold``: consecutive
         runs needed to change the field's state. Adding an existing key replaces that field.
+        A key must not contain ``/`` nor be a key of the message.
         """
         if self.sharing_store:
             self._check_store_key([key])
         if self.readiness and key == "drain":
             raise ValueError('key "drain" is reserved on a readiness route: <url>/drain drains')
-        self.fields[key] = make_field(
+        field = make_field(
             key,
             value,
             critical=critical,
@@ -195,6 +242,10 @@ class FlaskStatus:
             failure_threshold=failure_threshold,
             success_threshold=success_threshold,
         )
+        for source, message in self._known_messages():
+            if key in message:
+                raise ValueError(f"key {key!r} is a key of {source} too: {_REPLACES}")
+        self.fields[key] = field
 
     @staticmethod
     def _check_store_key(keys: Iterable[str]) -> None:

@@ -26,6 +26,14 @@ RESERVED_KEYS = {
     "cached": "it says when cached field values were measured",
 }
 
+#: Reserved keys a message may not hold. ``status`` is the message's own (the default message
+#: is ``{"status": "OK"}``): the route only overrides it when something failed.
+MESSAGE_RESERVED_KEYS = frozenset(RESERVED_KEYS) - {"status"}
+
+#: Longest duration accepted for a timeout or a cache TTL, in seconds (one day). More is a
+#: mistake (milliseconds given as seconds) and overflows the timers the value is passed to.
+MAX_SECONDS = 86400
+
 
 class Kind(enum.Enum):
     """How a field's value is produced on each request."""
@@ -79,17 +87,21 @@ def check_json(value: Any, what: str) -> None:
 
 
 def check_seconds(name: str, value: Any, *, allow_zero: bool = False) -> float:
-    """Validate a duration parameter and return it as a float."""
+    """Validate a duration parameter (at most :data:`MAX_SECONDS`) and return it as a float."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
-    seconds = float(value)
+    lowest = ">= 0" if allow_zero else "> 0"
+    bound = f"a number of seconds {lowest} and at most {MAX_SECONDS} (one day)"
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int beyond float range: its repr alone could be huge
+        raise ValueError(f"{name} must be {bound}, got an int too large for a float") from None
     if (
         math.isnan(seconds)
-        or math.isinf(seconds)
         or seconds < 0
         or (seconds == 0 and not allow_zero)
+        or seconds > MAX_SECONDS  # infinity included
     ):
-        bound = "a finite number >= 0" if allow_zero else "a finite number > 0"
         raise ValueError(f"{name} must be {bound}, got {value!r}")
     return seconds
 
@@ -100,7 +112,27 @@ def check_url(name: str, url: Any) -> str:
         raise TypeError(f"{name} must be a str, got {type(url).__name__}")
     if not url.strip():
         raise ValueError(f"{name} must not be empty")
-    return url if url.startswith("/") else "/" + url
+    path = url if url.startswith("/") else "/" + url
+    problem = url_problem(path)
+    if problem is not None:
+        raise ValueError(f"{name} {path!r} {problem}")
+    return path
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a status URL, or ``None``: it must be a fixed path below the root."""
+    if "<" in url or ">" in url:
+        # A converter would make the view receive an argument it does not take: every
+        # request would be a 500.
+        return "must not contain '<' or '>': a status URL is a fixed path, without converters"
+    if "?" in url or "#" in url:
+        return "must not contain '?' or '#': a route matches the path only, so it is unreachable"
+    if not url.strip("/"):
+        return (
+            "must not be the root: its per-field route '/<field>' would take every "
+            "one-segment path of the app"
+        )
+    return None
 
 
 def check_message(name: str, message: Any) -> dict[str, Any]:
@@ -113,6 +145,8 @@ def check_message(name: str, message: Any) -> dict[str, Any]:
     for key in payload:
         if not isinstance(key, str):
             raise TypeError(f"{name} keys must be str, got {key!r}")
+        if key in MESSAGE_RESERVED_KEYS:
+            raise ValueError(f"{name} key {key!r} is reserved: {RESERVED_KEYS[key]}")
     check_json(payload, name)
     return payload
 
@@ -152,6 +186,9 @@ def make_field(
         raise ValueError("key must be a non-empty str")
     if key in RESERVED_KEYS:
         raise ValueError(f"key {key!r} is reserved: {RESERVED_KEYS[key]}")
+    if "/" in key:
+        # The field's own route <url>/<key> matches one path segment: it could never be reached.
+        raise ValueError(f"key {key!r} must not contain '/': GET <url>/<key> could not reach it")
     check_bool("critical", critical)
     check_bool("single_flight", single_flight)
     check_bool("wait_first", wait_first)

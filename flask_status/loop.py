@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import os
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
@@ -24,6 +23,7 @@ from typing import Any, TypeVar
 import anyio
 from anyio.from_thread import BlockingPortal
 
+from .fork import reset_after_fork
 from .threads import start_thread
 
 T = TypeVar("T")
@@ -96,7 +96,7 @@ class PortalLoop:
                 self._host = _start_host()
             return self._host
 
-    def forget(self) -> None:
+    def after_fork(self) -> None:
         """Drop the portal without stopping it: in a forked child, its thread is gone."""
         self._lock = threading.Lock()
         self._host = None
@@ -131,7 +131,6 @@ def _start_host() -> _Host:
 #: The process-wide loop of WSGI requests.
 portal_loop = PortalLoop()
 
-if hasattr(os, "register_at_fork"):  # POSIX
-    os.register_at_fork(after_in_child=portal_loop.forget)
+reset_after_fork(portal_loop)
 # Background checks are cancelled, rather than left pending, when the interpreter exits.
 atexit.register(portal_loop.stop)

@@ -47,14 +47,15 @@ def one_line(text: str, limit: int = MAX_ERROR_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
-def describe(exc: BaseException) -> str:
+def describe(exc: BaseException, limit: int = MAX_ERROR_CHARS) -> str:
     """``"ClassName: message"`` on one line, as shown in a failing field."""
     try:
         message = str(exc)
     except BaseException:  # a broken __str__ must not cost more than this field's text
         message = "(its message could not be read)"
-    message = message[: MAX_ERROR_CHARS * 4]
-    return one_line(f"{type(exc).__name__}: {message}" if message else type(exc).__name__)
+    message = message[: limit * 4]  # a huge message costs no more than a short one
+    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return one_line(text, limit)
 
 
 def timed_out(timeout: float, duration: float) -> Outcome:

@@ -14,17 +14,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import secrets
 import threading
-import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 
 from .extras import requires_extra
+from .fork import reset_after_fork
 from .outcome import MAX_FIELD_BYTES, Outcome, describe
+from .redact import redact_url
 
 #: Largest stored outcome read back: a value's limit plus room for the rest of the outcome.
 MAX_STORED_BYTES = MAX_FIELD_BYTES + 4096
@@ -49,12 +49,13 @@ class RedisStore:
         with requires_extra("RedisStore", "redis"):
             import redis.asyncio  # noqa: F401
         if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"store must be a redis://, rediss:// or unix:// URL, got {url!r}")
+            shown = redact_url(url) if isinstance(url, str) else type(url).__name__
+            raise ValueError(f"store must be a redis://, rediss:// or unix:// URL, got {shown!r}")
         self.url = url
         self.prefix = prefix
         self.timeout = timeout
         self._clients: dict[int, Any] = {}
-        _stores.add(self)
+        reset_after_fork(self)
 
     def _client(self) -> Any:
         import redis.asyncio
@@ -67,7 +68,8 @@ class RedisStore:
             )
         return client
 
-    def _forget_clients(self) -> None:
+    def after_fork(self) -> None:
+        """Drop the parent's connections: a forked child opens its own."""
         self._clients = {}
 
     async def get(self, key: str) -> Outcome | None:
@@ -88,6 +90,10 @@ class RedisStore:
             pipeline.publish(f"{key}:done", data)
             pipeline.eval(_RELEASE, 1, f"{key}:lease", token)
             await pipeline.execute()
+
+    async def release(self, key: str, token: str) -> None:
+        """Give the lease of ``key`` back, if it is still the one ``token`` took."""
+        await self._client().eval(_RELEASE, 1, f"{key}:lease", token)
 
     async def wait(self, key: str) -> Outcome:
         """The result another process is producing for ``key``; waits until cancelled."""
@@ -135,6 +141,12 @@ class Sharing:
             with anyio.fail_after(self.store.timeout):
                 stored = await self.store.get(key)
                 token = None if stored is not None else await self.store.lease(key, lease_for)
+                if token is not None:
+                    # Another process may have stored a result and let its lease go between
+                    # the two calls above: then that result it is.
+                    stored = await self.store.get(key)
+                    if stored is not None:
+                        await self.store.release(key, token)
         except Exception as exc:  # down, slow, or not Redis: evaluate here
             self._failed(exc)
             return await execute()
@@ -197,16 +209,3 @@ def _decode(data: bytes | str | None) -> Outcome | None:
 
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
-
-
-#: Every store, so that a forked child can drop the connections it inherited.
-_stores: weakref.WeakSet[RedisStore] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for store in list(_stores):
-        store._forget_clients()
-
-
-if hasattr(os, "register_at_fork"):  # POSIX
-    os.register_at_fork(after_in_child=_after_fork_in_child)

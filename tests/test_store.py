@@ -170,3 +170,9 @@ def test_store_is_read_from_app_config_and_refuses_what_cannot_work(
         FlaskStatus(Flask("bad"), store="http://127.0.0.1:6379")
     with pytest.raises(TypeError, match="store must be a RedisStore"):
         FlaskStatus(Flask("bad"), store=42)  # type: ignore[arg-type]
+
+
+def test_a_bad_store_url_is_refused_without_its_password() -> None:
+    with pytest.raises(ValueError, match="store must be a redis") as refused:
+        FlaskStatus(Flask("bad"), store="http://admin:hunter2@127.0.0.1:6379")
+    assert "hunter2" not in str(refused.value)
