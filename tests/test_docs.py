@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import shlex
@@ -141,6 +142,17 @@ def test_python_examples_use_only_names_they_define(page: Path) -> None:
         timeout=60,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "page", [page for page in PAGES if python_blocks(page)], ids=lambda page: page.name
+)
+def test_python_examples_hold_no_placeholder(page: Path) -> None:
+    """``...`` is valid Python: as a placeholder it would run, and show nothing that works."""
+    for block in python_blocks(page):
+        for node in ast.walk(ast.parse(block.code)):
+            if isinstance(node, ast.Constant) and node.value is Ellipsis:
+                raise AssertionError(f"{shown(page)}:{block.line + node.lineno - 1}: `...`")
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
