@@ -50,7 +50,7 @@ from servers import LOGS, BenchError, Load
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results.md"
 #: What a run took on 2 cores shared with other work, once the peers' virtualenvs were there.
-EXPECTED_MINUTES = 6
+EXPECTED_MINUTES = 7
 
 OURS = "flask-status"
 OURS_COUNTED = "flask-status-counted"  # ours, with each check counting its runs
@@ -679,11 +679,14 @@ def gevent_worker() -> list[Row]:
 
 # -- memory --------------------------------------------------------------------------------
 
-MEMORY_TITLE = "7. Memory: 100,000 requests, 10 trivial fields, test client"
+#: Requests of the memory scenario, after its warm-up: at 1.5 to 3 ms a request on 2 shared
+#: cores, 40,000 take one to two minutes (100,000 took five and a half).
+MEMORY_REQUESTS = 40_000
+MEMORY_TITLE = f"7. Memory: {MEMORY_REQUESTS:,} requests, 10 trivial fields, test client"
 MEMORY_TARGET = Target("<", 1, " MB growth")
 
 
-def memory(requests: int = 100_000, warmup: int = 5_000, samples: int = 10) -> list[Row]:
+def memory(requests: int = MEMORY_REQUESTS, warmup: int = 5_000, samples: int = 10) -> list[Row]:
     """Resident memory growth over ``requests`` requests, in a fresh process."""
     worker = WorkerProcess("flask-status-memory", Path(sys.executable))
     try:
