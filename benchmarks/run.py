@@ -33,15 +33,28 @@ from typing import IO, Any
 
 import peers
 import servers
-from apps import BARE_URL, BLOCK_SECONDS, BLOCK_TIMEOUT, SLOW_MIXED, TRIVIAL_MIXED, URL, Fields
+from apps import (
+    BACKGROUND,
+    BARE_URL,
+    BLOCK_SECONDS,
+    BLOCK_TIMEOUT,
+    ONE_SLOW,
+    RUNS_URL,
+    SLOW_MIXED,
+    TRIVIAL_MIXED,
+    URL,
+    Fields,
+)
 from servers import LOGS, BenchError, Load
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results.md"
 #: What a run took on 2 cores shared with other work, once the peers' virtualenvs were there.
-EXPECTED_MINUTES = 6
+EXPECTED_MINUTES = 7
 
 OURS = "flask-status"
+OURS_COUNTED = "flask-status-counted"  # ours, with each check counting its runs
+OURS_HOOKED = "flask-status-hooked"  # ours, in an app with a no-op request hook
 BARE = "bare"
 OBVIOUS = "obvious"
 HEALTHCHECK = "py-healthcheck"
@@ -470,6 +483,138 @@ def under_load(wrk: str) -> list[Row]:
     return rows
 
 
+BACKGROUND_ROUNDS = 2
+BACKGROUND_SECONDS = 6
+BACKGROUND_CONNECTIONS = 10
+BACKGROUND_TITLE = (
+    f"10. Background checks: uvicorn ³, {BACKGROUND.sync + BACKGROUND.async_} checks of "
+    f"{BACKGROUND.seconds * 1e3:g} ms every "
+    f"{BACKGROUND.interval:g} s (wrk, {BACKGROUND_CONNECTIONS} kept-alive connections, "
+    f"{BACKGROUND_ROUNDS} rounds x {BACKGROUND_SECONDS} s)"
+)
+BACKGROUND_P50_TARGET = Target("≤", 2, "x bare", what="p50")
+BACKGROUND_P99_TARGET = Target("<", 50, " ms", what="p99")
+BACKGROUND_RUNS_TARGET = Target("≤", 1, " run from wall time / interval", what="each check")
+
+
+def background_checks(wrk: str) -> list[Row]:
+    """Probes of background checks beside a bare route on one uvicorn, and how many times
+    each check ran meanwhile (counted by the app, read at ``RUNS_URL``)."""
+    with servers.uvicorn(OURS_COUNTED, BACKGROUND, "uvicorn-background", lifespan="on") as base:
+        urls = {BARE: base + BARE_URL, OURS: base + URL}
+        before, started = servers.get_json(base + RUNS_URL), time.monotonic()
+        loads = servers.alternate(
+            wrk, urls, BACKGROUND_ROUNDS, BACKGROUND_SECONDS, BACKGROUND_CONNECTIONS
+        )
+        after, elapsed = servers.get_json(base + RUNS_URL), time.monotonic() - started
+    ours = (
+        f"{CONTENDERS[OURS]}, `StatusMiddleware`: {BACKGROUND.sync} sync + {BACKGROUND.async_} "
+        "async in the background"
+    )
+    p99 = statistics.median(load.p99 for load in loads[OURS])
+    return [
+        load_row(
+            BACKGROUND_TITLE,
+            f"{CONTENDERS[BARE]} through `WsgiToAsgi`, same server",
+            loads[BARE],
+            loads[BARE],
+            "bare",
+            by="p50",
+        ),
+        load_row(
+            BACKGROUND_TITLE, ours, loads[OURS], loads[BARE], "bare", BACKGROUND_P50_TARGET, "p50"
+        ),
+        judged(
+            BACKGROUND_TITLE,
+            f"{CONTENDERS[OURS]}: the same probes' p99",
+            f"p99 {seconds(p99)}",
+            "",
+            p99 * 1e3,
+            BACKGROUND_P99_TARGET,
+        ),
+        runs_row(
+            {key: after[key] - before.get(key, 0) for key in after},
+            elapsed,
+            sum(load.rate for load in loads[OURS]) * BACKGROUND_SECONDS,
+        ),
+    ]
+
+
+def runs_row(runs: dict[str, int], elapsed: float, probes: float) -> Row:
+    """How many times each background check ran in ``elapsed`` seconds, against
+    ``elapsed / interval``."""
+    assert BACKGROUND.interval is not None
+    expected = elapsed / BACKGROUND.interval
+    fewest, most = min(runs.values()), max(runs.values())
+    off = max(abs(count - expected) for count in runs.values())
+    counted = f"{fewest}" if fewest == most else f"{fewest} to {most}"
+    return judged(
+        BACKGROUND_TITLE,
+        f"{CONTENDERS[OURS]}: runs of each of its {len(runs)} checks, counted by the app",
+        f"{counted} runs per check in {elapsed:.1f} s (expected {expected:.1f} ± 1), "
+        f"while it answered about {probes:,.0f} probes",
+        f"{fewest / expected:.2f}x to {most / expected:.2f}x wall time / interval",
+        off,
+        BACKGROUND_RUNS_TARGET,
+    )
+
+
+BURST = 150
+HOOK_ROUNDS = 5
+HOOK_TITLE = (
+    f"11. A request hook: uvicorn ³, one {ONE_SLOW.slow_seconds * 1e3:g} ms async check, "
+    f"bursts of {BURST} concurrent probes ({HOOK_ROUNDS} rounds)"
+)
+HOOK_TARGET = Target("≤", 1.5, "x without", what="p50")
+
+
+@dataclass(frozen=True)
+class Burst:
+    """The answers to one burst of concurrent probes."""
+
+    p50: float
+    slowest: float
+
+
+def burst(url: str) -> Burst:
+    """A burst of ``BURST`` concurrent probes of ``url``; every answer must be 200."""
+    answers = servers.burst(url, BURST)
+    statuses = Counter(answer.status for answer in answers)
+    if set(statuses) != {200}:
+        raise BenchError(f"{url} answered a burst with {dict(statuses)}")
+    times = [answer.seconds for answer in answers]
+    return Burst(statistics.median(times), max(times))
+
+
+def request_hook() -> list[Row]:
+    """Bursts of probes to our status route, in an app without and with a request hook."""
+    names = {OURS: "no hook", OURS_HOOKED: "a no-op `@app.before_request` hook"}
+    with ExitStack() as stack:
+        urls = {
+            name: stack.enter_context(servers.uvicorn(name, ONE_SLOW, f"uvicorn-{name}")) + URL
+            for name in names
+        }
+        bursts = servers.interleave(urls, HOOK_ROUNDS, burst, warm_up=burst)
+    rows = []
+    for name, what in names.items():
+        ratio = statistics.median(
+            mine.p50 / theirs.p50 for mine, theirs in zip(bursts[name], bursts[OURS], strict=True)
+        )
+        p50 = statistics.median(sample.p50 for sample in bursts[name])
+        slowest = statistics.median(sample.slowest for sample in bursts[name])
+        rows.append(
+            judged(
+                HOOK_TITLE,
+                f"{CONTENDERS[OURS]}, `StatusMiddleware`: {what}",
+                f"latency p50 {seconds(p50)}, slowest {seconds(slowest)}",
+                f"p50 {ratio:.2f}x without",
+                ratio,
+                HOOK_TARGET if name == OURS_HOOKED else None,
+            )
+        )
+    return rows
+
+
 def load_row(
     scenario: str,
     contender: str,
@@ -477,17 +622,19 @@ def load_row(
     base: list[Load],
     base_name: str,
     target: Target | None = None,
+    by: str = "rate",
 ) -> Row:
-    """Median requests/s and latencies, and the median of per-round ratios of requests/s to
-    ``base``'s."""
+    """Median requests/s and latencies, and the median of per-round ratios to ``base``'s of
+    requests/s (``by="rate"``) or of median latency (``by="p50"``)."""
     ratio = statistics.median(
-        mine.rate / theirs.rate for mine, theirs in zip(loads, base, strict=True)
+        getattr(mine, by) / getattr(theirs, by) for mine, theirs in zip(loads, base, strict=True)
     )
     rate = statistics.median(load.rate for load in loads)
     p50 = statistics.median(load.p50 for load in loads)
     p99 = statistics.median(load.p99 for load in loads)
     measured = f"{rate:,.0f} requests/s, latency p50 {seconds(p50)}, p99 {seconds(p99)}"
-    return judged(scenario, contender, measured, f"{ratio:.2f}x {base_name}", ratio, target)
+    shown = f"{ratio:.2f}x {base_name}" if by == "rate" else f"{by} {ratio:.2f}x {base_name}"
+    return judged(scenario, contender, measured, shown, ratio, target)
 
 
 def with_wrk(title: str, measure: Callable[[str], list[Row]]) -> list[Row]:
@@ -532,11 +679,14 @@ def gevent_worker() -> list[Row]:
 
 # -- memory --------------------------------------------------------------------------------
 
-MEMORY_TITLE = "7. Memory: 100,000 requests, 10 trivial fields, test client"
+#: Requests of the memory scenario, after its warm-up: at 1.5 to 3 ms a request on 2 shared
+#: cores, 40,000 take one to two minutes (100,000 took five and a half).
+MEMORY_REQUESTS = 40_000
+MEMORY_TITLE = f"7. Memory: {MEMORY_REQUESTS:,} requests, 10 trivial fields, test client"
 MEMORY_TARGET = Target("<", 1, " MB growth")
 
 
-def memory(requests: int = 100_000, warmup: int = 5_000, samples: int = 10) -> list[Row]:
+def memory(requests: int = MEMORY_REQUESTS, warmup: int = 5_000, samples: int = 10) -> list[Row]:
     """Resident memory growth over ``requests`` requests, in a fresh process."""
     worker = WorkerProcess("flask-status-memory", Path(sys.executable))
     try:
@@ -644,6 +794,8 @@ def main() -> None:
     rows += stage(ASGI_TITLE, partial(with_wrk, ASGI_TITLE, asgi_throughput))
     rows += stage(GEVENT_TITLE, gevent_worker)
     rows += stage(UNDER_LOAD_TITLE, partial(with_wrk, UNDER_LOAD_TITLE, under_load))
+    rows += stage(BACKGROUND_TITLE, partial(with_wrk, BACKGROUND_TITLE, background_checks))
+    rows += stage(HOOK_TITLE, request_hook)
     rows += stage(MEMORY_TITLE, memory)
     duration = time.monotonic() - clock
     text = report(rows, started, duration, load)
