@@ -79,16 +79,23 @@ def uvicorn(
 
 def gunicorn_gevent() -> AbstractContextManager[str]:
     """``gunicorn -k gevent -w 1`` serving ``gevent_app``; yields its base URL."""
+    return gunicorn("gevent_app:app", "gunicorn-gevent", "-k", "gevent", "-w", "1")
+
+
+def gunicorn(
+    app: str, log: str, *options: str, environment: dict[str, str] | None = None
+) -> AbstractContextManager[str]:
+    """gunicorn serving ``app`` with ``options``; yields its base URL once ``/bare`` answers."""
 
     def command(port: int) -> list[str]:
         return [
-            *(sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "1"),
+            *(sys.executable, "-m", "gunicorn", *options),
             *("--bind", f"127.0.0.1:{port}", "--graceful-timeout", "2", "--log-level", "warning"),
             *_no_control_socket(),
-            "gevent_app:app",
+            app,
         ]
 
-    return serving("gunicorn-gevent", command, BARE_URL)
+    return serving(log, command, BARE_URL, environment)
 
 
 def _no_control_socket() -> list[str]:
@@ -108,7 +115,7 @@ def serving(
     """
     LOGS.mkdir(parents=True, exist_ok=True)
     log_path = LOGS / f"{log}.log"
-    port = _free_port()
+    port = free_port()
     with log_path.open("w") as output:
         server = subprocess.Popen(
             command(port),
@@ -126,7 +133,7 @@ def serving(
             _stop(server)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
