@@ -17,6 +17,7 @@ from flask import Flask, jsonify
 
 URL = "/api/status"
 BARE_URL = "/bare"  # a bare route beside the status route, on the real servers
+RUNS_URL = "/runs"  # how many times each check ran, where the app counts them
 
 #: How long a hung check would run: far longer than any timeout, released at teardown.
 HANG_SECONDS = 60.0
@@ -39,12 +40,18 @@ class Fields:
     seconds: float = 0.0  # how long each sync/async check runs; 0 returns at once
     slow_seconds: float = 0.0  # how long each slow async check runs
     timeout: float = 0.8  # per-field timeout, where the contender has one
+    #: flask-status only: its callable fields run in the background every this many seconds
+    interval: float | None = None
 
 
 #: The fields of the overhead scenarios, also served in the scenarios on real servers.
 TRIVIAL_MIXED = Fields(sync=5, async_=5)
 #: One slow async check among trivial ones, served in the load scenario.
 SLOW_MIXED = Fields(sync=2, async_=2, slow_async=1, slow_seconds=0.05)
+#: Checks of 300 ms run in the background every second; probes only read their last results.
+BACKGROUND = Fields(sync=10, async_=10, seconds=0.3, interval=1.0)
+#: One async check of 300 ms, which a burst of concurrent probes shares.
+ONE_SLOW = Fields(slow_async=1, slow_seconds=0.3)
 
 
 class Checks:
@@ -102,8 +109,9 @@ def flask_status(app: Flask, checks: Checks) -> None:
     from flask_status import FlaskStatus
 
     status = FlaskStatus(app, timeout=checks.fields.timeout)
+    interval = checks.fields.interval
     for key, value in checks.named():
-        status.add_field(key, value)
+        status.add_field(key, value, interval=interval if callable(value) else None)
 
 
 def flask_status_101(app: Flask, checks: Checks) -> None:
@@ -220,9 +228,10 @@ BUILDERS: dict[str, Callable[[Flask, Checks], None]] = {
 }
 
 
-def build(builder: str, fields: Fields) -> tuple[Flask, Checks]:
-    """A fresh app whose status route is made by ``builder``, checking ``fields``."""
+def build(builder: str, fields: Fields, checks: Checks | None = None) -> tuple[Flask, Checks]:
+    """A fresh app whose status route is made by ``builder``, checking ``fields`` (with
+    ``checks``, when given)."""
     app = Flask(f"bench_{builder}")
-    checks = Checks(fields)
+    checks = checks or Checks(fields)
     BUILDERS[builder](app, checks)
     return app, checks

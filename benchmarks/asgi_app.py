@@ -6,14 +6,16 @@ The environment says which app to make: ``BENCH_APP`` names it (a key of ``APPS`
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from apps import BARE_URL, URL, Checks, Fields, answer, build, gather_with_anyio
+from apps import BARE_URL, RUNS_URL, URL, Checks, Fields, answer, build, gather_with_anyio
 from asgiref.wsgi import WsgiToAsgi
-from flask import jsonify
+from flask import Flask, jsonify
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -26,12 +28,70 @@ def flask_status(fields: Fields) -> Any:
     """This project's status route, served natively by ``StatusMiddleware``, and a bare Flask
     route beside it, passed on to ``WsgiToAsgi``."""
     flask_app, _ = build("flask-status", fields)
+    return served(flask_app)
+
+
+def served(flask_app: Flask) -> Any:
+    """``flask_app`` with a bare route, under ``StatusMiddleware(WsgiToAsgi(app), app)``."""
 
     @flask_app.get(BARE_URL)
     def bare() -> Any:
         return jsonify({"status": "OK"})
 
     return StatusMiddleware(WsgiToAsgi(flask_app), flask_app)
+
+
+class CountedChecks(Checks):
+    """Checks that count their runs, by field key."""
+
+    def __init__(self, fields: Fields) -> None:
+        super().__init__(fields)
+        self.runs: Counter[str] = Counter()
+
+    def named(self) -> list[tuple[str, Any]]:
+        return [
+            (key, self._counted(key, value) if callable(value) else value)
+            for key, value in super().named()
+        ]
+
+    def _counted(self, key: str, check: Callable[[], Any]) -> Callable[[], Any]:
+        if inspect.iscoroutinefunction(check):
+
+            async def counted_async() -> Any:
+                self.runs[key] += 1
+                return await check()
+
+            return counted_async
+
+        def counted() -> Any:
+            self.runs[key] += 1
+            return check()
+
+        return counted
+
+
+def flask_status_counted(fields: Fields) -> Any:
+    """Ours, with each check counting its runs, read at ``RUNS_URL`` (through ``WsgiToAsgi``)."""
+    checks = CountedChecks(fields)
+    flask_app, _ = build("flask-status", fields, checks)
+
+    @flask_app.get(RUNS_URL)
+    def runs() -> Any:
+        return jsonify(checks.runs)
+
+    return served(flask_app)
+
+
+def flask_status_hooked(fields: Fields) -> Any:
+    """Ours, in an app with a no-op ``before_request`` hook (which the middleware runs in a
+    worker thread)."""
+    flask_app, _ = build("flask-status", fields)
+
+    @flask_app.before_request
+    def no_op() -> None:
+        return None
+
+    return served(flask_app)
 
 
 def starlette(fields: Fields) -> Any:
@@ -53,6 +113,8 @@ def asyncio_view(fields: Fields) -> Any:
 
 APPS: dict[str, Callable[[Fields], Any]] = {
     "flask-status": flask_status,
+    "flask-status-counted": flask_status_counted,
+    "flask-status-hooked": flask_status_hooked,
     "starlette": starlette,
     "asyncio-view": asyncio_view,
 }

@@ -84,16 +84,21 @@ def _find_python(oldest: tuple[int, int], newest: tuple[int, int]) -> str:
 
 def wrk() -> str:
     """The wrk load generator, installed from Debian's packages when missing."""
-    found = shutil.which("wrk")
+    return debian_tool("wrk", "wrk")
+
+
+def debian_tool(command: str, package: str) -> str:
+    """The path of ``command``, installing Debian's ``package`` first when it is missing."""
+    found = shutil.which(command)
     if found:
         return found
     if not shutil.which("apt-get") or os.geteuid() != 0:
-        raise Unavailable("wrk is not installed (apt-get install wrk)")
-    print("  installing wrk with apt-get ...", file=sys.stderr, flush=True)
+        raise Unavailable(f"{command} is not installed (apt-get install {package})")
+    print(f"  installing {package} with apt-get ...", file=sys.stderr, flush=True)
     quiet = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "wrk"]):
-        subprocess.run(command, env=quiet, check=False, stdout=subprocess.DEVNULL)
-    found = shutil.which("wrk")
+    for step in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", package]):
+        subprocess.run(step, env=quiet, check=False, stdout=subprocess.DEVNULL)
+    found = shutil.which(command)
     if not found:
-        raise Unavailable("wrk could not be installed with apt-get")
+        raise Unavailable(f"{package} could not be installed with apt-get")
     return found

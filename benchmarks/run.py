@@ -17,14 +17,17 @@ import json
 import operator
 import os
 import platform
+import socket
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from contextlib import ExitStack, suppress
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from functools import partial
 from importlib.metadata import version
@@ -33,15 +36,29 @@ from typing import IO, Any
 
 import peers
 import servers
-from apps import BARE_URL, BLOCK_SECONDS, BLOCK_TIMEOUT, SLOW_MIXED, TRIVIAL_MIXED, URL, Fields
+import store_app
+from apps import (
+    BACKGROUND,
+    BARE_URL,
+    BLOCK_SECONDS,
+    BLOCK_TIMEOUT,
+    ONE_SLOW,
+    RUNS_URL,
+    SLOW_MIXED,
+    TRIVIAL_MIXED,
+    URL,
+    Fields,
+)
 from servers import LOGS, BenchError, Load
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results.md"
 #: What a run took on 2 cores shared with other work, once the peers' virtualenvs were there.
-EXPECTED_MINUTES = 6
+EXPECTED_MINUTES = 7
 
 OURS = "flask-status"
+OURS_COUNTED = "flask-status-counted"  # ours, with each check counting its runs
+OURS_HOOKED = "flask-status-hooked"  # ours, in an app with a no-op request hook
 BARE = "bare"
 OBVIOUS = "obvious"
 HEALTHCHECK = "py-healthcheck"
@@ -470,6 +487,138 @@ def under_load(wrk: str) -> list[Row]:
     return rows
 
 
+BACKGROUND_ROUNDS = 2
+BACKGROUND_SECONDS = 6
+BACKGROUND_CONNECTIONS = 10
+BACKGROUND_TITLE = (
+    f"10. Background checks: uvicorn ³, {BACKGROUND.sync + BACKGROUND.async_} checks of "
+    f"{BACKGROUND.seconds * 1e3:g} ms every "
+    f"{BACKGROUND.interval:g} s (wrk, {BACKGROUND_CONNECTIONS} kept-alive connections, "
+    f"{BACKGROUND_ROUNDS} rounds x {BACKGROUND_SECONDS} s)"
+)
+BACKGROUND_P50_TARGET = Target("≤", 2, "x bare", what="p50")
+BACKGROUND_P99_TARGET = Target("<", 50, " ms", what="p99")
+BACKGROUND_RUNS_TARGET = Target("≤", 1, " run from wall time / interval", what="each check")
+
+
+def background_checks(wrk: str) -> list[Row]:
+    """Probes of background checks beside a bare route on one uvicorn, and how many times
+    each check ran meanwhile (counted by the app, read at ``RUNS_URL``)."""
+    with servers.uvicorn(OURS_COUNTED, BACKGROUND, "uvicorn-background", lifespan="on") as base:
+        urls = {BARE: base + BARE_URL, OURS: base + URL}
+        before, started = servers.get_json(base + RUNS_URL), time.monotonic()
+        loads = servers.alternate(
+            wrk, urls, BACKGROUND_ROUNDS, BACKGROUND_SECONDS, BACKGROUND_CONNECTIONS
+        )
+        after, elapsed = servers.get_json(base + RUNS_URL), time.monotonic() - started
+    ours = (
+        f"{CONTENDERS[OURS]}, `StatusMiddleware`: {BACKGROUND.sync} sync + {BACKGROUND.async_} "
+        "async in the background"
+    )
+    p99 = statistics.median(load.p99 for load in loads[OURS])
+    return [
+        load_row(
+            BACKGROUND_TITLE,
+            f"{CONTENDERS[BARE]} through `WsgiToAsgi`, same server",
+            loads[BARE],
+            loads[BARE],
+            "bare",
+            by="p50",
+        ),
+        load_row(
+            BACKGROUND_TITLE, ours, loads[OURS], loads[BARE], "bare", BACKGROUND_P50_TARGET, "p50"
+        ),
+        judged(
+            BACKGROUND_TITLE,
+            f"{CONTENDERS[OURS]}: the same probes' p99",
+            f"p99 {seconds(p99)}",
+            "",
+            p99 * 1e3,
+            BACKGROUND_P99_TARGET,
+        ),
+        runs_row(
+            {key: after[key] - before.get(key, 0) for key in after},
+            elapsed,
+            sum(load.rate for load in loads[OURS]) * BACKGROUND_SECONDS,
+        ),
+    ]
+
+
+def runs_row(runs: dict[str, int], elapsed: float, probes: float) -> Row:
+    """How many times each background check ran in ``elapsed`` seconds, against
+    ``elapsed / interval``."""
+    assert BACKGROUND.interval is not None
+    expected = elapsed / BACKGROUND.interval
+    fewest, most = min(runs.values()), max(runs.values())
+    off = max(abs(count - expected) for count in runs.values())
+    counted = f"{fewest}" if fewest == most else f"{fewest} to {most}"
+    return judged(
+        BACKGROUND_TITLE,
+        f"{CONTENDERS[OURS]}: runs of each of its {len(runs)} checks, counted by the app",
+        f"{counted} runs per check in {elapsed:.1f} s (expected {expected:.1f} ± 1), "
+        f"while it answered about {probes:,.0f} probes",
+        f"{fewest / expected:.2f}x to {most / expected:.2f}x wall time / interval",
+        off,
+        BACKGROUND_RUNS_TARGET,
+    )
+
+
+BURST = 150
+HOOK_ROUNDS = 5
+HOOK_TITLE = (
+    f"11. A request hook: uvicorn ³, one {ONE_SLOW.slow_seconds * 1e3:g} ms async check, "
+    f"bursts of {BURST} concurrent probes ({HOOK_ROUNDS} rounds)"
+)
+HOOK_TARGET = Target("≤", 1.5, "x without", what="p50")
+
+
+@dataclass(frozen=True)
+class Burst:
+    """The answers to one burst of concurrent probes."""
+
+    p50: float
+    slowest: float
+
+
+def burst(url: str) -> Burst:
+    """A burst of ``BURST`` concurrent probes of ``url``; every answer must be 200."""
+    answers = servers.burst(url, BURST)
+    statuses = Counter(answer.status for answer in answers)
+    if set(statuses) != {200}:
+        raise BenchError(f"{url} answered a burst with {dict(statuses)}")
+    times = [answer.seconds for answer in answers]
+    return Burst(statistics.median(times), max(times))
+
+
+def request_hook() -> list[Row]:
+    """Bursts of probes to our status route, in an app without and with a request hook."""
+    names = {OURS: "no hook", OURS_HOOKED: "a no-op `@app.before_request` hook"}
+    with ExitStack() as stack:
+        urls = {
+            name: stack.enter_context(servers.uvicorn(name, ONE_SLOW, f"uvicorn-{name}")) + URL
+            for name in names
+        }
+        bursts = servers.interleave(urls, HOOK_ROUNDS, burst, warm_up=burst)
+    rows = []
+    for name, what in names.items():
+        ratio = statistics.median(
+            mine.p50 / theirs.p50 for mine, theirs in zip(bursts[name], bursts[OURS], strict=True)
+        )
+        p50 = statistics.median(sample.p50 for sample in bursts[name])
+        slowest = statistics.median(sample.slowest for sample in bursts[name])
+        rows.append(
+            judged(
+                HOOK_TITLE,
+                f"{CONTENDERS[OURS]}, `StatusMiddleware`: {what}",
+                f"latency p50 {seconds(p50)}, slowest {seconds(slowest)}",
+                f"p50 {ratio:.2f}x without",
+                ratio,
+                HOOK_TARGET if name == OURS_HOOKED else None,
+            )
+        )
+    return rows
+
+
 def load_row(
     scenario: str,
     contender: str,
@@ -477,17 +626,19 @@ def load_row(
     base: list[Load],
     base_name: str,
     target: Target | None = None,
+    by: str = "rate",
 ) -> Row:
-    """Median requests/s and latencies, and the median of per-round ratios of requests/s to
-    ``base``'s."""
+    """Median requests/s and latencies, and the median of per-round ratios to ``base``'s of
+    requests/s (``by="rate"``) or of median latency (``by="p50"``)."""
     ratio = statistics.median(
-        mine.rate / theirs.rate for mine, theirs in zip(loads, base, strict=True)
+        getattr(mine, by) / getattr(theirs, by) for mine, theirs in zip(loads, base, strict=True)
     )
     rate = statistics.median(load.rate for load in loads)
     p50 = statistics.median(load.p50 for load in loads)
     p99 = statistics.median(load.p99 for load in loads)
     measured = f"{rate:,.0f} requests/s, latency p50 {seconds(p50)}, p99 {seconds(p99)}"
-    return judged(scenario, contender, measured, f"{ratio:.2f}x {base_name}", ratio, target)
+    shown = f"{ratio:.2f}x {base_name}" if by == "rate" else f"{by} {ratio:.2f}x {base_name}"
+    return judged(scenario, contender, measured, shown, ratio, target)
 
 
 def with_wrk(title: str, measure: Callable[[str], list[Row]]) -> list[Row]:
@@ -530,13 +681,215 @@ def gevent_worker() -> list[Row]:
     ]
 
 
+# -- sharing through Redis -----------------------------------------------------------------
+
+FLEET_PODS, FLEET_WORKERS = 2, 4
+FLEET_PROBES, FLEET_SECONDS, FLEET_CLIENTS = 400, 10.0, 20
+SHARING_TITLE = (
+    f"12. Sharing through Redis: {FLEET_PODS} gunicorn processes x {FLEET_WORKERS} workers, "
+    f"`cache_ttl={store_app.CACHE_TTL:g}`, {FLEET_PROBES} probes over {FLEET_SECONDS:g} s from "
+    f"{FLEET_CLIENTS} clients"
+)
+PERIOD_TARGET = Target("≤", 1, " per period", what="executions")
+READ_TARGET = Target("≤", 1.5, "x local cache", what="p50")
+
+
+@dataclass(frozen=True)
+class FleetRun:
+    """What a fleet did under load: when its check ran, and how its answers went."""
+
+    executions: list[float]
+    answers: int
+    failed: int  # answers not 200 with the field "up"
+    slowest: float
+
+    def most_per_period(self, since: float = 0.0) -> int:
+        """The most executions (after ``since``) within one cache period."""
+        times = [t for t in self.executions if t >= since]
+        period = store_app.CACHE_TTL
+        return max((sum(1 for t in times if s <= t < s + period) for s in times), default=0)
+
+
+class RedisProcess:
+    """redis-server on a free port of 127.0.0.1, without persistence; restarts keep the port."""
+
+    def __init__(self, binary: str) -> None:
+        self.binary = binary
+        self.port = servers.free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self._process = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""],
+            cwd=tempfile.gettempdir(),
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + servers.START_SECONDS
+        while time.monotonic() < deadline:
+            with suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 1):
+                return
+            time.sleep(0.05)
+        raise BenchError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(10)
+            self._process = None
+
+
+def sharing() -> list[Row]:
+    """The check's executions across a fleet, without and with the store; an outage; the cost
+    of reading a result from the store."""
+    try:
+        redis = RedisProcess(peers.debian_tool("redis-server", "redis-server"))
+    except peers.Unavailable as exc:
+        return [Row(SHARING_TITLE, "every contender", f"not run: {exc}")]
+    redis.start()
+    try:
+        alone = run_fleet("")
+        shared = run_fleet(redis.url)
+        restarted: list[float] = []
+
+        def outage() -> None:
+            time.sleep(3)
+            redis.stop()
+            time.sleep(3)
+            redis.start()
+            restarted.append(time.time())
+
+        down = run_fleet(redis.url, outage)
+        local, from_store = store_read_latency(redis.url)
+    finally:
+        redis.stop()
+    fleet = f"{FLEET_PODS * FLEET_WORKERS} workers"
+    resumed = down.most_per_period(since=restarted[0] + store_app.CACHE_TTL)
+    return [
+        fleet_row(f"without a store: {fleet}", alone, None),
+        fleet_row(f"{CONTENDERS[OURS]}, `store=` Redis: {fleet}", shared, PERIOD_TARGET),
+        Row(
+            SHARING_TITLE,
+            f"{CONTENDERS[OURS]}: redis-server stopped 3 s in, restarted 3 s later",
+            f"{down.failed} of {down.answers} answers failed; slowest {seconds(down.slowest)}; "
+            f"after one period back, at most {resumed} execution(s) per period",
+            "",
+            "0 failed, slowest ≤ 1 s timeout",
+            "PASS" if down.failed == 0 and down.slowest <= 1.0 and resumed <= 1 else "FAIL",
+        ),
+        judged(
+            SHARING_TITLE,
+            f"{CONTENDERS[OURS]}: a probe served from the store, against the local cache",
+            f"p50 {seconds(from_store)} against {seconds(local)}",
+            f"{from_store / local:.2f}x local cache",
+            from_store / local,
+            READ_TARGET,
+        ),
+    ]
+
+
+def fleet_row(contender: str, run: FleetRun, target: Target | None) -> Row:
+    most = run.most_per_period()
+    measured = (
+        f"{len(run.executions)} executions, at most {most} per {store_app.CACHE_TTL:g} s; "
+        f"{run.answers - run.failed} of {run.answers} answers correct"
+    )
+    row = judged(SHARING_TITLE, contender, measured, "", most, target)
+    return row if run.failed == 0 else replace(row, result="FAIL (wrong answers)")
+
+
+def run_fleet(store: str, during: Callable[[], None] | None = None) -> FleetRun:
+    """The fleet under :data:`FLEET_PROBES` probes; ``during`` runs meanwhile."""
+    with tempfile.TemporaryDirectory() as directory, ExitStack() as stack:
+        executions = Path(directory) / "executions"
+        environment = {"BENCH_STORE": store, "BENCH_EXECUTIONS": str(executions)}
+        bases = [
+            stack.enter_context(
+                servers.gunicorn(
+                    "store_app:app",
+                    f"fleet-{pod}",
+                    "-w",
+                    str(FLEET_WORKERS),
+                    environment=environment,
+                )
+            )
+            for pod in range(FLEET_PODS)
+        ]
+        executions.write_text("")  # the runs of start-up do not count
+        answers, failed, slowest = probe_fleet(bases, during)
+        times = sorted(float(line) for line in executions.read_text().split())
+    return FleetRun(times, answers, failed, slowest)
+
+
+def probe_fleet(bases: list[str], during: Callable[[], None] | None) -> tuple[int, int, float]:
+    """Probes from :data:`FLEET_CLIENTS` threads spread over :data:`FLEET_SECONDS`; the
+    answers, the failed ones, and the slowest."""
+    per_client = FLEET_PROBES // FLEET_CLIENTS
+    pause = FLEET_SECONDS / per_client
+    durations: list[float] = []
+    failed: list[str] = []
+
+    def client(index: int) -> None:
+        for n in range(per_client):
+            url = bases[(index + n) % len(bases)] + URL
+            sent = time.perf_counter()
+            try:
+                database = servers.get_json(url).get("database")
+            except (OSError, ValueError) as exc:
+                database = repr(exc)
+            took = time.perf_counter() - sent
+            durations.append(took)
+            if database != "up":
+                failed.append(str(database))
+            time.sleep(max(0.0, pause - took))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(FLEET_CLIENTS)]
+    for thread in threads:
+        thread.start()
+    if during is not None:
+        during()
+    for thread in threads:
+        thread.join()
+    return len(durations), len(failed), max(durations, default=0.0)
+
+
+def store_read_latency(url: str, rounds: int = 5, requests: int = 200) -> tuple[float, float]:
+    """p50 of a probe served from the local cache, and of one whose process has no result of
+    its own and reads the store (test client, one process)."""
+    from flask import Flask
+
+    from flask_status import FlaskStatus
+    from flask_status.extension import EXTENSION_KEY
+
+    app = Flask("bench_store_read")
+    FlaskStatus(app, store=url, cache_ttl=60).add_field("database", lambda: "up")
+    client = app.test_client()
+    evaluator = app.extensions[EXTENSION_KEY][0].evaluator
+    local: list[float] = []
+    from_store: list[float] = []
+    for _ in range(50):
+        client.get(URL)
+    for _ in range(rounds):
+        for times, forget in ((local, False), (from_store, True)):
+            for _ in range(requests):
+                if forget:
+                    evaluator.after_fork()  # as a new process: nothing of its own
+                sent = time.perf_counter()
+                client.get(URL)
+                times.append(time.perf_counter() - sent)
+    return statistics.median(local), statistics.median(from_store)
+
+
 # -- memory --------------------------------------------------------------------------------
 
-MEMORY_TITLE = "7. Memory: 100,000 requests, 10 trivial fields, test client"
+#: Requests of the memory scenario, after its warm-up: at 1.5 to 3 ms a request on 2 shared
+#: cores, 40,000 take one to two minutes (100,000 took five and a half).
+MEMORY_REQUESTS = 100_000
+MEMORY_TITLE = f"7. Memory: {MEMORY_REQUESTS:,} requests, 10 trivial fields, test client"
 MEMORY_TARGET = Target("<", 1, " MB growth")
 
 
-def memory(requests: int = 100_000, warmup: int = 5_000, samples: int = 10) -> list[Row]:
+def memory(requests: int = MEMORY_REQUESTS, warmup: int = 5_000, samples: int = 10) -> list[Row]:
     """Resident memory growth over ``requests`` requests, in a fresh process."""
     worker = WorkerProcess("flask-status-memory", Path(sys.executable))
     try:
@@ -644,6 +997,9 @@ def main() -> None:
     rows += stage(ASGI_TITLE, partial(with_wrk, ASGI_TITLE, asgi_throughput))
     rows += stage(GEVENT_TITLE, gevent_worker)
     rows += stage(UNDER_LOAD_TITLE, partial(with_wrk, UNDER_LOAD_TITLE, under_load))
+    rows += stage(BACKGROUND_TITLE, partial(with_wrk, BACKGROUND_TITLE, background_checks))
+    rows += stage(HOOK_TITLE, request_hook)
+    rows += stage(SHARING_TITLE, sharing)
     rows += stage(MEMORY_TITLE, memory)
     duration = time.monotonic() - clock
     text = report(rows, started, duration, load)

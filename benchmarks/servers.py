@@ -10,6 +10,7 @@ kept-alive connections every answer waits 40 ms for the client's delayed ACK.)
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -19,11 +20,13 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import peers
 from apps import BARE_URL, URL, Fields
@@ -39,6 +42,8 @@ START_SECONDS = 20
 #: The command line of a server listening on the given port of 127.0.0.1.
 Command = Callable[[int], list[str]]
 
+T = TypeVar("T")
+
 # Requests to 127.0.0.1 never go through a proxy, whatever the environment says.
 _direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -50,18 +55,22 @@ class BenchError(Exception):
 # -- servers -------------------------------------------------------------------------------
 
 
-def uvicorn(app: str, fields: Fields, log: str) -> AbstractContextManager[str]:
+def uvicorn(
+    app: str, fields: Fields, log: str, lifespan: str = "auto"
+) -> AbstractContextManager[str]:
     """uvicorn serving ``asgi_app``'s ``app``, checking ``fields``; yields its base URL.
 
     Every app runs with ``--reset-contextvars``: without it, on kept-alive connections,
-    ``WsgiToAsgi`` fails about half of the requests to Flask routes.
+    ``WsgiToAsgi`` fails about half of the requests to Flask routes. ``lifespan="on"`` makes
+    an app that fails its lifespan startup fail the benchmark.
     """
 
     def command(port: int) -> list[str]:
         return [
             *(sys.executable, "-m", "uvicorn", "asgi_app:create", "--factory"),
             *("--app-dir", str(HERE), "--host", "127.0.0.1", "--port", str(port)),
-            *("--reset-contextvars", "--no-access-log", "--log-level", "warning"),
+            *("--reset-contextvars", "--lifespan", lifespan),
+            *("--no-access-log", "--log-level", "warning"),
         ]
 
     environment = {"BENCH_APP": app, "BENCH_FIELDS": json.dumps(asdict(fields))}
@@ -70,16 +79,23 @@ def uvicorn(app: str, fields: Fields, log: str) -> AbstractContextManager[str]:
 
 def gunicorn_gevent() -> AbstractContextManager[str]:
     """``gunicorn -k gevent -w 1`` serving ``gevent_app``; yields its base URL."""
+    return gunicorn("gevent_app:app", "gunicorn-gevent", "-k", "gevent", "-w", "1")
+
+
+def gunicorn(
+    app: str, log: str, *options: str, environment: dict[str, str] | None = None
+) -> AbstractContextManager[str]:
+    """gunicorn serving ``app`` with ``options``; yields its base URL once ``/bare`` answers."""
 
     def command(port: int) -> list[str]:
         return [
-            *(sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "1"),
+            *(sys.executable, "-m", "gunicorn", *options),
             *("--bind", f"127.0.0.1:{port}", "--graceful-timeout", "2", "--log-level", "warning"),
             *_no_control_socket(),
-            "gevent_app:app",
+            app,
         ]
 
-    return serving("gunicorn-gevent", command, BARE_URL)
+    return serving(log, command, BARE_URL, environment)
 
 
 def _no_control_socket() -> list[str]:
@@ -99,7 +115,7 @@ def serving(
     """
     LOGS.mkdir(parents=True, exist_ok=True)
     log_path = LOGS / f"{log}.log"
-    port = _free_port()
+    port = free_port()
     with log_path.open("w") as output:
         server = subprocess.Popen(
             command(port),
@@ -117,7 +133,7 @@ def serving(
             _stop(server)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
@@ -160,6 +176,12 @@ def timed_get(url: str, timeout: float) -> tuple[float, int | str]:
     return time.perf_counter() - sent, status
 
 
+def get_json(url: str) -> Any:
+    """The JSON document at ``url``, which must answer 200."""
+    with _direct.open(url, timeout=10) as response:
+        return json.load(response)
+
+
 # -- load ----------------------------------------------------------------------------------
 
 
@@ -172,28 +194,46 @@ class Load:
     p99: float
 
 
-def alternate(wrk: str, urls: dict[str, str], rounds: int, seconds: int) -> dict[str, list[Load]]:
-    """``rounds`` rounds of load on every URL in turn, each round starting one URL later.
+def alternate(
+    wrk: str, urls: dict[str, str], rounds: int, seconds: int, connections: int = CONNECTIONS
+) -> dict[str, list[Load]]:
+    """``rounds`` rounds of wrk's load on every URL in turn, each round starting one URL later.
 
     Every URL gets a one-second warm-up first.
     """
+    return interleave(
+        urls,
+        rounds,
+        lambda url: load(wrk, url, seconds, connections),
+        warm_up=lambda url: load(wrk, url, 1, connections),
+    )
+
+
+def interleave(
+    urls: dict[str, str],
+    rounds: int,
+    measure: Callable[[str], T],
+    warm_up: Callable[[str], object],
+) -> dict[str, list[T]]:
+    """``rounds`` rounds of ``measure(url)`` on every URL in turn, each round starting one URL
+    later, after ``warm_up(url)`` of each."""
     for url in urls.values():
-        load(wrk, url, 1)
+        warm_up(url)
     names = list(urls)
-    loads: dict[str, list[Load]] = {name: [] for name in names}
+    results: dict[str, list[T]] = {name: [] for name in names}
     for round_number in range(rounds):
         for offset in range(len(names)):
             name = names[(round_number + offset) % len(names)]
-            loads[name].append(load(wrk, urls[name], seconds))
-    return loads
+            results[name].append(measure(urls[name]))
+    return results
 
 
-def load(wrk: str, url: str, seconds: int) -> Load:
-    """wrk's measure of ``url`` over ``seconds``, with ``CONNECTIONS`` kept-alive connections.
+def load(wrk: str, url: str, seconds: int, connections: int = CONNECTIONS) -> Load:
+    """wrk's measure of ``url`` over ``seconds``, with ``connections`` kept-alive connections.
 
     Any answer other than 2xx, and any socket error, breaks the benchmark.
     """
-    command = [wrk, "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", url]
+    command = [wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     if "Non-2xx" in output or "Socket errors" in output:
         raise BenchError(f"{url} answered errors under load:\n{output}")
@@ -220,3 +260,48 @@ def _duration(text: str) -> float:
     if not found:
         raise BenchError(f"wrk's duration {text!r} not understood")
     return float(found.group(1)) * _UNITS[found.group(2)]
+
+
+# -- bursts --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One request of a burst: how long its answer took, and its status code."""
+
+    seconds: float
+    status: int
+
+
+def burst(url: str, count: int, timeout: float = 10.0) -> list[Answer]:
+    """``count`` GETs of ``url`` sent at once, each on a connection of its own.
+
+    The connections are opened first, so that only the requests are timed: each from the moment
+    it is written to the end of its answer (the server closes the connection after it).
+    """
+    return asyncio.run(asyncio.wait_for(_burst(url, count), timeout))
+
+
+async def _burst(url: str, count: int) -> list[Answer]:
+    parts = urllib.parse.urlsplit(url)
+    request = (
+        f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    connections = [await asyncio.open_connection(parts.hostname, parts.port) for _ in range(count)]
+    try:
+        return list(await asyncio.gather(*(_ask(*pair, request) for pair in connections)))
+    finally:
+        for _, writer in connections:
+            writer.close()
+
+
+async def _ask(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> Answer:
+    sent = time.perf_counter()
+    writer.write(request)
+    status_line = await reader.readline()
+    await reader.read()  # the rest of the answer, up to the server's close
+    if not status_line:
+        raise BenchError("the server closed a connection of the burst without answering")
+    return Answer(time.perf_counter() - sent, int(status_line.split()[1]))

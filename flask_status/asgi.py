@@ -31,6 +31,7 @@ from werkzeug.routing import Map, MapAdapter, Rule
 
 from . import lifecycle
 from .config import DEFAULT_MAX_WORKERS
+from .engine import runs_ahead_host
 from .extension import EXTENSION_KEY, Handover, StatusRoute, deferred, no_store
 from .fields import check_bool, is_async_callable
 
@@ -100,8 +101,11 @@ class StatusMiddleware:
                     return
                 if phase == "startup":
                     self._start_background()
+                    runs_ahead_host.set(task_group)  # runs started ahead live until shutdown
+                else:
+                    runs_ahead_host.set(None)
                 await send({"type": f"lifespan.{phase}.complete"})
-            task_group.cancel_scope.cancel()  # an app that went on after its shutdown
+            task_group.cancel_scope.cancel()  # runs ahead, an app that went on after shutdown
 
     def _routes_of_app(self) -> list[StatusRoute]:
         routes: list[StatusRoute] = self.flask_app.extensions.get(EXTENSION_KEY, [])

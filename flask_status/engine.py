@@ -28,6 +28,8 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
+from anyio.abc import TaskGroup
+from anyio.lowlevel import RunVar
 
 from . import threads
 from .fields import Field, Kind
@@ -40,6 +42,10 @@ from .thresholds import Streak, damp
 #: its cancellation (a cancelled check normally ends at its next await, within milliseconds).
 OVERRUN_GRACE = 0.05
 
+
+#: Per event loop: a long-lived task group where a field's next run can start ahead of the
+#: requests that will want it (the portal's loop and the ASGI lifespan set it).
+runs_ahead_host: RunVar[TaskGroup | None] = RunVar("flask_status_runs_ahead", default=None)
 
 #: A sync check whose last run took less than this (seconds) is *quick*: the quick checks of a
 #: request that share a timeout run one after another in one worker thread hop, where a hop
@@ -64,6 +70,7 @@ class Run:
     outcome: Outcome | None = None  # final, once the run is over
     finished_at: float | None = None  # time.monotonic(); None while the check still runs
     thread_busy: bool = False  # a sync check abandoned at its deadline has not returned yet
+    joined: int = 0  # requests that came while it ran, and waited for it
 
     def result(self) -> Outcome:
         """The outcome, or "timed out" for a request that stopped waiting at the deadline."""
@@ -148,6 +155,7 @@ class Evaluator:
             ):
                 runs[item.key] = previous
                 if previous.outcome is None:
+                    previous.joined += 1
                     waited.append(previous)
                 continue
             run = runs[item.key] = self._start(item, now, thread)
@@ -245,7 +253,8 @@ class Evaluator:
         """Run checks under their (shared) deadline, then record each outcome and log it.
 
         The scope is shielded: other requests may wait for these runs, so a client that hangs
-        up must not cancel them; the deadline bounds them all the same.
+        up must not cancel them; the deadline bounds them all the same. (So a cancellation
+        inside is the deadline's, or the check's own.)
         """
         started = time.perf_counter()
         with anyio.CancelScope(shield=True, deadline=runs[0].deadline) as scope:
@@ -256,6 +265,31 @@ class Evaluator:
                 await self._execute_shared(runs[0], scope, *shared)
         for run in runs:
             self._finish(run, time.perf_counter() - started)
+            self._run_ahead(run)
+
+    def _run_ahead(self, run: Run) -> None:
+        """Start the field's next run now, when requests joined this one.
+
+        Probes that arrive together are released together when their shared run ends, and
+        come back together: without a run in flight for them then, each wave would wait for
+        a whole run plus the gap before the first of them starts one. Single-flight holds:
+        there is still one run at a time, and a run nobody joined starts none.
+        """
+        item, outcome, host = run.field, run.outcome, runs_ahead_host.get()
+        if (
+            host is None
+            or not run.joined
+            or item.interval is not None
+            or self._cache_ttl(item) > 0  # the cache serves these
+            or self._latest.get(item.key) is not run
+            or run.thread_busy
+            or outcome is None
+            or not outcome.ok  # a failing dependency is not hit back to back
+            or outcome.duration < QUICK_SECONDS  # cheaper to run than to run ahead
+        ):
+            return
+        ahead = self._start(item, time.monotonic(), threading.get_ident())
+        host.start_soon(self._host, [ahead])
 
     async def _execute(self, runs: list[Run], scope: anyio.CancelScope) -> None:
         if runs[0].field.kind is Kind.ASYNC:

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import anyio
 from anyio.from_thread import BlockingPortal
 
+from .engine import runs_ahead_host
 from .fork import reset_after_fork
 from .threads import start_thread
 
@@ -106,13 +107,15 @@ def _start_host() -> _Host:
     started: Future[_Host] = Future()
 
     async def serve() -> None:
-        async with BlockingPortal() as portal:
+        async with BlockingPortal() as portal, anyio.create_task_group() as runs_ahead:
+            runs_ahead_host.set(runs_ahead)
             host = _Host(portal)
             started.set_result(host)
             try:
                 await portal.sleep_until_stopped()
             finally:
                 host.running = False
+                runs_ahead.cancel_scope.cancel()
 
     def run() -> None:
         try:

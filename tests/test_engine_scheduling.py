@@ -224,3 +224,50 @@ def test_quick_sync_checks_share_a_thread_and_a_slow_one_costs_only_its_batch(
     assert client.get("/api/status").status_code == 503
     answer = client.get("/api/status")  # "a" is still hung: "b" runs on its own
     assert answer.get_json()["b"] is True
+
+
+class AsyncCounted:
+    """An async check taking ``seconds``, counting its runs."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.runs = 0
+
+    async def __call__(self) -> int:
+        self.runs += 1
+        await asyncio.sleep(self.seconds)
+        return self.runs
+
+
+def test_joined_runs_are_followed_at_once_by_the_next_one_and_only_while_joined() -> None:
+    """Concurrent probes find the next run already in flight when their shared run ends;
+    once they stop, at most one more run starts; lone probes start one run each."""
+    app = Flask(__name__)
+    check = AsyncCounted(0.05)
+    FlaskStatus(app, timeout=2).add_field("slow", check)
+    stop_at = time.monotonic() + 1.0
+    answers: list[int] = []
+
+    def probe() -> None:
+        client = app.test_client()
+        while time.monotonic() < stop_at:
+            response = client.get("/api/status")
+            answers.append(response.status_code)
+
+    probes = [threading.Thread(target=probe) for _ in range(8)]
+    for thread in probes:
+        thread.start()
+    for thread in probes:
+        thread.join(10)
+    assert set(answers) == {200}
+    time.sleep(0.2)
+    runs_after_load = check.runs
+    time.sleep(0.3)
+    assert check.runs == runs_after_load  # nothing runs ahead of nobody
+    assert check.runs < len(answers)  # still single-flight: probes shared runs
+
+    client = app.test_client()
+    for expected in range(runs_after_load + 1, runs_after_load + 4):
+        assert client.get("/api/status").get_json()["slow"] == expected  # one run per probe
+    time.sleep(0.2)
+    assert check.runs == runs_after_load + 3
