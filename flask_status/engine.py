@@ -62,7 +62,9 @@ class Run:
     started_at: float  # time.monotonic()
     deadline: float  # on anyio's clock, for the cancel scope
     loop_thread: int  # the event loop's thread: its Event can be awaited only there
-    done: anyio.Event = dataclasses.field(default_factory=anyio.Event)
+    #: Set when the run is over; made by the first request that waits for it (most runs
+    #: have none, and an Event per run is not free).
+    done: anyio.Event | None = None
     #: What the check produced so far: its outcome, an awaitable a sync check returned, or
     #: ``None`` while it has not returned.
     produced: Outcome | Awaitable[Any] | None = None
@@ -247,6 +249,8 @@ class Evaluator:
     @staticmethod
     async def _wait(run: Run) -> None:
         with anyio.CancelScope(deadline=run.deadline):
+            if run.done is None:
+                run.done = anyio.Event()
             await run.done.wait()
 
     async def _host(self, runs: list[Run]) -> None:
@@ -387,7 +391,8 @@ class Evaluator:
         run.finished_at, run.produced = time.monotonic() - age, None
         if run.field.interval is not None:
             self._last_background[run.field.key] = run
-        run.done.set()
+        if run.done is not None:
+            run.done.set()
         error, run.error = run.error, None
         self._log(run.field.key, outcome, error)
         for listener in self.run_listeners:

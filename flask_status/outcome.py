@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -64,6 +65,18 @@ def timed_out(timeout: float, duration: float) -> Outcome:
     )
 
 
+def _plain(value: Any) -> bool:
+    """A value every JSON encoder shows as it is, and small: no need to encode it to know."""
+    kind = type(value)
+    return (
+        value is None
+        or kind is bool
+        or (kind is int and -(2**53) < value < 2**53)
+        or (kind is float and math.isfinite(value))
+        or (kind is str and len(value) <= MAX_FIELD_BYTES // 6)  # \uXXXX is 6 bytes at most
+    )
+
+
 def overran(outcome: Outcome) -> Outcome:
     """A timed-out async check that ran on well past its deadline, and why it could."""
     return replace(
@@ -75,6 +88,8 @@ def overran(outcome: Outcome) -> Outcome:
 
 def unreportable(value: Any, encode: Encode) -> str | None:
     """Why ``value`` cannot be shown in a field (not JSON, or too large), or ``None``."""
+    if _plain(value):
+        return None
     try:
         size = len(encode(value))
     except BaseException as exc:  # any failure to encode is this field's error, never a 500

@@ -29,6 +29,9 @@ from .redact import redact_url
 #: Largest stored outcome read back: a value's limit plus room for the rest of the outcome.
 MAX_STORED_BYTES = MAX_FIELD_BYTES + 4096
 
+#: Seconds a wait listens for the result at a time (it blocks on the connection meanwhile).
+_LISTEN_SECONDS = 0.25
+
 #: Deletes a lease only if it is still ours (it may have expired and been taken since).
 _RELEASE = """
 if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) end
@@ -102,7 +105,11 @@ class RedisStore:
             await pubsub.subscribe(f"{key}:done")
             stored = await self.get(key)  # it may have come before the subscription
             while stored is None:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                # A store that stops answering raises here, rather than hold the wait.
+                with anyio.fail_after(self.timeout + _LISTEN_SECONDS):
+                    message = await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=_LISTEN_SECONDS
+                    )
                 if message is not None:
                     stored = _decode(message["data"])
             return stored
@@ -154,7 +161,11 @@ class Sharing:
         if stored is not None:
             return stored
         if token is None:  # another process runs it: its result, by our deadline
-            return await self.store.wait(key)
+            try:
+                return await self.store.wait(key)
+            except Exception as exc:  # the store failed while we waited: evaluate here
+                self._failed(exc)
+                return await execute()
         outcome = await execute()
         if outcome is not None:
             try:

@@ -141,8 +141,11 @@ def test_concurrent_requests_share_one_run_of_a_slow_check(make_client: MakeClie
     client = make_client(app)
     answers: list[Timed] = []
     in_threads(10, lambda _: answers.append(timed_get(client, URL)))
+    time.sleep(0.7)
 
-    assert runs.value == 1
+    # One run for the ten, and (where a loop hosts runs ahead: the portal's) at most one run
+    # ahead after it, which nobody joined, so nothing more.
+    assert runs.value in (1, 2)
     assert [timed.answer.json() for timed in answers] == [{"slow": "done", "status": "OK"}] * 10
     assert max(timed.seconds for timed in answers) < 2.5  # ten runs in a row would take 5 s
 
