@@ -248,9 +248,11 @@ class Evaluator:
 
     @staticmethod
     async def _wait(run: Run) -> None:
+        if run.outcome is not None:  # it ended before this task started
+            return
+        if run.done is None:
+            run.done = anyio.Event()
         with anyio.CancelScope(deadline=run.deadline):
-            if run.done is None:
-                run.done = anyio.Event()
             await run.done.wait()
 
     async def _host(self, runs: list[Run]) -> None:

@@ -486,3 +486,22 @@ def test_cached_status_flips_within_one_cache_period_under_load(
         f"fault test: {len(answers)} answers, DOWN {first_down - stopped:.3f}s after the stop, "
         f"OK {first_up - restarted:.3f}s after the restart (cache_ttl {ttl}s)"
     )
+
+
+def test_requests_joining_a_run_that_ends_at_once_are_not_left_waiting(
+    make_client: MakeClient,
+) -> None:
+    """A request joins a run, and the run ends before the request's waiting task starts: the
+    answer must still come at once, not at the deadline."""
+    app = Flask(__name__)
+
+    async def quick() -> str:
+        return "up"
+
+    FlaskStatus(app, timeout=3).add_field("quick", quick)
+    client = make_client(app)
+    answers: list[Timed] = []
+    in_threads(10, lambda _: answers.extend(timed_get(client, URL) for _ in range(20)))
+
+    assert {timed.answer.status for timed in answers} == {200}
+    assert max(timed.seconds for timed in answers) < 1.5  # the deadline is 3 s
