@@ -702,11 +702,11 @@ class FleetRun:
     answers: int
     failed: int  # answers not 200 with the field "up"
     slowest: float
+    ended: float  # Unix time the probes ended
 
-    def most_per_period(self, since: float = 0.0) -> int:
-        """The most executions (after ``since``) within one cache period."""
-        times = [t for t in self.executions if t >= since]
-        period = store_app.CACHE_TTL
+    def most_per_period(self) -> int:
+        """The most executions within one cache period."""
+        times, period = self.executions, store_app.CACHE_TTL
         return max((sum(1 for t in times if s <= t < s + period) for s in times), default=0)
 
 
@@ -764,7 +764,12 @@ def sharing() -> list[Row]:
     finally:
         redis.stop()
     fleet = f"{FLEET_PODS * FLEET_WORKERS} workers"
-    resumed = down.most_per_period(since=restarted[0] + store_app.CACHE_TTL)
+    # Sharing is back when, from one period after the restart, the fleet runs the check about
+    # once a period again (alone, its 8 workers would run it 8 times).
+    since = restarted[0] + store_app.CACHE_TTL
+    after = [t for t in down.executions if t >= since]
+    periods = max(0.0, down.ended - since) / store_app.CACHE_TTL
+    resumed = len(after) <= periods + 1
     return [
         fleet_row(f"without a store: {fleet}", alone, None),
         fleet_row(f"{CONTENDERS[OURS]}, `store=` Redis: {fleet}", shared, PERIOD_TARGET),
@@ -772,10 +777,11 @@ def sharing() -> list[Row]:
             SHARING_TITLE,
             f"{CONTENDERS[OURS]}: redis-server stopped 3 s in, restarted 3 s later",
             f"{down.failed} of {down.answers} answers failed; slowest {seconds(down.slowest)}; "
-            f"after one period back, at most {resumed} execution(s) per period",
+            f"from one period after the restart, {len(after)} executions in {periods:.1f} "
+            "periods",
             "",
-            "0 failed, slowest ≤ 1 s timeout",
-            "PASS" if down.failed == 0 and down.slowest <= 1.0 and resumed <= 1 else "FAIL",
+            "0 failed, slowest ≤ 1 s timeout, shared again",
+            "PASS" if down.failed == 0 and down.slowest <= 1.0 and resumed else "FAIL",
         ),
         judged(
             SHARING_TITLE,
@@ -817,8 +823,9 @@ def run_fleet(store: str, during: Callable[[], None] | None = None) -> FleetRun:
         ]
         executions.write_text("")  # the runs of start-up do not count
         answers, failed, slowest = probe_fleet(bases, during)
+        ended = time.time()
         times = sorted(float(line) for line in executions.read_text().split())
-    return FleetRun(times, answers, failed, slowest)
+    return FleetRun(times, answers, failed, slowest, ended)
 
 
 def probe_fleet(bases: list[str], during: Callable[[], None] | None) -> tuple[int, int, float]:
