@@ -219,8 +219,8 @@ def test_async_check_blocking_the_event_loop(make_client: MakeClient) -> None:
 
     assert timed.answer.status == 503
     body = timed.answer.json()
-    # Under WSGI the answer comes at the deadline; under ASGI the loop was held, and the error
-    # says so once the blocking call returns.
+    # The loop was held (the process's own under WSGI, the server's under ASGI): the answer
+    # comes once the blocking call returns, and the error says why.
     assert body["bad"]["error"].startswith("timed out after 0.1s")
     assert body["bad"]["error"] in (
         "timed out after 0.1s",
