@@ -59,13 +59,9 @@ def calls_async_from_thread() -> str:
     return anyio.from_thread.run(_answer)
 
 
-def create_app(blocking_sleep: Callable[[float], None] = time.sleep) -> Flask:
-    """Plain and async views, and status routes with sync and async checks.
-
-    ``/api/hung`` has a non-critical sync check that blocks in ``blocking_sleep`` for
-    :data:`HUNG_SECONDS`, past its timeout, and a healthy critical async check.
-    """
-    app = Flask("served_app")
+def base_app(name: str = __name__) -> Flask:
+    """An app with ``/hello`` (the servers' readiness path), tagging answers with ``X-Pid``."""
+    app = Flask(name)
 
     @app.after_request
     def worker_pid(response: Response) -> Response:
@@ -75,6 +71,17 @@ def create_app(blocking_sleep: Callable[[float], None] = time.sleep) -> Flask:
     @app.get("/hello")
     def hello() -> str:
         return "hello"
+
+    return app
+
+
+def create_app(blocking_sleep: Callable[[float], None] = time.sleep) -> Flask:
+    """Plain and async views, and status routes with sync and async checks.
+
+    ``/api/hung`` has a non-critical sync check that blocks in ``blocking_sleep`` for
+    :data:`HUNG_SECONDS`, past its timeout, and a healthy critical async check.
+    """
+    app = base_app("served_app")
 
     @app.get("/async-view")
     async def async_view() -> str:
@@ -207,21 +214,12 @@ SLOW_SECONDS = 1.0
 
 def create_lifecycle_app() -> Flask:
     """Liveness at ``/livez``; readiness at ``/readyz``, draining with a shared drain file."""
-    app = Flask(__name__)
-
-    @app.get("/hello")
-    def hello() -> str:
-        return "hello"
+    app = base_app()
 
     @app.get("/slow")
     def slow() -> str:
         time.sleep(SLOW_SECONDS)
         return "slow"
-
-    @app.after_request
-    def tag_pid(response: Response) -> Response:
-        response.headers["X-Pid"] = str(os.getpid())
-        return response
 
     FlaskStatus(app, url="/livez")
     ready = FlaskStatus(
@@ -237,11 +235,7 @@ BACKGROUND_INTERVAL = 0.2
 
 def create_background_asgi_app() -> StatusMiddleware:
     """A background check behind StatusMiddleware: started at lifespan startup."""
-    app = Flask(__name__)
-
-    @app.get("/hello")
-    def hello() -> str:
-        return "hello"
+    app = base_app()
 
     runs = iter(range(1, 1_000_000))
     FlaskStatus(app).add_field("runs", lambda: next(runs), interval=BACKGROUND_INTERVAL)
@@ -255,11 +249,7 @@ def create_quiet_app() -> Flask:
     from flask_status import quiet_access_logs
 
     quiet_access_logs()
-    app = Flask(__name__)
-
-    @app.get("/hello")
-    def hello() -> str:
-        return "hello"
+    app = base_app()
 
     def database() -> str:
         if "fail" in request.args:
@@ -277,17 +267,7 @@ def create_quiet_asgi_app() -> StatusMiddleware:
 
 def create_preload_background_app() -> Flask:
     """A background check started at import (in the gunicorn master under ``--preload``)."""
-    app = Flask(__name__)
-
-    @app.get("/hello")
-    def hello() -> str:
-        return "hello"
-
-    @app.after_request
-    def tag_pid(response: Response) -> Response:
-        response.headers["X-Pid"] = str(os.getpid())
-        return response
-
+    app = base_app()
     FlaskStatus(app).add_field("pid", os.getpid, interval=BACKGROUND_INTERVAL, wait_first=True)
     assert app.test_client().get("/api/status").get_json()["pid"] == os.getpid()
     return app
@@ -302,11 +282,7 @@ STORE_CACHE_TTL = 2.0
 
 def create_store_app() -> Flask:
     """A check that appends the time of each execution to a file, shared through Redis."""
-    app = Flask("store_fleet")
-
-    @app.get("/hello")
-    def hello() -> str:
-        return "hello"
+    app = base_app("store_fleet")
 
     executions = os.environ[EXECUTIONS_ENV]
 
