@@ -20,7 +20,7 @@ import pytest
 import status_app
 from flask import Flask
 from flask.testing import FlaskClient
-from helpers import Fetch, UvicornServer, client_fetch, free_port
+from helpers import Fetch, UvicornServer, client_fetch, free_port, serving_in_thread
 
 from flask_status import FlaskStatus
 
@@ -161,15 +161,11 @@ def http_server() -> Iterator[HttpServer]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.block_on_close = True  # server_close() joins the request threads
     server.daemon_threads = False
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        yield HttpServer(server.server_address[1])
-    finally:
-        release.set()
-        server.shutdown()
-        thread.join(10)
-        server.server_close()
+    with serving_in_thread(server) as port:
+        try:
+            yield HttpServer(port)
+        finally:
+            release.set()  # before the server closes: it joins the hung request's thread
 
 
 # -- redis -------------------------------------------------------------------------------

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import http.client
 import json
 import os
 import signal
 import socket
+import socketserver
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flask import abort, request
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
@@ -316,3 +319,45 @@ def _kill_group(pgid: int) -> None:
     # A group id is not reused as a process id while a member lives, so this hits only ours.
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def serving_in_thread(server: socketserver.TCPServer) -> Iterator[int]:
+    """Serve ``server`` (bound on 127.0.0.1) from a thread; yields its port; then shuts it
+    down, waits for the thread and closes it."""
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        thread.join(10)
+        server.server_close()
+
+
+#: The header :func:`token_required` asks for, with its value.
+TOKEN = {"X-Token": "t"}
+
+
+def token_required(view: Callable[..., Any]) -> Callable[..., Any]:
+    """A sync authenticator: 401 without :data:`TOKEN`, else the view's answer."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if request.headers.get("X-Token") != TOKEN["X-Token"]:
+            abort(401)
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def token_required_async(view: Callable[..., Any]) -> Callable[..., Any]:
+    """:func:`token_required` for async views: it awaits the view."""
+
+    @functools.wraps(view)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if request.headers.get("X-Token") != TOKEN["X-Token"]:
+            abort(401)
+        return await view(*args, **kwargs)
+
+    return wrapper

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import threading
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 from flask import Flask
-from helpers import http_fetch
+from helpers import http_fetch, serving_in_thread
 from werkzeug.serving import make_server
 
 from flask_status import FlaskStatus
@@ -56,15 +55,8 @@ def create_app() -> Flask:
 @pytest.fixture
 def port() -> Iterator[int]:
     """:func:`create_app` behind werkzeug's threaded server on a free port of 127.0.0.1."""
-    server = make_server("127.0.0.1", 0, create_app(), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        yield server.server_port
-    finally:
-        server.shutdown()
-        thread.join(10)
-        server.server_close()
+    with serving_in_thread(make_server("127.0.0.1", 0, create_app(), threaded=True)) as port:
+        yield port
 
 
 def chromium(profile: Path, *arguments: str) -> subprocess.CompletedProcess[str]:

@@ -12,12 +12,12 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping
-from functools import wraps
 from typing import Any
 
 import pytest
 from clients import Answer, MakeClient, WsgiClient
-from flask import Flask, Request, abort, request
+from flask import Flask, Request, request
+from helpers import TOKEN, token_required, token_required_async
 
 from flask_status import FlaskStatus
 
@@ -362,29 +362,9 @@ def test_a_truthy_answer_allows(make_client: MakeClient) -> None:
     assert "database" not in client.get(URL).json()
 
 
-def guarded(view: Callable[..., Any]) -> Callable[..., Any]:
-    """A sync authenticator: under StatusMiddleware, the view then runs in a worker thread."""
-
-    @wraps(view)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if request.headers.get("X-Token") != "t":
-            abort(401)
-        return view(*args, **kwargs)
-
-    return wrapper
-
-
-def guarded_async(view: Callable[..., Any]) -> Callable[..., Any]:
-    @wraps(view)
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if request.headers.get("X-Token") != "t":
-            abort(401)
-        return await view(*args, **kwargs)
-
-    return wrapper
-
-
-@pytest.mark.parametrize("authenticator", [guarded, guarded_async], ids=["sync", "async"])
+@pytest.mark.parametrize(
+    "authenticator", [token_required, token_required_async], ids=["sync", "async"]
+)
 @pytest.mark.parametrize("is_authorized", AUTHORIZERS)
 def test_with_an_authenticator_too(
     make_client: MakeClient,
@@ -394,7 +374,7 @@ def test_with_an_authenticator_too(
     """The authenticator lets callers in; is_authorized decides who of them reads details."""
     app, _ = make_app(failing=True, authenticator=authenticator, is_authorized=is_authorized)
     client = make_client(app)
-    token = {"X-Token": "t"}
+    token = TOKEN
 
     assert client.get(URL).status == 401
     member = client.get(URL, token)

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import served_app
 from clients import MakeClient
-from flask import Flask, abort, request
-from helpers import ServerProcess, http_fetch
+from flask import Flask
+from helpers import TOKEN, ServerProcess, http_fetch, token_required
 from servers import gunicorn
 
 from flask_status import FlaskStatus, drain, lifecycle, mark_started
@@ -84,15 +84,6 @@ def test_draining_fails_readiness_without_running_checks(make_client: MakeClient
     assert ran == ["db"]
 
 
-def token_required(view: Any) -> Any:
-    def guarded(*args: Any, **kwargs: Any) -> Any:
-        if request.headers.get("X-Token") != "s3cret":
-            abort(401)
-        return view(*args, **kwargs)
-
-    return guarded
-
-
 def test_the_drain_trigger_is_guarded_like_the_status_route(tmp_path: Path) -> None:
     app = Flask(__name__)
     drain_file = tmp_path / "draining"
@@ -103,11 +94,11 @@ def test_the_drain_trigger_is_guarded_like_the_status_route(tmp_path: Path) -> N
 
     assert client.post("/readyz/drain").status_code == 401
     assert not lifecycle.draining(str(drain_file))
-    answer = client.post("/readyz/drain", headers={"X-Token": "s3cret"})
+    answer = client.post("/readyz/drain", headers=TOKEN)
     assert (answer.status_code, answer.get_json()) == (200, {"status": "DRAINING"})
     assert answer.headers["Cache-Control"] == "no-store"
     assert drain_file.exists()
-    assert client.get("/readyz", headers={"X-Token": "s3cret"}).status_code == 503
+    assert client.get("/readyz", headers=TOKEN).status_code == 503
 
 
 def test_drain_is_a_reserved_key_on_a_readiness_route() -> None:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Callable
-from functools import wraps
 from typing import Any
 
 import pytest
 from clients import Answer, MakeClient
-from flask import Flask, abort, request
+from flask import Flask
+from helpers import TOKEN, token_required
 
 from flask_status import FlaskStatus
 from flask_status.page import CONTENT_SECURITY_POLICY, MAX_TEXT_CHARS, STRIP_RUNS
@@ -189,21 +188,11 @@ def test_bad_html_for_browsers_names_the_parameter() -> None:
         FlaskStatus(app)
 
 
-def login_required(view: Callable[..., Any]) -> Callable[..., Any]:
-    @wraps(view)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if request.headers.get("X-Token") != "t":
-            abort(401)
-        return view(*args, **kwargs)
-
-    return wrapper
-
-
 def test_the_authenticator_guards_the_page(make_client: MakeClient) -> None:
-    client = make_client(make_app(authenticator=login_required, html_for_browsers=True))
+    client = make_client(make_app(authenticator=token_required, html_for_browsers=True))
     denied = client.get(PAGE)
     denied_browser = client.get(URL, BROWSER)
-    allowed = client.get(PAGE, {"X-Token": "t"})
+    allowed = client.get(PAGE, TOKEN)
     assert denied.status == denied_browser.status == 401
     assert b"database" not in denied.body + denied_browser.body
     assert allowed.status == 200 and rows(allowed) == ["version", "database", "mail"]

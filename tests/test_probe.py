@@ -17,6 +17,7 @@ from urllib.parse import unquote
 import pytest
 from conftest import HttpServer
 from flask import Flask
+from helpers import serving_in_thread
 from werkzeug.serving import make_server
 
 from flask_status import FlaskStatus
@@ -105,15 +106,8 @@ def flask_server() -> Iterator[tuple[str, FlaskStatus]]:
     """A real FlaskStatus app served over HTTP by werkzeug, in a thread."""
     app = Flask(__name__)
     status = FlaskStatus(app, timeout=5)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.port}/api/status", status
-    finally:
-        server.shutdown()
-        thread.join(10)
-        server.server_close()
+    with serving_in_thread(make_server("127.0.0.1", 0, app, threaded=True)) as port:
+        yield f"http://127.0.0.1:{port}/api/status", status
 
 
 def test_probe_a_flask_status_route(flask_server: tuple[str, FlaskStatus]) -> None:
@@ -155,15 +149,11 @@ def dripping_server() -> Iterator[str]:
 
     server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/api/status"
-    finally:
-        stop.set()
-        server.shutdown()
-        thread.join(10)
-        server.server_close()
+    with serving_in_thread(server) as port:
+        try:
+            yield f"http://127.0.0.1:{port}/api/status"
+        finally:
+            stop.set()
 
 
 def test_timeout_bounds_the_whole_probe(dripping_server: str) -> None:
@@ -234,15 +224,8 @@ def phrase_server() -> Iterator[int]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        thread.join(10)
-        server.server_close()
+    with serving_in_thread(ThreadingHTTPServer(("127.0.0.1", 0), Handler)) as port:
+        yield port
 
 
 @pytest.mark.parametrize(

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import served_app
-from helpers import ServerProcess, http_fetch
+from helpers import ServerProcess, http_fetch, serving_in_thread
 from servers import gunicorn, uvicorn
 from werkzeug.serving import make_server
 
@@ -30,15 +29,8 @@ def assert_quiet(lines: list[str]) -> None:
 
 def test_werkzeug_dev_server(caplog: pytest.LogCaptureFixture) -> None:
     server = make_server("127.0.0.1", 0, served_app.create_quiet_app(), threaded=True)
-    thread = threading.Thread(target=server.serve_forever)
-    thread.start()
-    try:
-        with caplog.at_level(logging.INFO, logger="werkzeug"):
-            make_requests(server.port)
-    finally:
-        server.shutdown()
-        thread.join(10)
-        server.server_close()
+    with serving_in_thread(server) as port, caplog.at_level(logging.INFO, logger="werkzeug"):
+        make_requests(port)
     assert_quiet([r.getMessage() for r in caplog.records if r.name == "werkzeug"])
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import socketserver
-import threading
 import types
 from collections.abc import Iterator
 from typing import Any, BinaryIO
@@ -19,6 +18,7 @@ import redis.asyncio as redis_asyncio
 import sqlalchemy as sa
 from conftest import HttpServer, StatusApp
 from flask_sqlalchemy import SQLAlchemy
+from helpers import serving_in_thread
 from prometheus_client import CollectorRegistry, generate_latest
 from test_checks import close_on_background_loop
 
@@ -192,14 +192,8 @@ def echoing_redis() -> Iterator[int]:
 
     server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        thread.join(10)
-        server.server_close()
+    with serving_in_thread(server) as port:
+        yield port
 
 
 def test_redis_sync_server_echoing_the_password(
