@@ -60,7 +60,9 @@ class StatusMiddleware:
         self.flask_app = flask_app
         self.drain_on_shutdown = check_bool("drain_on_shutdown", drain_on_shutdown)
         self._routes: StatusRoutes | None = None
+        # Read off the app at its first status request, when its routes and hooks are set.
         self._app_code: bool | None = None
+        self._wraps_view_in_sync_code = False
         # Threads for the app's own code, apart from anyio's default ones the app may use.
         self._limiter = anyio.CapacityLimiter(DEFAULT_MAX_WORKERS)
 
@@ -132,7 +134,8 @@ class StatusMiddleware:
         context = app.request_context(environ)
         if self._app_code is None:
             self._app_code = _has_app_code(app)
-        handover = Handover(defer=not _sync_authenticator(app))
+            self._wraps_view_in_sync_code = _sync_authenticator(app)
+        handover = Handover(defer=not self._wraps_view_in_sync_code)
         token = deferred.set(handover)
         error: BaseException | None = None
         try:
