@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 
+from .appcontext import empty_context
 from .engine import Evaluator
 from .fields import Field
 from .loop import Started, portal_loop
@@ -25,25 +26,36 @@ class BackgroundRuns:
         self._tasks: dict[str, tuple[Field, Started]] = {}
 
     def ensure(self, fields: Iterable[Field]) -> None:
-        """Start each background field among ``fields`` that does not run yet.
+        """Start each background field among ``fields`` that does not run yet, and stop the
+        task of a field replaced under its key (by a background field or not).
 
         Called from a request's thread or the server's loop, never from the portal's loop.
         """
         for item in fields:
-            if item.interval is not None and not self._running(item):
+            entry = self._tasks.get(item.key)
+            if (entry is not None and entry[0] is not item) or (
+                item.interval is not None and not self._running(item)
+            ):
                 with self._lock:
-                    if not self._running(item):
+                    if item.interval is None:
+                        self._stop(item.key)
+                    elif not self._running(item):
                         self._replace(item)
 
     def _running(self, item: Field) -> bool:
         entry = self._tasks.get(item.key)
         return entry is not None and entry[0] is item and portal_loop.runs(entry[1])
 
-    def _replace(self, item: Field) -> None:
-        previous = self._tasks.pop(item.key, None)
+    def _stop(self, key: str) -> None:
+        previous = self._tasks.pop(key, None)
         if previous is not None:
-            previous[1].task.cancel()  # a field re-added under this key
-        self._tasks[item.key] = (item, portal_loop.start_soon(self.evaluator.run_every, item))
+            previous[1].task.cancel()
+
+    def _replace(self, item: Field) -> None:
+        self._stop(item.key)  # a field re-added under this key
+        # Started by whichever request came first, the task must not run in its context.
+        started = empty_context().run(portal_loop.start_soon, self.evaluator.run_every, item)
+        self._tasks[item.key] = (item, started)
 
     def stop(self) -> None:
         """Cancel every background run (at ASGI lifespan shutdown)."""

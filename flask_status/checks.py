@@ -143,7 +143,7 @@ _httpx_log_masking = _LogMasking()
 def sqlalchemy(engine: Any) -> SyncCheck:
     """Run ``SELECT 1`` on a SQLAlchemy ``Engine`` or a Flask-SQLAlchemy ``db``.
 
-    With a ``db``, its engine is looked up on each run, in the app context of the request.
+    With a ``db``, its engine is looked up on each run, in the run's own app context.
     Reports ``{"latency_ms": ...}``, checking a connection out of the engine's pool included
     (the pool opens one when it has none idle).
     """

@@ -17,21 +17,24 @@ a request only reads its latest result.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
-import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import anyio
+import anyio.from_thread
 import anyio.to_thread
 from anyio.abc import TaskGroup
-from anyio.lowlevel import RunVar
+from anyio.lowlevel import EventLoopToken, RunVar, current_token
+from flask import Flask
 
 from . import threads
+from .appcontext import await_in_app_context, call_in_app_context, empty_context
 from .fields import Field, Kind
 from .fork import reset_after_fork
 from .outcome import Encode, Outcome, describe, overran, timed_out, unreportable
@@ -61,7 +64,7 @@ class Run:
     timeout: float
     started_at: float  # time.monotonic()
     deadline: float  # on anyio's clock, for the cancel scope
-    loop_thread: int  # the event loop's thread: its Event can be awaited only there
+    loop: EventLoopToken  # the event loop it runs on: its Event can be awaited only there
     #: Set when the run is over; made by the first request that waits for it (most runs
     #: have none, and an Event per run is not free).
     done: anyio.Event | None = None
@@ -73,10 +76,90 @@ class Run:
     finished_at: float | None = None  # time.monotonic(); None while the check still runs
     thread_busy: bool = False  # a sync check abandoned at its deadline has not returned yet
     joined: int = 0  # requests that came while it ran, and waited for it
+    #: Its outcome is another process's, read from the store: not measured for any request here.
+    from_store: bool = False
 
     def result(self) -> Outcome:
         """The outcome, or "timed out" for a request that stopped waiting at the deadline."""
         return self.outcome or timed_out(self.timeout, self.timeout)
+
+
+class FirstResult:
+    """Set once a background field has its first result; awaited from any event loop.
+
+    Background runs live on the process's own loop while requests may wait on a server's:
+    each waiter is woken on its own loop, through that loop's token, and holds no thread.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # waiters come from any loop's thread
+        self._set = False
+        self._waiters: list[tuple[EventLoopToken, anyio.Event]] = []
+
+    async def wait(self) -> None:
+        """Return once the first result is in (the caller's cancel scope bounds the wait)."""
+        waiter = (current_token(), anyio.Event())
+        with self._lock:
+            if self._set:
+                return
+            self._waiters.append(waiter)
+        try:
+            await waiter[1].wait()
+        finally:
+            with self._lock:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+
+    async def set(self) -> None:
+        """Mark the first result in, and wake every waiter on its own loop."""
+        with self._lock:
+            if self._set:
+                return
+            self._set = True
+            waiters, self._waiters = self._waiters, []
+        here = current_token()
+        elsewhere = []
+        for token, event in waiters:
+            if token == here:
+                event.set()
+            else:
+                elsewhere.append((token, event))
+        if elsewhere:
+            # Waking another loop blocks until it runs the call: not on this loop's thread.
+            await anyio.to_thread.run_sync(_wake, elsewhere)
+
+
+def _wake(waiters: list[tuple[EventLoopToken, anyio.Event]]) -> None:
+    for token, event in waiters:
+        with contextlib.suppress(anyio.RunFinishedError):  # that loop is gone, and its waiter
+            anyio.from_thread.run_sync(event.set, token=token)
+
+
+@dataclasses.dataclass(eq=False)
+class FieldState:
+    """What the engine keeps of one field between requests.
+
+    Kept per :class:`Field`, not per key: a key added again is a new field, with a fresh
+    streak, first-result signal and runs; the old field's state is dropped with it.
+    """
+
+    field: Field
+    latest: Run | None = None  # its last run, in flight or finished
+    last_background: Run | None = None  # a background field's last finished run
+    streak: Streak | None = None  # flap damping, once a threshold applies
+    failing: bool = False  # whether its last run failed (to log changes only)
+    first_result: FirstResult = dataclasses.field(default_factory=FirstResult)
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """Every callable field's outcome for one request, and which of them are reused."""
+
+    outcomes: dict[str, Outcome]
+    #: Keys whose outcome was not measured for this request: a finished run reused through
+    #: ``cache_ttl``, a hung run's shared "timed out", another process's stored result, a
+    #: background run's. A run in flight that the request joined is fresh.
+    cached: set[str]
 
 
 class Evaluator:
@@ -84,21 +167,23 @@ class Evaluator:
 
     def __init__(
         self,
-        logger: logging.Logger,
+        app: Flask,
+        fields: Mapping[str, Field],
         encode: Encode,
         default_timeout: float,
         default_cache_ttl: float,
         max_workers: int,
     ) -> None:
-        self.logger = logger
+        self.app = app
+        self.logger = app.logger
+        #: The route's fields as they are now: a field no longer among them is stopped.
+        self.fields = fields
         self.encode = encode
         self.default_timeout = default_timeout
         self.default_cache_ttl = default_cache_ttl
         self.max_workers = max_workers
-        self._failing: dict[str, bool] = {}  # per key: whether its last run failed (for logs)
-        self._streaks: dict[str, Streak] = {}  # per key: flap damping state
-        #: Called with ``(key, outcome)`` once per finished run (not per request served by it).
-        self.run_listeners: list[Callable[[str, Outcome], object]] = []
+        #: Called with ``(field, outcome)`` once per finished run (not per request served by it).
+        self.run_listeners: list[Callable[[Field, Outcome], object]] = []
         #: Where results are shared with other processes, if anywhere.
         self.sharing: Sharing | None = None
         self.after_fork()
@@ -106,13 +191,27 @@ class Evaluator:
 
     def after_fork(self) -> None:
         """Forget runs and threads; called at start and in a forked child, where none exist."""
-        self._latest: dict[str, Run] = {}
-        self._last_background: dict[str, Run] = {}  # per key: the last finished background run
+        self._states: dict[str, FieldState] = {}
         self.limiter = anyio.CapacityLimiter(self.max_workers)
-        # Set once a background field has a first result; waited on from any thread or loop.
-        self._first_results: dict[str, threading.Event] = {}
 
-    async def evaluate(self, fields: Iterable[Field]) -> dict[str, Outcome]:
+    def _state(self, item: Field) -> FieldState:
+        """``item``'s state; a field that was replaced gets a throwaway one, never stored."""
+        state = self._states.get(item.key)
+        if state is not None and state.field is item:
+            return state
+        state = FieldState(item)
+        if self.current(item):
+            self._states[item.key] = state
+        return state
+
+    def current(self, item: Field) -> bool:
+        """Whether ``item`` is still the route's field under its key (not replaced since)."""
+        return self.fields.get(item.key) is item
+
+    def _timeout(self, item: Field) -> float:
+        return item.timeout if item.timeout is not None else self.default_timeout
+
+    async def evaluate(self, fields: Iterable[Field]) -> Evaluation:
         """Every callable field's outcome, gathered concurrently, each by its deadline.
 
         A background field's is its latest result. For the others, a run this request starts
@@ -120,47 +219,68 @@ class Evaluator:
         run another request started is waited for, up to its deadline; a finished one still
         fresh is reused at once.
         """
-        outcomes: dict[str, Outcome] = {}
+        evaluation = Evaluation({}, set())
         on_request: list[Field] = []
         first_results: list[Field] = []  # background fields to wait for (``wait_first``)
         for item in fields:
             if item.interval is None:
                 on_request.append(item)
-            elif (outcome := self.background_result(item)) is None:
+            elif not self._read_background(item, evaluation):
                 first_results.append(item)
-            else:
-                outcomes[item.key] = outcome
         if not first_results:
             if on_request:
-                outcomes.update(await self._run_on_request(on_request))
-            return outcomes
+                await self._run_on_request(on_request, evaluation)
+            return evaluation
         async with anyio.create_task_group() as task_group:
             for item in first_results:
-                task_group.start_soon(self._wait_first_result, item, outcomes)
+                task_group.start_soon(self._wait_first_result, item, evaluation)
             if on_request:
-                outcomes.update(await self._run_on_request(on_request))
-        return outcomes
+                await self._run_on_request(on_request, evaluation)
+        return evaluation
 
-    async def _run_on_request(self, fields: list[Field]) -> dict[str, Outcome]:
+    def latest_background(self, fields: Iterable[Field]) -> Evaluation | None:
+        """The background fields' latest results, when ``fields`` has no other callable and
+        none needs waiting for: then a request needs no event loop at all."""
+        evaluation = Evaluation({}, set())
+        for item in fields:
+            if item.interval is None or not self._read_background(item, evaluation):
+                return None
+        return evaluation
+
+    def _read_background(self, item: Field, evaluation: Evaluation) -> bool:
+        """Put a background field's latest result in ``evaluation``; False to wait for one."""
+        outcome = self.background_result(item)
+        if outcome is None:
+            return False
+        evaluation.outcomes[item.key] = outcome
+        last = self._state(item).last_background
+        if last is not None and outcome is last.outcome:  # a run's, not "starting"/"stale"
+            evaluation.cached.add(item.key)
+        return True
+
+    async def _run_on_request(self, fields: list[Field], evaluation: Evaluation) -> None:
         now = time.monotonic()
-        thread = threading.get_ident()
+        loop = current_token()
         runs: dict[str, Run] = {}
         waited: list[Run] = []
         quick: dict[float, list[Run]] = {}  # by timeout
         hosted: list[list[Run]] = []
         for item in fields:
-            previous = self._latest.get(item.key)
+            state = self._state(item)
+            previous = state.latest
             if (
                 previous is not None
                 and item.single_flight
-                and self._reusable(previous, item, now, thread)
+                and self._reusable(previous, item, now, loop)
             ):
                 runs[item.key] = previous
                 if previous.outcome is None:
                     previous.joined += 1
                     waited.append(previous)
+                else:  # finished before this request: the cache, or a hung run's "timed out"
+                    evaluation.cached.add(item.key)
                 continue
-            run = runs[item.key] = self._start(item, now, thread)
+            run = runs[item.key] = self._start(state, now, loop)
             if item.kind is Kind.SYNC and _was_quick(previous) and not self._shared(item):
                 quick.setdefault(run.timeout, []).append(run)
             else:
@@ -173,26 +293,29 @@ class Evaluator:
                 task_group.start_soon(self._host, batch)
             for run in waited:
                 task_group.start_soon(self._wait, run)
-        return {key: run.result() for key, run in runs.items()}
+        for key, run in runs.items():
+            evaluation.outcomes[key] = run.result()
+            if run.from_store:
+                evaluation.cached.add(key)
 
-    def _reusable(self, run: Run, item: Field, now: float, thread: int) -> bool:
+    def _reusable(self, run: Run, item: Field, now: float, loop: EventLoopToken) -> bool:
         """Whether a request may take ``run`` (still running, or fresh) instead of a new one.
 
-        Only the event loop's thread reads and writes ``_latest``, so no lock is needed. A
-        run of another event loop is not waited for: its Event belongs to that loop.
+        Only the event loop's thread reads and writes a field's runs, so no lock is needed. A
+        run in flight on another event loop is not waited for: its Event belongs to that loop.
         """
-        if run.field is not item:
-            return False  # the key was re-added: a new field
+        if run.outcome is None and run.loop != loop:
+            return False
         if run.thread_busy:
             return True  # a hung sync check: its "timed out" stands until its thread returns
         if run.finished_at is None:
-            return run.loop_thread == thread
+            return True
         return now - run.finished_at < self._cache_ttl(item)
 
-    def _start(self, item: Field, now: float, thread: int) -> Run:
-        timeout = item.timeout if item.timeout is not None else self.default_timeout
+    def _start(self, state: FieldState, now: float, loop: EventLoopToken) -> Run:
+        timeout = self._timeout(state.field)
         deadline = anyio.current_time() + timeout
-        run = self._latest[item.key] = Run(item, timeout, now, deadline, thread)
+        run = state.latest = Run(state.field, timeout, now, deadline, loop)
         return run
 
     # -- background fields ---------------------------------------------------------------
@@ -204,22 +327,23 @@ class Evaluator:
         "timed out" instead of starting a second thread.
         """
         assert item.interval is not None
-        thread = threading.get_ident()
-        while True:
+        loop = current_token()
+        while self.current(item):  # a field replaced under its key stops at its next tick
             began = time.monotonic()
-            previous = self._latest.get(item.key)
-            if previous is not None and previous.field is item and previous.thread_busy:
+            state = self._state(item)
+            previous = state.latest
+            if previous is not None and previous.thread_busy:
                 self._finish(previous, began - previous.started_at)
             else:
-                await self._host([self._start(item, began, thread)])
-            self._first_result(item.key).set()
+                await self._host([self._start(state, began, loop)])
+            await state.first_result.set()
             await anyio.sleep(max(0.0, began + item.interval - time.monotonic()))
 
     def background_result(self, item: Field) -> Outcome | None:
         """A background field's latest result; ``None`` when a request should wait for one."""
         assert item.interval is not None
-        run = self._last_background.get(item.key)
-        if run is None or run.field is not item or run.outcome is None:
+        run = self._state(item).last_background
+        if run is None or run.outcome is None:
             if item.wait_first:
                 return None
             return Outcome(error="starting: no result yet", measured_at=time.time())
@@ -232,19 +356,15 @@ class Evaluator:
             )
         return run.outcome
 
-    async def _wait_first_result(self, item: Field, outcomes: dict[str, Outcome]) -> None:
+    async def _wait_first_result(self, item: Field, evaluation: Evaluation) -> None:
         """``wait_first``: wait for a background field's first result, up to its timeout."""
-        timeout = item.timeout if item.timeout is not None else self.default_timeout
-        first = self._first_result(item.key)
-        await anyio.to_thread.run_sync(
-            first.wait, timeout, abandon_on_cancel=True, limiter=self.limiter
-        )
-        outcomes[item.key] = self.background_result(item) or Outcome(
-            error=f"starting: no result within {timeout:g}s", measured_at=time.time()
-        )
-
-    def _first_result(self, key: str) -> threading.Event:
-        return self._first_results.setdefault(key, threading.Event())
+        timeout = self._timeout(item)
+        with anyio.move_on_after(timeout):
+            await self._state(item).first_result.wait()
+        if not self._read_background(item, evaluation):
+            evaluation.outcomes[item.key] = Outcome(
+                error=f"starting: no result within {timeout:g}s", measured_at=time.time()
+            )
 
     @staticmethod
     async def _wait(run: Run) -> None:
@@ -287,15 +407,16 @@ class Evaluator:
             or not run.joined
             or item.interval is not None
             or self._cache_ttl(item) > 0  # the cache serves these
-            or self._latest.get(item.key) is not run
+            or self._state(item).latest is not run
             or run.thread_busy
             or outcome is None
             or not outcome.ok  # a failing dependency is not hit back to back
             or outcome.duration < QUICK_SECONDS  # cheaper to run than to run ahead
         ):
             return
-        ahead = self._start(item, time.monotonic(), threading.get_ident())
-        host.start_soon(self._host, [ahead])
+        ahead = self._start(self._state(item), time.monotonic(), run.loop)
+        # No request started it: it must not run in the context of the one that ended.
+        empty_context().run(host.start_soon, self._host, [ahead])
 
     async def _execute(self, runs: list[Run], scope: anyio.CancelScope) -> None:
         if runs[0].field.kind is Kind.ASYNC:
@@ -305,6 +426,14 @@ class Evaluator:
         for run in runs:
             if inspect.isawaitable(run.produced):  # a plain function returned one
                 await self._await(run, functools.partial(_awaited, run.produced), scope)
+
+    async def _await(
+        self, run: Run, check: Callable[[], Awaitable[Any]], scope: anyio.CancelScope
+    ) -> None:
+        """Await an async check, in an app context of its own, under the run's deadline."""
+        await await_in_app_context(
+            self.app, functools.partial(self._awaited, run, check, scope), run.timeout
+        )
 
     def _sharing_of(self, run: Run) -> tuple[float, float] | None:
         """How long a shared result of this run stays fresh, and how long its lease lasts;
@@ -329,15 +458,20 @@ class Evaluator:
         """A result from the store, another process's, or this run's (then stored)."""
         assert self.sharing is not None
 
+        executed = False
+
         async def execute() -> Outcome | None:
+            nonlocal executed
+            executed = True
             await self._execute([run], scope)
             return run.produced if isinstance(run.produced, Outcome) else None
 
         outcome = await self.sharing.run(run.field.key, execute, fresh_for, lease_for)
         if outcome is not None:
             run.produced = outcome
+            run.from_store = not executed
 
-    async def _await(
+    async def _awaited(
         self, run: Run, check: Callable[[], Awaitable[Any]], scope: anyio.CancelScope
     ) -> None:
         started = time.perf_counter()
@@ -358,7 +492,7 @@ class Evaluator:
             run.thread_busy = True  # until it returns, even if abandoned at its deadline
             started = time.perf_counter()
             try:
-                value = run.field.value()
+                value = call_in_app_context(self.app, run.field.value)
             except BaseException as exc:  # whatever a check raises belongs to its field
                 self._failed(run, exc, started)
             else:
@@ -391,15 +525,16 @@ class Evaluator:
         # A result shared by another process is as old as it was when measured there.
         age = max(0.0, time.time() - outcome.measured_at)
         run.finished_at, run.produced = time.monotonic() - age, None
+        state = self._state(run.field)
         if run.field.interval is not None:
-            self._last_background[run.field.key] = run
+            state.last_background = run
         if run.done is not None:
             run.done.set()
         error, run.error = run.error, None
-        self._log(run.field.key, outcome, error)
+        self._log(state, outcome, error)
         for listener in self.run_listeners:
             try:
-                listener(run.field.key, outcome)
+                listener(run.field, outcome)
             except Exception:  # a broken listener must not break the field
                 self.logger.exception("status run listener %r failed", listener)
 
@@ -407,15 +542,15 @@ class Evaluator:
         """What the field shows for a run: ``raw``, unless its thresholds hold it back."""
         if item.failure_threshold == item.success_threshold == 1:
             return raw
-        streak = self._streaks.get(item.key)
-        if streak is None:
-            streak = self._streaks[item.key] = Streak()
-        return damp(streak, raw, item.failure_threshold, item.success_threshold)
+        state = self._state(item)
+        if state.streak is None:
+            state.streak = Streak()
+        return damp(state.streak, raw, item.failure_threshold, item.success_threshold)
 
-    def _log(self, key: str, outcome: Outcome, error: BaseException | None) -> None:
+    def _log(self, state: FieldState, outcome: Outcome, error: BaseException | None) -> None:
         """Log state changes: the first failure at ERROR, repeats at DEBUG, recovery at INFO."""
-        was_failing = self._failing.get(key, False)
-        self._failing[key] = not outcome.ok
+        key, was_failing = state.field.key, state.failing
+        state.failing = not outcome.ok
         try:
             if outcome.ok:
                 if was_failing:

@@ -6,7 +6,7 @@ import dataclasses
 import functools
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, cast
@@ -262,7 +262,6 @@ class Pending:
     """A request whose fields are still to be evaluated."""
 
     fields: list[Field]
-    since: float  # Unix time the request began; values measured before it came from the cache
     response: Response
     #: STARTING or DRAINING when a readiness route answers so without running its checks.
     state: Health | None = None
@@ -294,7 +293,12 @@ class StatusRoute:
         self.settings = settings
         self.encode = _encoder(app)
         self.evaluator = Evaluator(
-            app.logger, self.encode, settings.timeout, settings.cache_ttl, settings.max_workers
+            app,
+            status.fields,
+            self.encode,
+            settings.timeout,
+            settings.cache_ttl,
+            settings.max_workers,
         )
         if settings.store is not None:
             namespace = f"{app.import_name}:{settings.url}"
@@ -369,9 +373,9 @@ class StatusRoute:
             selected = [field for key, field in fields.items() if key not in excluded]
         state = self.readiness_state()
         if state is not None:
-            return Pending([], time.time(), current_app.response_class(), state)
+            return Pending([], current_app.response_class(), state)
         self.background.ensure(selected)
-        return Pending(selected, time.time(), current_app.response_class())
+        return Pending(selected, current_app.response_class())
 
     def readiness_state(self) -> Health | None:
         """DRAINING or STARTING when a readiness route answers so without running checks."""
@@ -396,16 +400,12 @@ class StatusRoute:
     def respond_blocking(self, pending: Pending) -> Response:
         """Answer from a thread without an event loop (WSGI): evaluate on the portal's loop."""
         callables = _callables(pending.fields)
-        latest = {
-            field.key: outcome
-            for field in callables
-            if field.interval is not None
-            and (outcome := self.evaluator.background_result(field)) is not None
-        }
         # Nothing to run or wait for needs no loop, unless is_authorized must be asked (it
         # may be async).
-        if not self.access.per_request and len(latest) == len(callables):
-            return self.fill(pending, latest)
+        if not self.access.per_request:
+            latest = self.evaluator.latest_background(callables)
+            if latest is not None:
+                return self.fill(pending, latest.outcomes, latest.cached)
         try:
             return portal_loop.call(self.respond, pending)
         except LoopStopped as exc:
@@ -416,10 +416,14 @@ class StatusRoute:
     async def respond(self, pending: Pending) -> Response:
         """Evaluate the request's fields on the running event loop and fill the response."""
         await self.access.decide(pending)  # before the checks, on this loop: it may await
-        return self.fill(pending, await self.evaluator.evaluate(_callables(pending.fields)))
+        evaluation = await self.evaluator.evaluate(_callables(pending.fields))
+        return self.fill(pending, evaluation.outcomes, evaluation.cached)
 
-    def fill(self, pending: Pending, results: Mapping[str, Outcome]) -> Response:
-        """Render every field's outcome into the pending response."""
+    def fill(
+        self, pending: Pending, results: Mapping[str, Outcome], cached: Collection[str] = ()
+    ) -> Response:
+        """Render every field's outcome into the pending response (``cached``: the keys whose
+        outcome was not measured for this request)."""
         outcomes = {
             field.key: results[field.key] if field.constant is None else field.constant
             for field in pending.fields
@@ -436,7 +440,7 @@ class StatusRoute:
             and request.accept_mimetypes.best_match(["application/json", HEALTH_JSON])
             == HEALTH_JSON
         )
-        form = formats.choose(self, pending, wants_health_json)  # None: the formats above
+        form = formats.choose(self, pending, wants_health_json, cached)  # None: the below
 
         def encode(outcomes: Mapping[str, Outcome]) -> tuple[str, Health]:
             health = pending.state or self._gated(
@@ -449,12 +453,8 @@ class StatusRoute:
             if wants_health_json:
                 document = health_json_payload(self.settings.message, shown, critical, health)
             else:
-                cached = {
-                    key: outcome
-                    for key, outcome in outcomes.items()
-                    if 0 < outcome.measured_at < pending.since
-                }
-                document = json_payload(self.settings.message, shown, health, cached)
+                reused = {key: outcomes[key] for key in cached if key in outcomes}
+                document = json_payload(self.settings.message, shown, health, reused)
             return self.encode(document), health
 
         try:

@@ -13,7 +13,7 @@ a :class:`Form` for everything else:
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -34,8 +34,13 @@ HTML = "text/html"
 _NO = frozenset({"0", "false", "no", "off"})
 
 
-def choose(route: StatusRoute, pending: Pending, wants_health_json: bool) -> Form | None:
-    """The form this request gets, or ``None`` for the default JSON or health+json in full."""
+def choose(
+    route: StatusRoute, pending: Pending, wants_health_json: bool, cached: Collection[str]
+) -> Form | None:
+    """The form this request gets, or ``None`` for the default JSON or health+json in full.
+
+    ``cached``: the keys whose outcome was not measured for this request.
+    """
     details = route.access.shows(pending)
     query = bool(request.query_string)  # most requests have none: no parsing for them
     form: type[Form] | None = None
@@ -47,7 +52,7 @@ def choose(route: StatusRoute, pending: Pending, wants_health_json: bool) -> For
         form = HealthSummary if wants_health_json else Summary
     elif query and request.args.get("verbose", "no").lower() not in _NO:
         form = Verbose
-    return None if form is None else form(Context(route, pending, details))
+    return None if form is None else form(Context(route, details, cached))
 
 
 def vary_on_accept(response: Response) -> None:
@@ -73,17 +78,17 @@ def _prefers_html() -> bool:
 class Context:
     """What a form needs from its route and request."""
 
-    def __init__(self, route: StatusRoute, pending: Pending, details: bool) -> None:
+    def __init__(self, route: StatusRoute, details: bool, cached: Collection[str]) -> None:
         self.message: Mapping[str, Any] = route.settings.message
         self.encode: Encode = route.encode
         self.history: History = route.history
         self.expose_errors = route.settings.expose_errors
-        self.since = pending.since
         self.details = details
+        self._cached = cached
 
-    def cached(self, outcome: Outcome) -> bool:
-        """Whether a value was measured before the request began (a cache or a shared run)."""
-        return 0 < outcome.measured_at < self.since
+    def cached(self, key: str) -> bool:
+        """Whether a field's value was not measured for this request (cache, store, ...)."""
+        return key in self._cached
 
     def recent(self, key: str) -> list[Entry]:
         entries = self.history.recent(key)
@@ -137,7 +142,7 @@ class Verbose(Form):
     ) -> str:
         context = self.context
         checks = {
-            key: verbose_check(outcome, critical[key], context.cached(outcome), context.recent(key))
+            key: verbose_check(outcome, critical[key], context.cached(key), context.recent(key))
             for key, outcome in outcomes.items()
         }
         return context.encode(verbose_payload(context.message, checks, health))
@@ -167,7 +172,7 @@ class Page(Form):
                     text=_text(outcome, context.encode),
                     duration=outcome.duration if outcome.measured_at else None,
                     measured_at=outcome.measured_at or None,
-                    cached=context.cached(outcome),
+                    cached=context.cached(key),
                     history=context.recent(key),
                 )
                 for key, outcome in outcomes.items()

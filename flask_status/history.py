@@ -12,6 +12,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from .fields import Field
 from .outcome import Outcome, one_line
 
 #: Runs kept per field unless ``history_size`` / ``STATUS_HISTORY_SIZE`` says otherwise.
@@ -41,29 +42,32 @@ class Entry:
 
 
 class History:
-    """The last ``size`` entries of every field, oldest first."""
+    """The last ``size`` entries of every field, oldest first.
+
+    Kept per field: a key added again starts a new history.
+    """
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._entries: dict[str, deque[Entry]] = {}
+        self._entries: dict[str, tuple[Field, deque[Entry]]] = {}
         # Runs finish on whichever event loop evaluated them (the WSGI portal's, a server's),
         # while another thread may be reading: the lock keeps both sides whole.
         self._lock = threading.Lock()
 
-    def record(self, key: str, outcome: Outcome) -> None:
-        """Add a finished run of field ``key`` (an ``Evaluator.run_listeners`` callback)."""
+    def record(self, field: Field, outcome: Outcome) -> None:
+        """Add a finished run of ``field`` (an ``Evaluator.run_listeners`` callback)."""
         if not self.size:
             return
         error = None if outcome.error is None else one_line(outcome.error, ERROR_CHARS)
         entry = Entry(outcome.ok, outcome.duration, outcome.measured_at, error)
         with self._lock:
-            entries = self._entries.get(key)
-            if entries is None:
-                entries = self._entries[key] = deque(maxlen=self.size)
-            entries.append(entry)
+            kept = self._entries.get(field.key)
+            if kept is None or kept[0] is not field:
+                kept = self._entries[field.key] = (field, deque(maxlen=self.size))
+            kept[1].append(entry)
 
     def recent(self, key: str) -> list[Entry]:
         """Field ``key``'s entries, oldest first (empty for a constant or a field never run)."""
         with self._lock:
-            entries = self._entries.get(key)
-            return list(entries) if entries is not None else []
+            kept = self._entries.get(key)
+            return list(kept[1]) if kept is not None else []

@@ -12,6 +12,7 @@ from clients import Answer, MakeClient, in_threads
 from flask import Flask
 
 from flask_status import FlaskStatus
+from flask_status.fields import make_field
 from flask_status.history import ERROR_CHARS, History
 from flask_status.outcome import Outcome
 
@@ -268,8 +269,9 @@ def test_history_errors_are_short(make_client: MakeClient) -> None:
 
 def test_history_is_bounded() -> None:
     history = History(60)
+    database = make_field("database", lambda: None)
     for index in range(1000):
-        history.record("database", Outcome(index, None, 0.001, float(index + 1)))
+        history.record(database, Outcome(index, None, 0.001, float(index + 1)))
     entries = history.recent("database")
     assert len(entries) == 60
     assert [entry.measured_at for entry in entries] == [float(i + 1) for i in range(940, 1000)]
@@ -278,7 +280,7 @@ def test_history_is_bounded() -> None:
 
 def test_history_size_zero_records_nothing() -> None:
     history = History(0)
-    history.record("database", Outcome(1, None, 0.001, 1.0))
+    history.record(make_field("database", lambda: None), Outcome(1, None, 0.001, 1.0))
     assert history.recent("database") == []
 
 
@@ -287,11 +289,13 @@ def test_history_may_be_read_while_runs_are_recorded() -> None:
     stop = threading.Event()
     errors: list[BaseException] = []
 
+    fields = [make_field(f"field{index}", lambda: None) for index in range(3)]
+
     def writer() -> None:
         index = 0
         while not stop.is_set():
             index += 1
-            history.record(f"field{index % 3}", Outcome(None, "boom", 0.001, float(index)))
+            history.record(fields[index % 3], Outcome(None, "boom", 0.001, float(index)))
 
     thread = threading.Thread(target=writer)
     thread.start()

@@ -1,0 +1,86 @@
+"""Which runs a request may share, and what its answer says about them: a run in flight on
+another event loop is not waited for; a run joined in flight is fresh, never "cached"."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from clients import AsgiClient, LoopThread, WsgiClient, in_threads, timed_get
+from flask import Flask
+
+from flask_status import FlaskStatus
+
+URL = "/api/status"
+
+
+def test_a_run_in_flight_on_another_loop_is_not_waited_for() -> None:
+    """The WSGI path evaluates on the process's own loop, StatusMiddleware on the server's:
+    a run of one cannot wake a request waiting on the other."""
+    started = threading.Event()
+
+    def slow() -> str:
+        started.set()
+        time.sleep(0.3)
+        return "done"
+
+    app = Flask(__name__)
+    FlaskStatus(app).add_field("slow", slow, timeout=3)
+    loop = LoopThread()
+    try:
+        asgi = AsgiClient(app, loop)
+        wsgi_answer: list[int] = []
+        thread = threading.Thread(
+            target=lambda: wsgi_answer.append(WsgiClient(app).get(URL).status)
+        )
+        thread.start()
+        assert started.wait(5)
+        timed = timed_get(asgi, URL)
+        thread.join(5)
+    finally:
+        loop.close()
+
+    assert wsgi_answer == [200]
+    assert timed.answer.json() == {"status": "OK", "slow": "done"}
+    assert timed.seconds < 2  # not left waiting for an Event of another loop until the deadline
+
+
+def test_a_request_joining_a_run_in_flight_gets_a_fresh_value() -> None:
+    """Two quick checks share a thread: the first has returned while the second still runs.
+    A request that joins them then has nothing cached, whatever the first's measured_at."""
+    slow = threading.Event()
+
+    def second() -> str:
+        if slow.is_set():
+            time.sleep(0.4)
+        return "b"
+
+    app = Flask(__name__)
+    status = FlaskStatus(app)
+    status.add_field("first", lambda: "a")
+    status.add_field("second", second)
+    client = WsgiClient(app)
+    assert client.get(URL).json() == {"status": "OK", "first": "a", "second": "b"}  # quick now
+    slow.set()
+
+    answers: list[dict[str, object]] = []
+
+    def probe(index: int) -> None:
+        time.sleep(0.15 * index)  # the second request comes while the first's thread runs
+        answers.append(client.get(URL).json())
+
+    in_threads(2, probe)
+
+    assert answers == [{"status": "OK", "first": "a", "second": "b"}] * 2
+
+
+def test_a_finished_run_reused_through_the_cache_is_listed_as_cached() -> None:
+    app = Flask(__name__)
+    FlaskStatus(app, cache_ttl=60).add_field("dep", lambda: "up")
+    client = WsgiClient(app)
+
+    first = client.get(URL).json()
+    second = client.get(URL).json()
+
+    assert "cached" not in first
+    assert set(second["cached"]) == {"dep"}
