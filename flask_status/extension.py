@@ -19,7 +19,7 @@ from . import config, details, formats, lifecycle, logs
 from .aggregate import Health, aggregate
 from .background import BackgroundRuns
 from .engine import Evaluator
-from .fields import Field, Kind, check_bool, is_async_callable, make_field
+from .fields import Field, FieldOptions, Kind, check_bool, is_async_callable, make_field
 from .history import History
 from .loop import LoopStopped, portal_loop
 from .mount import Mount
@@ -230,9 +230,7 @@ class FlaskStatus:
             self._check_store_key([key])
         if self.readiness and key == "drain":
             raise ValueError('key "drain" is reserved on a readiness route: <url>/drain drains')
-        field = make_field(
-            key,
-            value,
+        options = FieldOptions(
             critical=critical,
             timeout=timeout,
             cache_ttl=cache_ttl,
@@ -242,6 +240,7 @@ class FlaskStatus:
             failure_threshold=failure_threshold,
             success_threshold=success_threshold,
         )
+        field = make_field(key, value, options)
         for source, message in self._known_messages():
             if key in message:
                 raise ValueError(f"key {key!r} is a key of {source} too: {_REPLACES}")

@@ -43,19 +43,18 @@ class Kind(enum.Enum):
     ASYNC = "async"
 
 
-@dataclass(frozen=True, eq=False)
-class Field:
-    """One entry of the status payload.
+@dataclass(frozen=True, kw_only=True)
+class FieldOptions:
+    """How a field runs: every option of ``add_field`` but its key and value, validated.
 
     ``timeout`` and ``cache_ttl`` of ``None`` mean "use the instance default".
-    Fields compare by identity: re-adding a key creates a new field with fresh state.
     """
 
-    key: str
-    value: Any
-    kind: Kind
+    #: Whether a failure makes the status DOWN (else DEGRADED).
     critical: bool = True
+    #: Seconds the check may run; ``None``: the instance's default.
     timeout: float | None = None
+    #: Seconds a finished result is reused; ``None``: the instance's default.
     cache_ttl: float | None = None
     #: Whether concurrent requests share one run of the check (and so its request context).
     single_flight: bool = True
@@ -67,6 +66,32 @@ class Field:
     failure_threshold: int = 1
     #: Consecutive good runs before a failing field counts as healthy.
     success_threshold: int = 1
+
+    def __post_init__(self) -> None:
+        check_bool("critical", self.critical)
+        check_bool("single_flight", self.single_flight)
+        check_bool("wait_first", self.wait_first)
+        check_count("failure_threshold", self.failure_threshold)
+        check_count("success_threshold", self.success_threshold)
+        # Normalised to float here, once: frozen, so through object.__setattr__.
+        for name, allow_zero in (("timeout", False), ("cache_ttl", True), ("interval", False)):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, check_seconds(name, value, allow_zero=allow_zero))
+        if self.wait_first and self.interval is None:
+            raise ValueError("wait_first applies only to a background check: give an interval")
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Field(FieldOptions):
+    """One entry of the status payload: its key, its value, and its options.
+
+    Fields compare by identity: re-adding a key creates a new field with fresh state.
+    """
+
+    key: str
+    value: Any
+    kind: Kind
     #: For a constant, its outcome, built once; ``None`` for a callable.
     constant: Outcome | None = None
 
@@ -166,20 +191,9 @@ def check_count(name: str, value: Any) -> int:
     return value
 
 
-def make_field(
-    key: Any,
-    value: Any,
-    *,
-    critical: Any = True,
-    timeout: Any = None,
-    cache_ttl: Any = None,
-    single_flight: Any = True,
-    interval: Any = None,
-    wait_first: Any = False,
-    failure_threshold: Any = 1,
-    success_threshold: Any = 1,
-) -> Field:
-    """Validate ``add_field`` arguments and build the field."""
+def make_field(key: Any, value: Any, options: FieldOptions | None = None) -> Field:
+    """Validate ``add_field``'s key and value and build the field with its ``options``."""
+    options = options or FieldOptions()
     if not isinstance(key, str):
         raise TypeError(f"key must be a str, got {type(key).__name__}")
     if not key:
@@ -189,19 +203,6 @@ def make_field(
     if "/" in key:
         # The field's own route <url>/<key> matches one path segment: it could never be reached.
         raise ValueError(f"key {key!r} must not contain '/': GET <url>/<key> could not reach it")
-    check_bool("critical", critical)
-    check_bool("single_flight", single_flight)
-    check_bool("wait_first", wait_first)
-    check_count("failure_threshold", failure_threshold)
-    check_count("success_threshold", success_threshold)
-    if timeout is not None:
-        timeout = check_seconds("timeout", timeout)
-    if cache_ttl is not None:
-        cache_ttl = check_seconds("cache_ttl", cache_ttl, allow_zero=True)
-    if interval is not None:
-        interval = check_seconds("interval", interval)
-    elif wait_first:
-        raise ValueError("wait_first applies only to a background check: give an interval")
     if is_async_callable(value):
         kind = Kind.ASYNC
     elif callable(value):
@@ -209,19 +210,12 @@ def make_field(
     else:
         check_json(value, f"value of field {key!r}")
         kind = Kind.CONSTANT
-        if interval is not None:
+        if options.interval is not None:
             raise TypeError(f"interval needs a callable value; field {key!r} is a constant")
     return Field(
-        key,
-        value,
-        kind,
-        critical=critical,
-        timeout=timeout,
-        cache_ttl=cache_ttl,
-        single_flight=single_flight,
-        interval=interval,
-        wait_first=wait_first,
-        failure_threshold=failure_threshold,
-        success_threshold=success_threshold,
+        **vars(options),
+        key=key,
+        value=value,
+        kind=kind,
         constant=Outcome(value) if kind is Kind.CONSTANT else None,
     )
