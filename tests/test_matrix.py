@@ -13,8 +13,8 @@ phase, and then stops the server with SIGTERM. It holds when:
 - after each phase no pooled connection is left checked out and no scoped session is left;
 - after each phase the worker runs at most ``max_workers`` + hung fields + 10 threads, and its
   memory grew by at most 20 MB during the phase;
-- the server exits within 5 s of SIGTERM, with status 0 or SIGTERM's, and logs no traceback
-  once told to stop.
+- the server exits within 5 s of SIGTERM, with status 0 or SIGTERM's, and its log holds no
+  traceback (but the failing checks' own, which flask_status logs), before SIGTERM or after.
 
 Cells run a few at a time, each on its own port, database and store prefix. A later feature
 adds rows to :data:`STORES`, fields to ``matrix_fields.FIELD_SETS``, or a :data:`PHASES` entry.
@@ -60,9 +60,6 @@ EXIT_LIMIT_SECONDS = 5.0
 CLEAN_EXIT_CODES = {0, -signal.SIGTERM, 128 + signal.SIGTERM}
 #: How much of an example answer a failure shows.
 EXAMPLE_CHARS = 240
-#: Lines of a server's log that show it did not stop cleanly.
-UNCLEAN = re.compile(r"Traceback|Exception ignored")
-
 
 # -- the table: server forms x stores x field sets ------------------------------------------
 
@@ -150,23 +147,27 @@ class Probe:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
-def entry_problems(item: MatrixField, entry: Any, *, where: str = "") -> list[Seen]:
+def error_problems(item: MatrixField, error: Any, entry: Any) -> list[Seen]:
+    """Whether a field reads an error (``error``, from ``entry``) exactly when it is failing."""
+    if item.healthy and error is not None:
+        kind = str(error).split(":", 1)[0]  # "stale", "starting", an exception's name
+        return [(f"field {item.key!r} (healthy) reads an error ({kind})", repr(entry))]
+    if not item.healthy and not (isinstance(error, str) and error.startswith(str(item.error))):
+        return [(f"field {item.key!r} (failing) does not read {item.error!r}", repr(entry))]
+    return []
+
+
+def entry_problems(item: MatrixField, entry: Any) -> list[Seen]:
     """What is wrong with a field's entry in a JSON body."""
-    label = f"field {item.key!r}{where}"
     if entry is None:
-        return [(f"{label} is missing", "")]
-    if not item.healthy:
-        error = entry.get("error") if isinstance(entry, dict) else None
-        if not (isinstance(error, str) and error.startswith(item.error or "")):
-            return [(f"{label} (failing) does not read its error {item.error!r}", repr(entry))]
-        return []
-    if isinstance(entry, dict) and "error" in entry:
-        kind = str(entry["error"]).split(":", 1)[0]
-        return [(f"{label} (healthy) reads an error ({kind})", repr(entry))]
+        return [(f"field {item.key!r} is missing", "")]
+    problems = error_problems(item, entry.get("error") if isinstance(entry, dict) else None, entry)
+    if problems or not item.healthy:
+        return problems
     # Thresholds may hold a failed run back: the last good value then comes with "failing".
     value = entry["value"] if isinstance(entry, dict) and "failing" in entry else entry
     if not item.reads_value(value):
-        return [(f"{label} (healthy) reads a wrong value", repr(entry))]
+        return [(f"field {item.key!r} (healthy) reads a wrong value", repr(entry))]
     return []
 
 
@@ -184,7 +185,9 @@ def status_problems(reply: Reply, code: int, status: str) -> list[Seen]:
     body = json_body(reply)
     shown = body.get("status")
     if (reply.status, shown) != (code, status):
-        errors = sorted(key for key, entry in body.items() if "error" in str(entry)[:12])
+        errors = sorted(
+            key for key, entry in body.items() if isinstance(entry, dict) and "error" in entry
+        )
         example = f"fields with an error: {errors}" if body else repr(reply.body[:200])
         return [(f"answered {reply.status} {shown} (not {code} {status})", example)]
     return []
@@ -238,13 +241,8 @@ def verbose_probe(route: MatrixRoute) -> Probe:
             entry = checks.get(item.key)
             if not isinstance(entry, dict) or not isinstance(entry.get("history"), list):
                 problems.append((f"field {item.key!r} has no history", repr(entry)))
-            elif item.healthy and "error" in entry:
-                kind = str(entry["error"]).split(":", 1)[0]
-                problems.append(
-                    (f"field {item.key!r} (healthy) reads an error ({kind})", repr(entry))
-                )
-            elif not item.healthy and "error" not in entry:
-                problems.append((f"field {item.key!r} (failing) reads no error", repr(entry)))
+            else:
+                problems += error_problems(item, entry.get("error"), entry)
         return problems
 
     path = f"{route.url}?verbose"
@@ -273,10 +271,9 @@ def health_json_probe(route: MatrixRoute) -> Probe:
 
 def page_probe(route: MatrixRoute) -> Probe:
     def verify(reply: Reply) -> list[Seen]:
-        if reply.status != route.code or not reply.headers.get("content-type", "").startswith(
-            "text/html"
-        ):
-            return [(f"page answered {reply.status}", reply.headers.get("content-type", ""))]
+        content_type = reply.headers.get("content-type", "")
+        if reply.status != route.code or not content_type.startswith("text/html"):
+            return [(f"page answered {reply.status}", content_type)]
         return []
 
     path = f"{route.url}?format=html"
@@ -461,7 +458,7 @@ def check_after_phase(
 
 
 def stop(server: ServerProcess, findings: Findings) -> None:
-    """SIGTERM; the exit must be quick, with a clean status, and log no traceback."""
+    """SIGTERM; the exit must be quick, with a clean status, and the log show no traceback."""
     logged_before = len(server.log())
     started = time.monotonic()
     server.signal(signal.SIGTERM)
@@ -473,9 +470,41 @@ def stop(server: ServerProcess, findings: Findings) -> None:
         )
     elif code not in CLEAN_EXIT_CODES:
         findings.note(f"exit: status {code} after SIGTERM")
-    unclean = [line for line in server.log()[logged_before:].splitlines() if UNCLEAN.search(line)]
-    if unclean:
-        findings.note(f"exit: the log shows {unclean[:3]} once told to stop")
+    log = server.log()
+    for when, part in (
+        ("while serving", log[:logged_before]),
+        ("once told to stop", log[logged_before:]),
+    ):
+        errors = Counter(tracebacks(part))
+        if errors:
+            findings.note(f"log: {errors.total()} tracebacks {when}: {errors.most_common(3)}")
+
+
+#: The record flask_status logs, with its traceback, when a check fails: expected here.
+CHECK_FAILED = re.compile(r"ERROR.*\bstatus field '\w+' failed: ")
+#: The line between two tracebacks of one chain of exceptions.
+CHAINED = re.compile(r"^(During handling of the above exception|The above exception was)")
+
+
+def tracebacks(log: str) -> list[str]:
+    """The exception (the last line) of each traceback in ``log`` and each unraisable
+    exception, except the tracebacks that flask_status logs for checks that failed."""
+    lines = log.splitlines()
+    found: list[str] = []
+    expected = False
+    for number, line in enumerate(lines):
+        if line.startswith("Exception ignored"):
+            found.append(line)
+        if not line.startswith("Traceback"):
+            continue
+        before = [text for text in lines[max(0, number - 2) : number] if text.strip()]
+        chained = bool(before) and bool(CHAINED.match(before[-1]))
+        if not chained:
+            expected = bool(before) and bool(CHECK_FAILED.search(before[-1]))
+        if not expected:
+            rest = lines[number + 1 :]
+            found.append(next((end for end in rest if end and not end[0].isspace()), line))
+    return found
 
 
 def run_cell(cell: Cell, directory: Path, redis_url: str | None) -> list[str]:
