@@ -1,0 +1,298 @@
+"""The app of the combination matrix (``test_matrix.py``) and the field sets it is built with.
+
+A field set is a few status routes, each a list of fields with what every answer must show of
+them: a healthy field its value, a failing one its error. :func:`create_app` builds the app for
+one field set, with a Flask-SQLAlchemy database on SQLite, a request hook and a teardown, app
+routes of its own, ``/matrix/stats`` (the process's threads, memory, and the database's
+checked-out connections and scoped sessions) and, when given one, a Redis store.
+``matrix_app.py`` builds it from the environment the matrix sets for each server it starts
+(:func:`create_app_from_env`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+from flask import Flask, Request, Response, g, jsonify, request
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import text
+
+from flask_status import FlaskStatus, checks
+from flask_status.store import RedisStore
+
+#: The header and value that let a caller read the details (``is_authorized``).
+TOKEN = {"X-Token": "matrix"}
+#: ``max_workers`` of every status route: the thread bound of the matrix is counted from it.
+MAX_WORKERS = 4
+#: How long the hung check blocks: past every phase and the exit of its server.
+HUNG_SECONDS = 60.0
+#: What ``/items`` and the ``session`` field read from the database.
+SERVICE = "sqlite"
+#: The environment the matrix gives each server: the field set, the SQLite file, the Redis URL
+#: (empty: no store) and the store's key prefix.
+FIELD_SET_ENV = "MATRIX_FIELD_SET"
+DATABASE_ENV = "MATRIX_DATABASE"
+STORE_ENV = "MATRIX_STORE"
+PREFIX_ENV = "MATRIX_PREFIX"
+
+
+@dataclass(frozen=True)
+class MatrixField:
+    """One field: how to make its value, its ``add_field`` options, what it must read.
+
+    A healthy field reads ``value`` (or, when ``value`` is callable, a value it accepts); a
+    failing field reads an error starting with ``error``.
+    """
+
+    key: str
+    make: Callable[[SQLAlchemy], Any]
+    options: Mapping[str, Any] = field(default_factory=dict)
+    value: Any = None
+    error: str | None = None
+
+    @property
+    def healthy(self) -> bool:
+        return self.error is None
+
+    @property
+    def hangs(self) -> bool:
+        return self.error is not None and self.error.startswith("timed out")
+
+    def reads_value(self, value: Any) -> bool:
+        return bool(self.value(value)) if callable(self.value) else value == self.value
+
+
+@dataclass(frozen=True)
+class MatrixRoute:
+    """A status route of a field set, with the HTTP status and ``status`` of every answer."""
+
+    url: str
+    fields: tuple[MatrixField, ...]
+    code: int
+    status: str
+
+
+# -- checks -------------------------------------------------------------------------------
+
+
+def ok() -> str:
+    return "ok"
+
+
+async def ok_async() -> str:
+    await anyio.sleep(0.005)
+    return "ok"
+
+
+def refused() -> None:
+    raise ConnectionRefusedError("connection refused")
+
+
+async def refused_async() -> None:
+    await anyio.sleep(0.005)
+    raise ConnectionRefusedError("connection refused")
+
+
+def blocking_sleep(seconds: float) -> None:
+    """Sleep holding the OS thread, under gevent's patching too."""
+    if "gevent.monkey" in sys.modules:
+        from gevent.monkey import get_original
+
+        get_original("time", "sleep")(seconds)
+    else:
+        time.sleep(seconds)
+
+
+def hung() -> str:
+    blocking_sleep(HUNG_SECONDS)
+    return "too late"
+
+
+def flaky() -> Callable[[], str]:
+    """A check whose 2nd, 6th, 10th, ... run fails: never two failed runs in a row."""
+    runs = itertools.count(1)
+    lock = threading.Lock()
+
+    def check() -> str:
+        with lock:
+            run = next(runs)
+        if run % 4 == 2:
+            raise ConnectionError(f"run {run} failed")
+        return "ok"
+
+    return check
+
+
+def session_query(db: SQLAlchemy) -> Callable[[], str]:
+    """A ``db.session`` query that takes long enough for probes to share its runs."""
+
+    def check() -> str:
+        name = db.session.execute(text("SELECT name FROM services")).scalar_one()
+        time.sleep(0.02)
+        return str(name)
+
+    return check
+
+
+def as_is(value: Any) -> Callable[[SQLAlchemy], Any]:
+    """A field value (a constant or a check) that does not need the app's database."""
+    return lambda db: value
+
+
+def has_latency(value: Any) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("latency_ms"), (int, float))
+
+
+# -- field sets -----------------------------------------------------------------------------
+
+#: A field set with a field of every kind: constant, sync, async, hung, failing, background
+#: (``interval``, ``wait_first``), thresholds, ``cache_ttl``, and the database through
+#: Flask-SQLAlchemy; the history and ``show_details`` of the route apply to them all.
+EVERY_KIND = (
+    MatrixRoute(
+        "/healthz",
+        (
+            MatrixField("version", as_is("2.0.0"), value="2.0.0"),
+            MatrixField("sync", as_is(ok), value="ok"),
+            MatrixField("async", as_is(ok_async), value="ok"),
+            MatrixField("lookup", as_is(ok), {"cache_ttl": 1}, value="ok"),
+            # An interval longer than the timeout, as operators set it.
+            MatrixField(
+                "background",
+                as_is(ok),
+                {"interval": 1, "timeout": 0.5, "wait_first": True},
+                value="ok",
+            ),
+            MatrixField(
+                "background_async", as_is(ok_async), {"interval": 1, "timeout": 0.5}, value="ok"
+            ),
+            MatrixField(
+                "flaky",
+                lambda db: flaky(),
+                {"interval": 0.5, "timeout": 0.5, "failure_threshold": 2},
+                value="ok",
+            ),
+            MatrixField("database", checks.sqlalchemy, {"interval": 1}, value=has_latency),
+            MatrixField("session", session_query, value=SERVICE),
+            MatrixField(
+                "hung",
+                as_is(hung),
+                {"timeout": 0.3, "critical": False},
+                error="timed out after 0.3s",
+            ),
+            MatrixField(
+                "failing", as_is(refused), {"critical": False}, error="ConnectionRefusedError"
+            ),
+            MatrixField(
+                "failing_async",
+                as_is(refused_async),
+                {"critical": False},
+                error="ConnectionRefusedError",
+            ),
+        ),
+        200,
+        "DEGRADED",
+    ),
+    MatrixRoute(
+        "/downz",
+        (
+            MatrixField("version", as_is("2.0.0"), value="2.0.0"),
+            MatrixField("database", as_is(refused), error="ConnectionRefusedError"),
+        ),
+        503,
+        "DOWN",
+    ),
+)
+
+#: Every field set by name: a new feature adds its fields here, or a set of its own.
+FIELD_SETS: dict[str, tuple[MatrixRoute, ...]] = {"every kind": EVERY_KIND}
+
+
+# -- the app --------------------------------------------------------------------------------
+
+
+def has_token(request: Request) -> bool:
+    return request.headers.get("X-Token") == TOKEN["X-Token"]
+
+
+def proc_status(name: str) -> int:
+    """A number from this process's ``/proc/self/status`` (``Threads``, ``VmRSS`` in KiB)."""
+    match = re.search(rf"^{name}:\s+(\d+)", Path("/proc/self/status").read_text(), re.MULTILINE)
+    assert match, name
+    return int(match.group(1))
+
+
+def create_app(field_set: str, database: str, store: str | None, prefix: str) -> Flask:
+    """The app of ``field_set``, its database in the SQLite file ``database``, sharing results
+    through the Redis server at ``store`` (under ``prefix``) when given one."""
+    app = Flask("matrix_app")
+    app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{database}"
+    # An exhausted pool shows as an error within the phase, not as a request hung for 30 s.
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {"pool_timeout": 2}
+    app.config["STATUS_MAX_WORKERS"] = MAX_WORKERS
+    if store:
+        app.config["STATUS_STORE"] = RedisStore(store, prefix=prefix)
+    db = SQLAlchemy(app)
+    with app.app_context():
+        db.session.execute(text("CREATE TABLE IF NOT EXISTS services (name TEXT)"))
+        db.session.execute(text("DELETE FROM services"))
+        db.session.execute(text("INSERT INTO services VALUES (:name)"), {"name": SERVICE})
+        db.session.commit()
+
+    torn_down = itertools.count()
+
+    @app.before_request
+    def load_user() -> None:
+        g.user = request.headers.get("X-User", "anonymous")
+
+    @app.teardown_request
+    def count_teardown(_: BaseException | None) -> None:
+        next(torn_down)
+
+    @app.get("/hello")
+    def hello() -> str:
+        return "hello"
+
+    @app.get("/whoami")
+    def whoami() -> str:
+        return str(g.user)
+
+    @app.get("/items")
+    def items() -> str:
+        return str(db.session.execute(text("SELECT name FROM services")).scalar_one())
+
+    @app.get("/matrix/stats")
+    def stats() -> Response:
+        return jsonify(
+            pid=os.getpid(),
+            threads=proc_status("Threads"),
+            rss_kib=proc_status("VmRSS"),
+            checked_out=db.engine.pool.checkedout(),  # type: ignore[attr-defined]
+            sessions=len(db.session.registry.registry),  # type: ignore[attr-defined]
+        )
+
+    for route in FIELD_SETS[field_set]:
+        status = FlaskStatus(app, url=route.url, is_authorized=has_token)
+        for item in route.fields:
+            status.add_field(item.key, item.make(db), **item.options)
+    return app
+
+
+def create_app_from_env() -> Flask:
+    """:func:`create_app` as the environment the matrix sets says."""
+    return create_app(
+        os.environ[FIELD_SET_ENV],
+        os.environ[DATABASE_ENV],
+        os.environ.get(STORE_ENV) or None,
+        os.environ[PREFIX_ENV],
+    )

@@ -1,0 +1,583 @@
+"""The combination matrix: features that hold together as an operator runs them.
+
+One app (``matrix_fields.py``), served by every server form of the README (its commands, with
+one worker process), with and without a real redis-server store, for each field set; each
+combination is a cell. A cell starts its server, waits for the background fields' first
+results, then probes every kind of answer (details, anonymous, per field, ``?verbose``,
+health+json, the page, a failing route, the app's own routes) from a few clients for each
+phase, and then stops the server with SIGTERM. It holds when:
+
+- a healthy field never reads failing or stale, a failing one always reads its error, and
+  every answer has its route's status code and ``status``;
+- nothing answers 500, app routes included, and every request gets an answer;
+- after each phase no pooled connection is left checked out and no scoped session is left;
+- after each phase the worker runs at most ``max_workers`` + hung fields + 10 threads, and its
+  memory grew by at most 20 MB during the phase;
+- the server exits within 5 s of SIGTERM, with status 0 or SIGTERM's, and its log holds no
+  traceback (but the failing checks' own, which flask_status logs), before SIGTERM or after.
+
+Cells run a few at a time, each on its own port, database and store prefix. A later feature
+adds rows to :data:`STORES`, fields to ``matrix_fields.FIELD_SETS``, or a :data:`PHASES` entry.
+"""
+
+from __future__ import annotations
+
+import http.client
+import itertools
+import json
+import re
+import shlex
+import shutil
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matrix_fields
+import pytest
+from helpers import TESTS_DIR, Reply, ServerProcess
+from matrix_fields import FIELD_SETS, MatrixField, MatrixRoute
+from test_docs import BIN, DOCUMENTED_PORT, README, server_commands
+
+#: Cells served at once: the machine has 2 cores, and the phases must not starve each other.
+PARALLEL_CELLS = 4
+#: Clients probing each server during a phase, and the pause each makes between requests.
+CLIENTS = 3
+PAUSE_SECONDS = 0.02
+#: How long a cell may wait for its background fields' first results.
+WARM_UP_SECONDS = 10.0
+#: How long after a phase its leftovers (checked-out connections, sessions) may take to go.
+SETTLE_SECONDS = 3.0
+#: Threads a worker may run beyond ``max_workers`` and the hung fields: the server's own.
+SPARE_THREADS = 10
+RSS_GROWTH_LIMIT_KIB = 20 * 1024
+EXIT_LIMIT_SECONDS = 5.0
+CLEAN_EXIT_CODES = {0, -signal.SIGTERM, 128 + signal.SIGTERM}
+#: How much of an example answer a failure shows.
+EXAMPLE_CHARS = 240
+
+# -- the table: server forms x stores x field sets ------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerForm:
+    """A server command of the README, serving ``matrix_app`` with one worker process."""
+
+    name: str
+    argv: tuple[str, ...]  # ``{port}`` where the port goes
+
+
+def readme_server_forms() -> list[ServerForm]:
+    """Each command of the README's deploy table, serving ``matrix_app`` instead of ``myapp``,
+    with one worker: the worker's threads and memory are read through ``/matrix/stats``."""
+    forms = []
+    for name, command in server_commands(README):
+        argv = shlex.split(
+            command.replace(DOCUMENTED_PORT, "{port}").replace("myapp:", "matrix_app:")
+        )
+        argv[0] = str(BIN / argv[0])  # the server installed with the dev extra
+        if "-w" in argv:
+            argv[argv.index("-w") + 1] = "1"
+        forms.append(ServerForm(name, tuple(argv)))
+    return forms
+
+
+SERVER_FORMS = readme_server_forms()
+#: Whether a cell shares results through a real redis-server.
+STORES = {"no store": False, "redis store": True}
+
+
+@dataclass(frozen=True, repr=False)
+class Cell:
+    form: ServerForm
+    store: str
+    field_set: str
+
+    @property
+    def routes(self) -> tuple[MatrixRoute, ...]:
+        return FIELD_SETS[self.field_set]
+
+    @property
+    def id(self) -> str:
+        return "/".join(re.sub(r"\W+", "-", part).strip("-") for part in self.parts)
+
+    @property
+    def parts(self) -> tuple[str, str, str]:
+        return self.form.name, self.store, self.field_set
+
+    def __str__(self) -> str:
+        return " | ".join(self.parts)
+
+    __repr__ = __str__
+
+
+class Problems(dict[Cell, list[str]]):
+    """Each cell's problems, as lines (a short repr for pytest's report)."""
+
+    def __repr__(self) -> str:
+        return f"<the problems of {len(self)} cells>"
+
+
+CELLS = [
+    Cell(form, store, field_set)
+    for form in SERVER_FORMS
+    for store in STORES
+    for field_set in FIELD_SETS
+]
+
+
+# -- probes: what each answer must show ----------------------------------------------------
+
+#: A problem seen in an answer: what it is (counted across answers) and an example of it.
+Seen = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A request of a phase and what its answer must show."""
+
+    label: str
+    path: str
+    verify: Callable[[Reply], list[Seen]]
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+def error_problems(item: MatrixField, error: Any, entry: Any) -> list[Seen]:
+    """Whether a field reads an error (``error``, from ``entry``) exactly when it is failing."""
+    if item.healthy and error is not None:
+        kind = str(error).split(":", 1)[0]  # "stale", "starting", an exception's name
+        return [(f"field {item.key!r} (healthy) reads an error ({kind})", repr(entry))]
+    if not item.healthy and not (isinstance(error, str) and error.startswith(str(item.error))):
+        return [(f"field {item.key!r} (failing) does not read {item.error!r}", repr(entry))]
+    return []
+
+
+def entry_problems(item: MatrixField, entry: Any) -> list[Seen]:
+    """What is wrong with a field's entry in a JSON body."""
+    if entry is None:
+        return [(f"field {item.key!r} is missing", "")]
+    problems = error_problems(item, entry.get("error") if isinstance(entry, dict) else None, entry)
+    if problems or not item.healthy:
+        return problems
+    # Thresholds may hold a failed run back: the last good value then comes with "failing".
+    value = entry["value"] if isinstance(entry, dict) and "failing" in entry else entry
+    if not item.reads_value(value):
+        return [(f"field {item.key!r} (healthy) reads a wrong value", repr(entry))]
+    return []
+
+
+def json_body(reply: Reply) -> dict[str, Any]:
+    """The answer's JSON object; ``{}`` when it is none."""
+    try:
+        body = reply.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def status_problems(reply: Reply, code: int, status: str) -> list[Seen]:
+    """Whether an answer has the status code and top-level ``status`` it must have."""
+    body = json_body(reply)
+    shown = body.get("status")
+    if (reply.status, shown) != (code, status):
+        errors = sorted(
+            key for key, entry in body.items() if isinstance(entry, dict) and "error" in entry
+        )
+        example = f"fields with an error: {errors}" if body else repr(reply.body[:200])
+        return [(f"answered {reply.status} {shown} (not {code} {status})", example)]
+    return []
+
+
+def details_probe(route: MatrixRoute) -> Probe:
+    def verify(reply: Reply) -> list[Seen]:
+        problems = status_problems(reply, route.code, route.status)
+        body = json_body(reply)
+        for item in route.fields:
+            problems += entry_problems(item, body.get(item.key))
+        unexpected = set(body) - {item.key for item in route.fields} - {"status", "cached"}
+        for key in sorted(unexpected):
+            problems.append((f"unexpected field {key!r}", repr(body[key])))
+        return problems
+
+    return Probe(f"{route.url} (details)", route.url, verify, matrix_fields.TOKEN)
+
+
+def anonymous_probe(route: MatrixRoute) -> Probe:
+    def verify(reply: Reply) -> list[Seen]:
+        problems = status_problems(reply, route.code, route.status)
+        if not problems and json_body(reply) != {"status": route.status}:
+            problems.append(("shows details to an anonymous caller", repr(json_body(reply))))
+        return problems
+
+    return Probe(f"{route.url} (anonymous)", route.url, verify)
+
+
+def field_probe(route: MatrixRoute, item: MatrixField) -> Probe:
+    failing_critical = not item.healthy and item.options.get("critical", True)
+    code, status = (
+        (503, "DOWN") if failing_critical else (200, "OK" if item.healthy else "DEGRADED")
+    )
+
+    def verify(reply: Reply) -> list[Seen]:
+        problems = status_problems(reply, code, status)
+        if not problems:
+            problems += entry_problems(item, json_body(reply).get(item.key))
+        return problems
+
+    path = f"{route.url}/{item.key}"
+    return Probe(path, path, verify, matrix_fields.TOKEN)
+
+
+def verbose_probe(route: MatrixRoute) -> Probe:
+    def verify(reply: Reply) -> list[Seen]:
+        problems = status_problems(reply, route.code, route.status)
+        checks = json_body(reply).get("checks", {})
+        for item in route.fields:
+            entry = checks.get(item.key)
+            if not isinstance(entry, dict) or not isinstance(entry.get("history"), list):
+                problems.append((f"field {item.key!r} has no history", repr(entry)))
+            else:
+                problems += error_problems(item, entry.get("error"), entry)
+        return problems
+
+    path = f"{route.url}?verbose"
+    return Probe(path, path, verify, matrix_fields.TOKEN)
+
+
+HEALTH_JSON = {"pass": "OK", "warn": "DEGRADED", "fail": "DOWN"}
+
+
+def health_json_probe(route: MatrixRoute) -> Probe:
+    def verify(reply: Reply) -> list[Seen]:
+        document = json_body(reply)
+        shown = HEALTH_JSON.get(document.get("status"))
+        if (reply.status, shown) != (route.code, route.status):
+            return [(f"answered {reply.status} {document.get('status')}", repr(document))]
+        problems: list[Seen] = []
+        for item in route.fields:
+            (check, *_) = document.get("checks", {}).get(item.key) or [{}]
+            if (check.get("status") == "pass") != item.healthy:
+                problems.append((f"field {item.key!r} reads {check.get('status')}", repr(check)))
+        return problems
+
+    headers = {**matrix_fields.TOKEN, "Accept": "application/health+json"}
+    return Probe(f"{route.url} (health+json)", route.url, verify, headers)
+
+
+def page_probe(route: MatrixRoute) -> Probe:
+    def verify(reply: Reply) -> list[Seen]:
+        content_type = reply.headers.get("content-type", "")
+        if reply.status != route.code or not content_type.startswith("text/html"):
+            return [(f"page answered {reply.status}", content_type)]
+        return []
+
+    path = f"{route.url}?format=html"
+    return Probe(path, path, verify, matrix_fields.TOKEN)
+
+
+def app_probe(path: str, body: str, headers: Mapping[str, str] | None = None) -> Probe:
+    def verify(reply: Reply) -> list[Seen]:
+        if (reply.status, reply.body.decode(errors="replace")) != (200, body):
+            return [(f"answered {reply.status}", reply.body[:300].decode(errors="replace"))]
+        return []
+
+    return Probe(path, path, verify, headers or {})
+
+
+def status_probes(routes: Sequence[MatrixRoute]) -> list[Probe]:
+    """Every kind of status answer, the answer with details most often."""
+    probes: list[Probe] = []
+    for route in routes:
+        probes += [details_probe(route), details_probe(route), anonymous_probe(route)]
+        probes += [verbose_probe(route), health_json_probe(route), page_probe(route)]
+        probes += [field_probe(route, item) for item in route.fields]
+    return probes
+
+
+def app_probes(routes: Sequence[MatrixRoute]) -> list[Probe]:
+    """The app's own routes: the request hook, the database through ``db.session``."""
+    return [
+        app_probe("/hello", "hello"),
+        app_probe("/whoami", "operator", {"X-User": "operator"}),
+        app_probe("/items", matrix_fields.SERVICE),
+    ]
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    seconds: float
+    probes: Callable[[Sequence[MatrixRoute]], list[Probe]]
+
+
+def every_route(routes: Sequence[MatrixRoute]) -> list[Probe]:
+    return status_probes(routes) + app_probes(routes) * 3
+
+
+PHASES = (
+    Phase("status routes", 3.0, status_probes),
+    Phase("status and app routes", 3.0, every_route),
+)
+
+
+# -- one cell -------------------------------------------------------------------------------
+
+
+@dataclass
+class Findings:
+    """What a cell saw: problems in answers (counted per probe), and the others."""
+
+    answers: Counter[str] = field(default_factory=Counter)
+    problems: Counter[tuple[str, str]] = field(default_factory=Counter)
+    examples: dict[tuple[str, str], str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    figures: list[str] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def answer(self, probe: Probe, seen: list[Seen]) -> None:
+        with self._lock:
+            self.answers[probe.label] += 1
+            for what, example in seen:
+                self.problems[probe.label, what] += 1
+                self.examples.setdefault((probe.label, what), " ".join(example.split()))
+
+    def note(self, problem: str) -> None:
+        with self._lock:
+            self.notes.append(problem)
+
+    def report(self) -> list[str]:
+        """The problems, one a line, and then the figures measured; nothing if all is well."""
+        lines = [
+            f"{label}: {what} in {count} of {self.answers[label]} answers, "
+            f"e.g. {self.examples[label, what][:EXAMPLE_CHARS]}"
+            for (label, what), count in sorted(self.problems.items())
+        ] + self.notes
+        if not lines:
+            return []
+        return [
+            *lines,
+            f"measured: {sum(self.answers.values())} answers; {'; '.join(self.figures)}",
+        ]
+
+
+def ask(server: ServerProcess, probe: Probe) -> list[Seen]:
+    try:
+        reply = server.fetch(probe.path, headers=probe.headers)
+    except (OSError, http.client.HTTPException) as exc:
+        return [("got no answer", repr(exc))]
+    if reply.status == 500:
+        return [("answered 500", reply.body[:300].decode(errors="replace"))]
+    return probe.verify(reply)
+
+
+def probe_during(
+    server: ServerProcess, probes: list[Probe], seconds: float, findings: Findings
+) -> None:
+    """:data:`CLIENTS` clients send ``probes`` in turn for ``seconds``."""
+    turn = itertools.cycle(probes)
+    lock = threading.Lock()
+    stop_at = time.monotonic() + seconds
+
+    def client() -> None:
+        while time.monotonic() < stop_at:
+            with lock:
+                probe = next(turn)
+            findings.answer(probe, ask(server, probe))
+            time.sleep(PAUSE_SECONDS)
+
+    threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def stats(server: ServerProcess) -> dict[str, int]:
+    reply = server.fetch("/matrix/stats")
+    assert reply.status == 200, reply
+    return dict(reply.json())
+
+
+def warm_up(server: ServerProcess, cell: Cell, findings: Findings) -> None:
+    """Wait for the first result of every field, then send every probe once (unchecked), so
+    that what a phase measures does not include first imports and caches."""
+    deadline = time.monotonic() + WARM_UP_SECONDS
+    for route in cell.routes:
+        while True:
+            body = json_body(server.fetch(route.url, headers=matrix_fields.TOKEN))
+            starting = [key for key, entry in body.items() if "starting:" in json.dumps(entry)]
+            if not starting:
+                break
+            if time.monotonic() > deadline:
+                findings.note(f"warm-up: {starting} still starting after {WARM_UP_SECONDS:g}s")
+                break
+            time.sleep(0.1)
+    for phase in PHASES:
+        for probe in phase.probes(cell.routes):
+            server.fetch(probe.path, headers=probe.headers)
+
+
+def check_after_phase(
+    server: ServerProcess, cell: Cell, phase: Phase, before: dict[str, int], findings: Findings
+) -> dict[str, int]:
+    """Leftovers, threads and memory once the phase's probes are done: the stats read then."""
+    deadline = time.monotonic() + SETTLE_SECONDS
+    now = stats(server)
+    while (now["checked_out"] or now["sessions"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = stats(server)
+    after = f"after phase {phase.name!r}"
+    if now["checked_out"] or now["sessions"]:
+        findings.note(
+            f"{after}: {now['checked_out']} pooled connections checked out and "
+            f"{now['sessions']} scoped sessions left, {SETTLE_SECONDS:g}s after the last probe"
+        )
+    hung = sum(item.hangs for route in cell.routes for item in route.fields)
+    limit = matrix_fields.MAX_WORKERS + hung + SPARE_THREADS
+    if now["threads"] > limit:
+        findings.note(
+            f"{after}: {now['threads']} threads, more than max_workers "
+            f"{matrix_fields.MAX_WORKERS} + {hung} hung + {SPARE_THREADS}"
+        )
+    growth = now["rss_kib"] - before["rss_kib"]
+    findings.figures.append(
+        f"{after}: {now['threads']} threads, RSS {growth / 1024:+.1f} MB, "
+        f"{now['checked_out']} checked out, {now['sessions']} sessions"
+    )
+    if growth > RSS_GROWTH_LIMIT_KIB:
+        findings.note(
+            f"{after}: RSS grew by {growth / 1024:.1f} MB "
+            f"({before['rss_kib']} -> {now['rss_kib']} KiB)"
+        )
+    return now
+
+
+def stop(server: ServerProcess, findings: Findings) -> None:
+    """SIGTERM; the exit must be quick, with a clean status, and the log show no traceback."""
+    logged_before = len(server.log())
+    started = time.monotonic()
+    server.signal(signal.SIGTERM)
+    code = server.wait()  # kills the server's process group after 10 s
+    seconds = time.monotonic() - started
+    if seconds > EXIT_LIMIT_SECONDS:
+        findings.note(
+            f"exit: {seconds:.1f}s after SIGTERM (limit {EXIT_LIMIT_SECONDS:g}s), status {code}"
+        )
+    elif code not in CLEAN_EXIT_CODES:
+        findings.note(f"exit: status {code} after SIGTERM")
+    log = server.log()
+    for when, part in (
+        ("while serving", log[:logged_before]),
+        ("once told to stop", log[logged_before:]),
+    ):
+        errors = Counter(tracebacks(part))
+        if errors:
+            findings.note(f"log: {errors.total()} tracebacks {when}: {errors.most_common(3)}")
+
+
+#: The record flask_status logs, with its traceback, when a check fails: expected here.
+CHECK_FAILED = re.compile(r"ERROR.*\bstatus field '\w+' failed: ")
+#: The line between two tracebacks of one chain of exceptions.
+CHAINED = re.compile(r"^(During handling of the above exception|The above exception was)")
+
+
+def tracebacks(log: str) -> list[str]:
+    """The exception (the last line) of each traceback in ``log`` and each unraisable
+    exception, except the tracebacks that flask_status logs for checks that failed."""
+    lines = log.splitlines()
+    found: list[str] = []
+    expected = False
+    for number, line in enumerate(lines):
+        if line.startswith("Exception ignored"):
+            found.append(line)
+        if not line.startswith("Traceback"):
+            continue
+        before = [text for text in lines[max(0, number - 2) : number] if text.strip()]
+        chained = bool(before) and bool(CHAINED.match(before[-1]))
+        if not chained:
+            expected = bool(before) and bool(CHECK_FAILED.search(before[-1]))
+        if not expected:
+            rest = lines[number + 1 :]
+            found.append(next((end for end in rest if end and not end[0].isspace()), line))
+    return found
+
+
+def run_cell(cell: Cell, directory: Path, redis_url: str | None) -> list[str]:
+    """Serve the cell, probe it phase by phase, stop it: the problems seen, as lines."""
+    env = {
+        matrix_fields.FIELD_SET_ENV: cell.field_set,
+        matrix_fields.DATABASE_ENV: str(directory / "matrix.db"),
+        matrix_fields.STORE_ENV: redis_url or "",
+        matrix_fields.PREFIX_ENV: f"matrix:{cell.id}",
+        # gunicorn's control socket lives under $HOME: one of its own, apart from other cells.
+        "HOME": str(directory),
+    }
+    server = ServerProcess(list(cell.form.argv), TESTS_DIR, directory / "server.log", env)
+    findings = Findings()
+    try:
+        server.start()
+    except RuntimeError as exc:
+        return [f"did not start: {exc}"]
+    try:
+        warm_up(server, cell, findings)
+        before = stats(server)
+        for phase in PHASES:
+            probe_during(server, phase.probes(cell.routes), phase.seconds, findings)
+            before = check_after_phase(server, cell, phase, before, findings)
+    except Exception as exc:  # this cell's failure, reported with it, not the other cells'
+        findings.note(f"the cell stopped early: {exc!r}")
+    finally:
+        stop(server, findings)
+    problems = findings.report()
+    return [*problems, f"server log: {server.log_path}"] if problems else []
+
+
+# -- the matrix -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def matrix(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Problems:
+    """Runs every cell this session selected, :data:`PARALLEL_CELLS` at a time: each cell's
+    problems."""
+    selected = [
+        item.callspec.params["cell"]
+        for item in request.session.items
+        if getattr(item, "function", None) is test_cell and hasattr(item, "callspec")
+    ]
+    if not has_redis_server():  # those cells skip
+        selected = [cell for cell in selected if not STORES[cell.store]]
+    redis_url = None
+    if any(STORES[cell.store] for cell in selected):
+        redis_url = f"redis://127.0.0.1:{request.getfixturevalue('redis_port')}/0"
+
+    def run(cell: Cell) -> list[str]:
+        directory = tmp_path_factory.mktemp(cell.id.replace("/", "_"))
+        return run_cell(cell, directory, redis_url if STORES[cell.store] else None)
+
+    with ThreadPoolExecutor(PARALLEL_CELLS) as pool:
+        return Problems(zip(selected, pool.map(run, selected), strict=True))
+
+
+def has_redis_server() -> bool:
+    return shutil.which("redis-server") is not None
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=[cell.id for cell in CELLS])
+def test_cell(cell: Cell, request: pytest.FixtureRequest) -> None:
+    if STORES[cell.store] and not has_redis_server():
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    matrix: Problems = request.getfixturevalue("matrix")
+    problems = matrix[cell]
+    assert not problems, f"{cell}:\n  " + "\n  ".join(problems)
+
+
+def test_the_matrix_covers_every_server_form_of_the_readme() -> None:
+    assert len(SERVER_FORMS) == 7
+    for form in SERVER_FORMS:
+        assert any("matrix_app:" in arg for arg in form.argv), form
+    assert len(CELLS) == len(SERVER_FORMS) * len(STORES) * len(FIELD_SETS)
