@@ -227,7 +227,9 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 def _start_redis(binary: str, port: int, workdir: Path) -> subprocess.Popen[bytes] | None:
     process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        # DEBUG SLEEP (from 127.0.0.1 only) lets a test stall the server as a busy Redis would.
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        + ["--enable-debug-command", "local"],
         cwd=workdir,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
