@@ -10,8 +10,8 @@ The store is a dependency too: when it is down or slow, every process evaluates 
 without a store, and says so; sharing resumes as soon as it answers again.
 
 A stored result is the run of the process that stored it, known by its ``measured_at``: each
-process takes it at most once (a result it already has, its own or read before, is not news),
-and only when it is well-formed and no older than the field's freshness allows.
+process takes it at most once (a result no newer than the last it has, its own or read before,
+is not news), and only when it is well-formed and no older than the field's freshness allows.
 """
 
 from __future__ import annotations
@@ -215,8 +215,8 @@ class Sharing:
         return outcome
 
     def _accept(self, key: str, data: bytes | None, fresh_for: float) -> Outcome | None:
-        """The stored outcome in ``data`` if it is news: well-formed, fresh, and not one this
-        process already took. Anything else found is logged (once per key) and ignored."""
+        """The stored outcome in ``data`` if it is news: well-formed, fresh, and measured after
+        the last one this process took. A malformed or stale entry is logged (once per key)."""
         if data is None:
             return None
         try:
@@ -226,8 +226,9 @@ class Sharing:
             self._ignoring.add(key)
             log("status store: ignored the entry under %r, running the check: %s", key, exc)
             return None
-        if self._taken.get(key) == outcome.measured_at:
-            return None
+        taken = self._taken.get(key)
+        if taken is not None and outcome.measured_at <= taken:
+            return None  # this run, or an older one: nothing new
         self._taken[key] = outcome.measured_at
         return outcome
 
