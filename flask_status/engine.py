@@ -76,8 +76,9 @@ class Run:
     finished_at: float | None = None  # time.monotonic(); None while the check still runs
     thread_busy: bool = False  # a sync check abandoned at its deadline has not returned yet
     joined: int = 0  # requests that came while it ran, and waited for it
-    #: Its outcome is another process's, read from the store: not measured for any request here.
-    from_store: bool = False
+    #: When the run whose result this one took from the store began there (Unix time);
+    #: ``None`` for a run of this process. Such a result was measured for no request here.
+    began_elsewhere: float | None = None
 
     def result(self) -> Outcome:
         """The outcome, or "timed out" for a request that stopped waiting at the deadline."""
@@ -295,7 +296,7 @@ class Evaluator:
                 task_group.start_soon(self._wait, run)
         for key, run in runs.items():
             evaluation.outcomes[key] = run.result()
-            if run.from_store:
+            if run.began_elsewhere is not None:  # another process's run, read from the store
                 evaluation.cached.add(key)
 
     def _reusable(self, run: Run, item: Field, now: float, loop: EventLoopToken) -> bool:
@@ -335,7 +336,13 @@ class Evaluator:
             if previous is not None and previous.thread_busy:
                 self._finish(previous, began - previous.started_at)
             else:
-                await self._host([self._start(state, began, loop)])
+                run = self._start(state, began, loop)
+                await self._host([run])
+                if run.began_elsewhere is not None:
+                    # Another process ran it: tick one interval after it did, as it will, so
+                    # that the fleet keeps the interval.
+                    elsewhere = time.monotonic() - (time.time() - run.began_elsewhere)
+                    began = min(began, elsewhere)
             await state.first_result.set()
             await anyio.sleep(max(0.0, began + item.interval - time.monotonic()))
 
@@ -349,7 +356,10 @@ class Evaluator:
             return Outcome(error="starting: no result yet", measured_at=time.time())
         assert run.finished_at is not None
         age = time.monotonic() - run.finished_at
-        if age > item.interval + run.timeout:  # the runner died or is stuck
+        late = item.interval + run.timeout
+        if self.sharing is not None:
+            late += self.sharing.slack(run.timeout)
+        if age > late:  # the runner died or is stuck
             return Outcome(
                 error=f"stale: the last result is {age:.0f}s old (interval {item.interval:g}s)",
                 measured_at=time.time(),
@@ -357,8 +367,11 @@ class Evaluator:
         return run.outcome
 
     async def _wait_first_result(self, item: Field, evaluation: Evaluation) -> None:
-        """``wait_first``: wait for a background field's first result, up to its timeout."""
+        """``wait_first``: wait for a background field's first result, up to its timeout
+        (and the store's, which the first run may wait for before it starts)."""
         timeout = self._timeout(item)
+        if self.sharing is not None:
+            timeout += self.sharing.store.timeout
         with anyio.move_on_after(timeout):
             await self._state(item).first_result.wait()
         if not self._read_background(item, evaluation):
@@ -441,9 +454,8 @@ class Evaluator:
         item = run.field
         if not self._shared(item):
             return None
-        if item.interval is not None:
-            return item.interval, item.interval
-        return self._cache_ttl(item), run.timeout
+        fresh_for = item.interval if item.interval is not None else self._cache_ttl(item)
+        return fresh_for, run.timeout
 
     def _shared(self, item: Field) -> bool:
         """Whether this field's results are shared with other processes (through a store)."""
@@ -455,21 +467,26 @@ class Evaluator:
     async def _execute_shared(
         self, run: Run, scope: anyio.CancelScope, fresh_for: float, lease_for: float
     ) -> None:
-        """A result from the store, another process's, or this run's (then stored)."""
-        assert self.sharing is not None
+        """A result from the store, another process's, or this run's (then stored).
 
-        executed = False
+        A background check's timeout is its own, not the store's: its deadline counts from
+        when it starts, however long the store took before (no request waits for the run).
+        """
+        assert self.sharing is not None
+        background = run.field.interval is not None
+        if background:
+            scope.deadline += self.sharing.store.timeout
 
         async def execute() -> Outcome | None:
-            nonlocal executed
-            executed = True
+            if background:
+                scope.deadline = max(scope.deadline, anyio.current_time() + run.timeout)
             await self._execute([run], scope)
             return run.produced if isinstance(run.produced, Outcome) else None
 
         outcome = await self.sharing.run(run.field.key, execute, fresh_for, lease_for)
-        if outcome is not None:
+        if outcome is not None and outcome is not run.produced:  # another process's run
             run.produced = outcome
-            run.from_store = not executed
+            run.began_elsewhere = outcome.measured_at - outcome.duration
 
     async def _awaited(
         self, run: Run, check: Callable[[], Awaitable[Any]], scope: anyio.CancelScope

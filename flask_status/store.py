@@ -8,26 +8,36 @@ Values are JSON outcomes, size-limited; nothing stored is ever executed.
 
 The store is a dependency too: when it is down or slow, every process evaluates locally, as
 without a store, and says so; sharing resumes as soon as it answers again.
+
+A stored result is the run of the process that stored it, known by its ``measured_at``: each
+process takes it at most once (a result no newer than the last it has, its own or read before,
+is not news), and only when it is well-formed and no older than the field's freshness allows.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import secrets
-import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+from anyio.lowlevel import EventLoopToken, current_token
 
 from .extras import requires_extra
+from .fields import MAX_SECONDS, check_seconds
 from .fork import reset_after_fork
 from .outcome import MAX_FIELD_BYTES, Outcome, describe
 from .redact import redact_url
 
 #: Largest stored outcome read back: a value's limit plus room for the rest of the outcome.
 MAX_STORED_BYTES = MAX_FIELD_BYTES + 4096
+
+#: Seconds another host's clock may be ahead of or behind ours (NTP keeps them far closer).
+CLOCK_SKEW = 1.0
 
 #: Seconds a wait listens for the result at a time (it blocks on the connection meanwhile).
 _LISTEN_SECONDS = 0.25
@@ -56,17 +66,17 @@ class RedisStore:
             raise ValueError(f"store must be a redis://, rediss:// or unix:// URL, got {shown!r}")
         self.url = url
         self.prefix = prefix
-        self.timeout = timeout
-        self._clients: dict[int, Any] = {}
+        self.timeout = check_seconds("timeout", timeout)
+        self._clients: dict[EventLoopToken, Any] = {}
         reset_after_fork(self)
 
     def _client(self) -> Any:
         import redis.asyncio
 
-        thread = threading.get_ident()  # the event loop's thread
-        client = self._clients.get(thread)
+        loop = current_token()
+        client = self._clients.get(loop)
         if client is None:
-            client = self._clients[thread] = redis.asyncio.Redis.from_url(
+            client = self._clients[loop] = redis.asyncio.Redis.from_url(
                 self.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout
             )
         return client
@@ -75,8 +85,10 @@ class RedisStore:
         """Drop the parent's connections: a forked child opens its own."""
         self._clients = {}
 
-    async def get(self, key: str) -> Outcome | None:
-        return _decode(await self._client().get(key))
+    async def get(self, key: str) -> bytes | None:
+        """What is stored under ``key``, as it is."""
+        data: bytes | None = await self._client().get(key)
+        return data
 
     async def lease(self, key: str, seconds: float) -> str | None:
         """Take the lease of ``key`` for ``seconds``: its token, or None if another holds it."""
@@ -98,12 +110,15 @@ class RedisStore:
         """Give the lease of ``key`` back, if it is still the one ``token`` took."""
         await self._client().eval(_RELEASE, 1, f"{key}:lease", token)
 
-    async def wait(self, key: str) -> Outcome:
-        """The result another process is producing for ``key``; waits until cancelled."""
+    async def wait(self, key: str, accept: Callable[[bytes | None], Outcome | None]) -> Outcome:
+        """The result another process is producing for ``key``: the first that ``accept``
+        takes. Waits until cancelled."""
         pubsub = self._client().pubsub()
         try:
-            await pubsub.subscribe(f"{key}:done")
-            stored = await self.get(key)  # it may have come before the subscription
+            with anyio.fail_after(self.timeout):
+                await pubsub.subscribe(f"{key}:done")
+                # It may have come before the subscription.
+                stored = accept(await self.get(key))
             while stored is None:
                 # A store that stops answering raises here, rather than hold the wait.
                 with anyio.fail_after(self.timeout + _LISTEN_SECONDS):
@@ -111,7 +126,7 @@ class RedisStore:
                         ignore_subscribe_messages=True, timeout=_LISTEN_SECONDS
                     )
                 if message is not None:
-                    stored = _decode(message["data"])
+                    stored = accept(message["data"])
             return stored
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(self.timeout):
@@ -127,9 +142,18 @@ class Sharing:
         self.logger = logger
         #: Why the store did not answer last time, or None while it does.
         self.unavailable: str | None = None
+        #: Per key: the ``measured_at`` of the last result this process took, its own or stored.
+        self._taken: dict[str, float] = {}
+        self._ignoring: set[str] = set()  # keys whose ignored entries were logged
 
     def key(self, field_key: str) -> str:
         return f"{self.store.prefix}:{self.namespace}:{field_key}"
+
+    def slack(self, timeout: float) -> float:
+        """Seconds a shared run may take beyond its check's ``timeout``: the store's lookup
+        and the end of a wait (up to the store's timeout each), and a wait for another
+        process's run that the store broke off before this process ran the check itself."""
+        return timeout + 2 * self.store.timeout
 
     async def run(
         self,
@@ -138,41 +162,74 @@ class Sharing:
         fresh_for: float,
         lease_for: float,
     ) -> Outcome | None:
-        """A fresh stored outcome, another process's, or ``execute()``'s (then stored).
+        """A fresh stored outcome new to this process, another process's, or ``execute()``'s
+        (then stored).
 
         ``None`` when waiting for another process ran past the caller's deadline (the
-        caller's cancel scope ends the wait). A store that fails costs only the sharing.
+        caller's cancel scope ends the wait). A store that fails, or takes more than half the
+        time left to the deadline, costs only the sharing: the check runs here.
         """
         key = self.key(field_key)
+
+        def accept(data: bytes | None) -> Outcome | None:
+            return self._accept(key, data, fresh_for)
+
+        left = anyio.current_effective_deadline() - anyio.current_time()
         try:
-            with anyio.fail_after(self.store.timeout):
-                stored = await self.store.get(key)
+            with anyio.fail_after(min(self.store.timeout, left / 2)):
+                stored = accept(await self.store.get(key))
                 token = None if stored is not None else await self.store.lease(key, lease_for)
                 if token is not None:
                     # Another process may have stored a result and let its lease go between
                     # the two calls above: then that result it is.
-                    stored = await self.store.get(key)
+                    stored = accept(await self.store.get(key))
                     if stored is not None:
                         await self.store.release(key, token)
         except Exception as exc:  # down, slow, or not Redis: evaluate here
             self._failed(exc)
-            return await execute()
+            return await self._execute(key, execute)
         self._answered()
         if stored is not None:
             return stored
         if token is None:  # another process runs it: its result, by our deadline
             try:
-                return await self.store.wait(key)
+                return await self.store.wait(key, accept)
             except Exception as exc:  # the store failed while we waited: evaluate here
                 self._failed(exc)
-                return await execute()
-        outcome = await execute()
+                return await self._execute(key, execute)
+        outcome = await self._execute(key, execute)
         if outcome is not None:
             try:
                 with anyio.fail_after(self.store.timeout):
                     await self.store.put(key, outcome, fresh_for, token)
             except Exception as exc:
                 self._failed(exc)
+        return outcome
+
+    async def _execute(
+        self, key: str, execute: Callable[[], Awaitable[Outcome | None]]
+    ) -> Outcome | None:
+        outcome = await execute()
+        if outcome is not None:
+            self._taken[key] = outcome.measured_at  # read back later, it is not news
+        return outcome
+
+    def _accept(self, key: str, data: bytes | None, fresh_for: float) -> Outcome | None:
+        """The stored outcome in ``data`` if it is news: well-formed, fresh, and measured after
+        the last one this process took. A malformed or stale entry is logged (once per key)."""
+        if data is None:
+            return None
+        try:
+            outcome = _decode(data, fresh_for + self.store.timeout)
+        except ValueError as exc:
+            log = self.logger.debug if key in self._ignoring else self.logger.warning
+            self._ignoring.add(key)
+            log("status store: ignored the entry under %r, running the check: %s", key, exc)
+            return None
+        taken = self._taken.get(key)
+        if taken is not None and outcome.measured_at <= taken:
+            return None  # this run, or an older one: nothing new
+        self._taken[key] = outcome.measured_at
         return outcome
 
     def _failed(self, exc: BaseException) -> None:
@@ -202,20 +259,52 @@ def _encode(outcome: Outcome) -> str:
     )
 
 
-def _decode(data: bytes | str | None) -> Outcome | None:
-    """A stored outcome, or None for nothing, too much, or anything not ours."""
-    if data is None or len(data) > MAX_STORED_BYTES:
-        return None
+def _decode(data: bytes | str, max_age: float) -> Outcome:
+    """The outcome stored as ``data``, measured at most ``max_age`` seconds ago.
+
+    Raises ``ValueError`` saying why ``data`` is not one: too large, not JSON, not ours, or
+    a number out of range (JSON's NaN and Infinity included).
+    """
+    if len(data) > MAX_STORED_BYTES:
+        raise ValueError(f"larger than {MAX_STORED_BYTES} bytes")
     try:
-        fields = json.loads(data)
-        return Outcome(
-            fields["value"],
-            None if fields["error"] is None else str(fields["error"]),
-            float(fields["duration"]),
-            float(fields["measured_at"]),
+        fields = json.loads(data, parse_constant=_refuse, parse_float=_finite)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"not JSON: {describe(exc)}") from None
+    if not isinstance(fields, dict) or set(fields) != {"value", "error", "duration", "measured_at"}:
+        raise ValueError("not a stored outcome")
+    error, duration, measured_at = fields["error"], fields["duration"], fields["measured_at"]
+    now = time.time()
+    if not (error is None or isinstance(error, str)):
+        raise ValueError(f"error is not a string: {type(error).__name__}")
+    if not _number_within(duration, 0.0, MAX_SECONDS):
+        raise ValueError(f"duration out of range: {duration!r}")
+    if not _number_within(measured_at, now - max_age - CLOCK_SKEW, now + CLOCK_SKEW):
+        raise ValueError(
+            f"measured_at is not within the last {max_age:g}s: {str(measured_at)[:40]}"
         )
-    except (ValueError, TypeError, KeyError):
-        return None
+    return Outcome(fields["value"], error, float(duration), float(measured_at))
+
+
+def _number_within(number: Any, lowest: float, highest: float) -> bool:
+    return (
+        isinstance(number, (int, float))
+        and not isinstance(number, bool)
+        and lowest <= number <= highest
+    )
+
+
+def _refuse(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a number JSON allows")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text[:40]} is out of range")
+    return number
 
 
 def _ms(seconds: float) -> int:

@@ -225,9 +225,16 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     yield from _redis(tmp_path)
 
 
+#: No persistence; ``DEBUG SLEEP`` (from 127.0.0.1 only) lets a test stall the server.
+_REDIS_OPTIONS = (
+    *("--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
+    *("--enable-debug-command", "local"),
+)
+
+
 def _start_redis(binary: str, port: int, workdir: Path) -> subprocess.Popen[bytes] | None:
     process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        [binary, "--port", str(port), *_REDIS_OPTIONS],
         cwd=workdir,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import anyio
 import anyio.from_thread
@@ -278,10 +279,21 @@ STORE_URL_ENV = "SERVED_APP_STORE_URL"
 EXECUTIONS_ENV = "SERVED_APP_EXECUTIONS"
 #: Seconds a result of :func:`create_store_app` stays fresh.
 STORE_CACHE_TTL = 2.0
+#: Seconds between runs of :func:`create_background_store_app`'s check.
+STORE_INTERVAL = 1.0
 
 
 def create_store_app() -> Flask:
     """A check that appends the time of each execution to a file, shared through Redis."""
+    return _store_app(cache_ttl=STORE_CACHE_TTL)
+
+
+def create_background_store_app() -> Flask:
+    """:func:`create_store_app`'s check run in the background, every :data:`STORE_INTERVAL` s."""
+    return _store_app(interval=STORE_INTERVAL, timeout=0.5, wait_first=True)
+
+
+def _store_app(**options: Any) -> Flask:
     app = base_app("store_fleet")
 
     executions = os.environ[EXECUTIONS_ENV]
@@ -292,5 +304,5 @@ def create_store_app() -> Flask:
         return "up"
 
     status = FlaskStatus(app, store=os.environ[STORE_URL_ENV], timeout=1)
-    status.add_field("database", database, cache_ttl=STORE_CACHE_TTL)
+    status.add_field("database", database, **options)
     return app

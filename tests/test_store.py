@@ -8,11 +8,14 @@ same against real gunicorn processes.
 from __future__ import annotations
 
 import json
+import logging
+import math
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import anyio
 import pytest
 import redis
 from conftest import RedisServer
@@ -38,6 +41,44 @@ class Counted:
             self.runs += 1
         time.sleep(self.seconds)
         return self.value
+
+
+class FailsOnce(Counted):
+    """A check that fails on its ``failing``-th run only."""
+
+    def __init__(self, failing: int) -> None:
+        super().__init__()
+        self.failing = failing
+
+    def __call__(self) -> Any:
+        super().__call__()
+        if self.runs == self.failing:
+            raise ConnectionError("lost the connection")
+        return self.value
+
+
+def failing() -> Any:
+    raise ConnectionError("down")
+
+
+def probe(clients: list[Any], seconds: float) -> list[tuple[int, Any]]:
+    """Each client's answers, in turn, for ``seconds``: (status code, body)."""
+    answers = []
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        for client in clients:
+            answer = client.get(URL)
+            answers.append((answer.status_code, answer.get_json()))
+        time.sleep(0.02)
+    return answers
+
+
+def history_times(client: Any) -> list[str]:
+    """When each run in the field's ``?verbose`` history was measured."""
+    return [
+        entry["measured_at"]
+        for entry in client.get(f"{URL}?verbose").get_json()["checks"]["db"]["history"]
+    ]
 
 
 def process(store: Any, check: Any, **options: Any) -> Any:
@@ -176,3 +217,155 @@ def test_a_bad_store_url_is_refused_without_its_password() -> None:
     with pytest.raises(ValueError, match="store must be a redis") as refused:
         FlaskStatus(Flask("bad"), store="http://admin:hunter2@127.0.0.1:6379")
     assert "hunter2" not in str(refused.value)
+
+
+# -- background checks and the store ------------------------------------------------------
+
+
+def test_a_background_check_with_a_store_keeps_its_interval_and_never_reads_stale(
+    redis_server: RedisServer,
+) -> None:
+    check = Counted()
+    client = process(redis_server.url, check, interval=0.5, timeout=0.25, wait_first=True)
+
+    answers = probe([client], 3)
+
+    assert [answer for answer in answers if answer[0] != 200 or answer[1]["db"] != "up"] == []
+    # A run every 0.5 s: 7 in 3 s. Reading its own stored result back, it ran every 1 s.
+    assert check.runs >= 5
+    times = history_times(client)
+    assert len(times) == len(set(times))  # each run recorded once
+
+
+def test_a_run_read_back_from_the_store_is_not_counted_twice_for_thresholds(
+    redis_server: RedisServer,
+) -> None:
+    check = FailsOnce(failing=3)
+    client = process(
+        redis_server.url, check, interval=0.3, timeout=0.25, wait_first=True, failure_threshold=2
+    )
+
+    answers = probe([client], 2)
+
+    assert check.runs >= 4  # the failed run, and the runs after it
+    assert {code for code, _ in answers} == {200}  # one failed run is below the threshold
+
+
+def test_a_fleet_runs_a_background_check_once_per_interval_and_no_process_reads_stale(
+    redis_server: RedisServer,
+) -> None:
+    check = Counted()
+    fleet = [
+        process(redis_server.url, check, interval=0.5, timeout=0.25, wait_first=True)
+        for _ in range(2)
+    ]
+
+    answers = probe(fleet, 3)
+
+    assert [answer for answer in answers if answer[0] != 200 or answer[1]["db"] != "up"] == []
+    # Once per interval for the whole fleet: about 7 in 3 s (alone, each would run 7).
+    assert 4 <= check.runs <= 10
+    for client in fleet:
+        times = history_times(client)
+        assert len(times) == len(set(times))
+
+
+def test_a_slow_store_leaves_a_background_check_healthy_and_says_so(
+    redis_server: RedisServer, raw: redis.Redis
+) -> None:
+    # The check's timeout is the store's: a stalled store must not use it up.
+    client = process(redis_server.url, Counted(), interval=0.3, timeout=0.5, wait_first=True)
+    assert client.get(URL).get_json()["db"] == "up"
+
+    def stall() -> None:
+        for _ in range(4):
+            raw.execute_command("DEBUG", "SLEEP", "0.8")
+            time.sleep(0.2)
+
+    stalling = threading.Thread(target=stall)
+    stalling.start()
+    answers = probe([client], 4)
+    stalling.join(10)
+
+    assert [answer for answer in answers if answer[0] != 200 or answer[1]["db"] != "up"] == []
+    degraded = [body for _, body in answers if body["status"] == "DEGRADED"]
+    assert degraded  # while the store stalled
+    assert all(body["store"]["error"].startswith("unavailable: ") for body in degraded)
+
+
+# -- what is read from the store ----------------------------------------------------------
+
+ENTRY = {"value": "up", "error": None, "duration": 0.01}
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        json.dumps({**ENTRY, "measured_at": 1e300}),
+        json.dumps({**ENTRY, "measured_at": math.nan}),  # Python writes NaN, JSON has none
+        json.dumps({**ENTRY, "measured_at": -1e12}),
+        json.dumps({**ENTRY, "duration": math.nan, "measured_at": "now"}),
+        json.dumps({**ENTRY, "duration": -1.0, "measured_at": "now"}),
+        json.dumps({**ENTRY, "measured_at": "a day ago"}),
+        json.dumps({**ENTRY, "error": {"not": "text"}, "measured_at": "now"}),
+        "[" * 30000 + "]" * 30000,
+    ],
+    ids=["far-future", "nan", "far-past", "nan-duration", "negative-duration", "a-day-old",
+         "error-not-text", "nested"],
+)  # fmt: skip
+def test_a_bad_stored_entry_is_ignored_logged_once_and_the_check_runs(
+    redis_server: RedisServer,
+    raw: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    entry: str,
+) -> None:
+    now = time.time()
+    entry = entry.replace('"now"', str(now)).replace('"a day ago"', str(now - 86400))
+    client = process(redis_server.url, failing, cache_ttl=0.1)
+    forms = [
+        ({}, f"{URL}?verbose"),
+        ({"Accept": "application/health+json"}, URL),
+        ({}, f"{URL}?format=html"),
+        ({}, URL),
+    ]
+    with caplog.at_level(logging.DEBUG):
+        for headers, url in forms:
+            raw.set("flask-status:fleet:/api/status:db", entry)  # no TTL
+            time.sleep(0.15)  # past this process's cache: the next answer reads the store
+            answer = client.get(url, headers=headers)
+            # The check ran (it fails), whatever the entry said.
+            assert answer.status_code == 503, url
+            assert b"ConnectionError: down" in answer.data
+    ignored = [r.levelno for r in caplog.records if "ignored the entry" in r.getMessage()]
+    assert len(ignored) >= len(forms)  # read each time
+    assert ignored[0] == logging.WARNING  # and logged once
+    assert set(ignored[1:]) == {logging.DEBUG}
+
+
+def test_a_day_old_entry_does_not_stand_in_for_a_failing_background_check(
+    redis_server: RedisServer, raw: redis.Redis
+) -> None:
+    stored = {"value": "ok", "error": None, "duration": 0.01, "measured_at": time.time() - 86400}
+    raw.set("flask-status:fleet:/api/status:db", json.dumps(stored))  # no TTL
+    client = process(redis_server.url, failing, interval=0.3, wait_first=True)
+
+    answers = probe([client], 1)
+
+    assert {code for code, _ in answers} == {503}
+    assert all(body["db"] == {"error": "ConnectionError: down"} for _, body in answers)
+
+
+@pytest.mark.parametrize("timeout", [-1, 0, math.nan, math.inf, "0.5"])
+def test_redis_store_refuses_a_timeout_that_cannot_work(timeout: Any) -> None:
+    with pytest.raises((TypeError, ValueError), match=r"^timeout must be a number of seconds"):
+        RedisStore("redis://127.0.0.1:6379/0", timeout=timeout)
+
+
+def test_each_event_loop_has_its_own_client_even_on_one_thread(
+    redis_server: RedisServer, raw: redis.Redis
+) -> None:
+    raw.set("key", "stored")
+    store = RedisStore(redis_server.url)
+    # A redis.asyncio client belongs to the loop it connected on: the second loop of this
+    # thread must not be handed the first one's.
+    assert [anyio.run(store.get, "key") for _ in range(2)] == [b"stored"] * 2

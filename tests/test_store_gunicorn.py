@@ -6,7 +6,7 @@ import itertools
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -31,18 +31,27 @@ def executions(tmp_path: Path) -> Path:
 def fleet(
     tmp_path: Path, redis_server: RedisServer, executions: Path
 ) -> Iterator[list[ServerProcess]]:
+    with serving(tmp_path, redis_server, executions, "create_store_app()", PODS) as servers:
+        yield servers
+
+
+@contextmanager
+def serving(
+    tmp_path: Path, redis_server: RedisServer, executions: Path, factory: str, pods: int
+) -> Iterator[list[ServerProcess]]:
+    """``pods`` gunicorn processes of :data:`WORKERS` workers serving ``served_app:factory``."""
     env = {served_app.STORE_URL_ENV: redis_server.url, served_app.EXECUTIONS_ENV: str(executions)}
     with ExitStack() as stack:
         yield [
             stack.enter_context(
                 gunicorn(
-                    "served_app:create_store_app()",
+                    f"served_app:{factory}",
                     tmp_path / f"pod{pod}.log",
                     workers=WORKERS,
                     env=env,
                 )
             )
-            for pod in range(PODS)
+            for pod in range(pods)
         ]
 
 
@@ -105,3 +114,16 @@ def test_redis_stopped_mid_load_then_restarted(
     assert set(statuses) == {200}  # DEGRADED while the store is down, never a failure
     resumed = [t for t in execution_times(executions) if t > time.time() - 2.5]
     assert len(resumed) <= 2  # shared again after one cache period
+
+
+def test_a_background_check_runs_once_per_interval_and_no_worker_reads_stale(
+    tmp_path: Path, redis_server: RedisServer, executions: Path
+) -> None:
+    factory = "create_background_store_app()"
+    with serving(tmp_path, redis_server, executions, factory, pods=1) as one_pod:
+        statuses = load(one_pod, 6.0)  # every answer "up": none "stale"
+
+    assert set(statuses) == {200}
+    # Once per interval for the four workers: about 7 in 6 s (without the store, 28).
+    times = execution_times(executions)
+    assert 5 <= len(times) <= 6.0 / served_app.STORE_INTERVAL + 3, times
