@@ -161,24 +161,72 @@ def test_prestop_drain_then_sigterm_under_gunicorn(
     assert lifecycle_server.stop(signal.SIGTERM) == 0
 
 
-def test_drain_on_sigterm_keeps_serving_with_readiness_failing(tmp_path: Path) -> None:
+#: How long :func:`drain_on_sigterm` drains in the tests below, and the graceful timeout they
+#: give gunicorn: a worker that has not stopped by then is killed.
+DRAIN_SECONDS = 3.0
+LATE_SECONDS = 10
+DRAIN_WORKERS = 2
+
+
+@pytest.mark.parametrize(
+    ("worker_class", "app", "exit_line"),
+    [
+        ("sync", "served_app:create_lifecycle_app()", "Worker exiting"),
+        ("gthread", "served_app:create_lifecycle_app()", "Worker exiting"),
+        ("gevent", "served_app:create_lifecycle_app()", "Worker exiting"),
+        (
+            "flask_status.uvicorn_worker.UvicornWorker",
+            "served_app:create_lifecycle_asgi_app()",
+            "Finished server process",
+        ),
+    ],
+)
+def test_drain_on_sigterm_keeps_serving_with_readiness_failing(
+    tmp_path: Path, worker_class: str, app: str, exit_line: str
+) -> None:
+    """After SIGTERM each worker answers readiness 503 DRAINING and serves every other route
+    for the given seconds, then stops on its own, before gunicorn would kill it."""
     config = tmp_path / "gunicorn.conf.py"
     config.write_text(
         "from flask_status.gunicorn import drain_on_sigterm\n"
-        "post_worker_init = drain_on_sigterm(seconds=1.5)\n"
+        f"post_worker_init = drain_on_sigterm(seconds={DRAIN_SECONDS})\n"
     )
-    with gunicorn(
-        "served_app:create_lifecycle_app()", tmp_path / "gunicorn.log", "-c", str(config)
-    ) as server:
-        assert fetch(server, "/readyz").status == 200
+    server = gunicorn(
+        app,
+        tmp_path / "gunicorn.log",
+        "-c", str(config),
+        "--graceful-timeout", str(LATE_SECONDS),  # replaces the shorter one of gunicorn()
+        worker_class=worker_class,
+        workers=DRAIN_WORKERS,
+    )  # fmt: skip
+    with server:
+        serving: set[str] = set()  # workers that answered, so serve with the hook in place
+        deadline = time.monotonic() + 20
+        while len(serving) < DRAIN_WORKERS:
+            assert time.monotonic() < deadline, f"only workers {serving} answered"
+            reply = fetch(server, "/readyz")
+            assert reply.status == 200
+            serving.add(reply.headers["x-pid"])
         started = time.monotonic()
         server.signal(signal.SIGTERM)
-        time.sleep(0.3)
-        draining = fetch(server, "/readyz")
-        assert (draining.status, draining.json()) == (503, {"status": "DRAINING"})
-        assert fetch(server, "/hello").status == 200
+        # Each worker logs once it drains.
+        while server.log().count("draining for") < DRAIN_WORKERS:
+            assert time.monotonic() < started + DRAIN_SECONDS / 2, server.log()
+            time.sleep(0.02)
+        probes = []
+        while time.monotonic() < started + DRAIN_SECONDS / 2:
+            probes.append([fetch(server, path) for path in ("/readyz", "/livez", "/hello")])
+        assert probes
+        for readiness, liveness, hello in probes:
+            assert (readiness.status, readiness.json()) == (503, {"status": "DRAINING"})
+            assert (liveness.status, hello.status) == (200, 200)
         assert server.wait() == 0
-        assert time.monotonic() - started >= 1.5
+        stopped = time.monotonic() - started
+    log = server.log()
+    assert DRAIN_SECONDS <= stopped < LATE_SECONDS, log
+    assert log.count(exit_line) == DRAIN_WORKERS, log
+    assert "Traceback" not in log
+    assert "ERROR" not in log
 
 
 def test_background_checks_restart_in_each_forked_worker(tmp_path: Path) -> None:
