@@ -101,6 +101,24 @@ def test_the_drain_trigger_is_guarded_like_the_status_route(tmp_path: Path) -> N
     assert client.get("/readyz", headers=TOKEN).status_code == 503
 
 
+def test_a_drain_file_that_cannot_be_created_is_refused_at_setup(tmp_path: Path) -> None:
+    """Else the drain trigger would fail, and only its own process would drain."""
+    missing = tmp_path / "missing"
+    with pytest.raises(ValueError, match="drain_file") as refused:
+        FlaskStatus(readiness=True, drain_file=str(missing / "drain"))
+    assert f"directory {str(missing)!r} does not exist" in str(refused.value)
+
+    app = Flask(__name__)
+    app.config["STATUS_DRAIN_FILE"] = str(missing / "drain")
+    with pytest.raises(ValueError, match="STATUS_DRAIN_FILE") as refused:
+        FlaskStatus(app, readiness=True)
+    assert str(missing) in str(refused.value)
+    assert [rule.endpoint for rule in app.url_map.iter_rules()] == ["static"]  # nothing added
+
+    with pytest.raises(ValueError, match="drain_file .* is a directory"):
+        FlaskStatus(readiness=True, drain_file=str(tmp_path))
+
+
 def test_drain_is_a_reserved_key_on_a_readiness_route() -> None:
     with pytest.raises(ValueError, match='"drain" is reserved'):
         FlaskStatus(Flask(__name__), readiness=True).add_field("drain", 1)
