@@ -56,6 +56,8 @@ class Settings:
     expose_errors: bool = True
     max_workers: int = DEFAULT_MAX_WORKERS
     drain_file: str | None = None
+    #: ``None``: served when an ``authenticator`` guards the route, else not.
+    drain_trigger: bool | None = None
     store: RedisStore | None = None
     #: ``None``: ``"when_authorized"`` when an ``is_authorized`` is given, else ``"always"``.
     show_details: str | None = None
@@ -74,6 +76,7 @@ VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "expose_errors": check_bool,
     "max_workers": check_count,
     "drain_file": check_drain_file,
+    "drain_trigger": check_bool,
     "store": check_store,
     "show_details": check_show_details,
     "history_size": check_history_size,

@@ -166,6 +166,20 @@ def check_count(name: str, value: Any) -> int:
     return value
 
 
+def check_key(key: Any) -> str:
+    """A field key: a non-empty str, not reserved, without ``/``."""
+    if not isinstance(key, str):
+        raise TypeError(f"key must be a str, got {type(key).__name__}")
+    if not key:
+        raise ValueError("key must be a non-empty str")
+    if key in RESERVED_KEYS:
+        raise ValueError(f"key {key!r} is reserved: {RESERVED_KEYS[key]}")
+    if "/" in key:
+        # The field's own route <url>/<key> matches one path segment: it could never be reached.
+        raise ValueError(f"key {key!r} must not contain '/': GET <url>/<key> could not reach it")
+    return key
+
+
 def make_field(
     key: Any,
     value: Any,
@@ -180,15 +194,7 @@ def make_field(
     success_threshold: Any = 1,
 ) -> Field:
     """Validate ``add_field`` arguments and build the field."""
-    if not isinstance(key, str):
-        raise TypeError(f"key must be a str, got {type(key).__name__}")
-    if not key:
-        raise ValueError("key must be a non-empty str")
-    if key in RESERVED_KEYS:
-        raise ValueError(f"key {key!r} is reserved: {RESERVED_KEYS[key]}")
-    if "/" in key:
-        # The field's own route <url>/<key> matches one path segment: it could never be reached.
-        raise ValueError(f"key {key!r} must not contain '/': GET <url>/<key> could not reach it")
+    check_key(key)
     check_bool("critical", critical)
     check_bool("single_flight", single_flight)
     check_bool("wait_first", wait_first)
