@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,9 +29,15 @@ def check_store(name: str, value: Any) -> RedisStore:
     raise TypeError(f"{name} must be a RedisStore or a redis:// URL, got {type(value).__name__}")
 
 
-def check_path(name: str, value: Any) -> str:
+def check_drain_file(name: str, value: Any) -> str:
+    """A path where a file can be created: its directory exists, and it is not one itself."""
     if not isinstance(value, str) or not value:
         raise TypeError(f"{name} must be a non-empty str (a file path), got {value!r}")
+    if os.path.isdir(value):  # it would "exist" from the start: the route would never serve
+        raise ValueError(f"{name} {value!r} is a directory, not a file path")
+    directory = os.path.dirname(os.path.abspath(value))
+    if not os.path.isdir(directory):
+        raise ValueError(f"{name} {value!r}: its directory {directory!r} does not exist")
     return value
 
 
@@ -49,6 +56,8 @@ class Settings:
     expose_errors: bool = True
     max_workers: int = DEFAULT_MAX_WORKERS
     drain_file: str | None = None
+    #: ``None``: served when an ``authenticator`` guards the route, else not.
+    drain_trigger: bool | None = None
     store: RedisStore | None = None
     #: ``None``: ``"when_authorized"`` when an ``is_authorized`` is given, else ``"always"``.
     show_details: str | None = None
@@ -66,7 +75,8 @@ VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "cache_ttl": lambda name, value: check_seconds(name, value, allow_zero=True),
     "expose_errors": check_bool,
     "max_workers": check_count,
-    "drain_file": check_path,
+    "drain_file": check_drain_file,
+    "drain_trigger": check_bool,
     "store": check_store,
     "show_details": check_show_details,
     "history_size": check_history_size,

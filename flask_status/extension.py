@@ -19,7 +19,7 @@ from . import config, details, formats, lifecycle, logs
 from .aggregate import Health, aggregate
 from .background import BackgroundRuns
 from .engine import Evaluator
-from .fields import Field, FieldOptions, Kind, check_bool, is_async_callable, make_field
+from .fields import Field, FieldOptions, Kind, check_bool, check_key, is_async_callable, make_field
 from .history import History
 from .loop import LoopStopped, portal_loop
 from .mount import Mount
@@ -43,6 +43,8 @@ EXTENSION_KEY = "flask_status"
 
 #: Why a field may not share a key with the message.
 _REPLACES = "the field would silently replace the message's value"
+#: Why a readiness route has no field ``drain``.
+_DRAIN_RESERVED = 'key "drain" is reserved on a readiness route: <url>/drain drains'
 
 
 class FlaskStatus:
@@ -69,6 +71,7 @@ class FlaskStatus:
         readiness: bool = False,
         started_by: str | Sequence[str] | None = None,
         drain_file: str | None = None,
+        drain_trigger: bool | None = None,
         store: RedisStore | str | None = None,
         show_details: str | None = None,
         is_authorized: details.IsAuthorized | None = None,
@@ -84,6 +87,7 @@ class FlaskStatus:
                 "expose_errors": expose_errors,
                 "max_workers": max_workers,
                 "drain_file": drain_file,
+                "drain_trigger": drain_trigger,
                 "store": store,
                 "show_details": show_details,
                 "history_size": history_size,
@@ -92,6 +96,8 @@ class FlaskStatus:
         )
         self.readiness = check_bool("readiness", readiness)
         self.started_by = _check_started_by(started_by, readiness)
+        if drain_trigger is not None and not readiness:
+            raise ValueError("drain_trigger applies only to a readiness route: pass readiness=True")
         self.is_authorized = details.check_is_authorized(is_authorized)
         details.resolve_mode(self._given.get("show_details"), self.is_authorized)  # fail early
         self.authenticator = _check_authenticator(authenticator)
@@ -145,7 +151,12 @@ class FlaskStatus:
         mount.check_url(settings.url)
         mount.check_unrouted(app, settings.url, "URL")
         mount.check_unrouted(app, field_url, "per-field route")
-        drain_url = settings.url.rstrip("/") + "/drain" if self.readiness else None
+        serves_trigger = settings.drain_trigger
+        if serves_trigger is None:  # unguarded, anyone could take the pod out of rotation
+            serves_trigger = self.authenticator is not None
+        drain_url = (
+            settings.url.rstrip("/") + "/drain" if self.readiness and serves_trigger else None
+        )
         if drain_url is not None:
             mount.check_unrouted(app, drain_url, "drain route")
         endpoint = self._endpoint(app, mount, settings.url)
@@ -229,7 +240,7 @@ class FlaskStatus:
         if self.sharing_store:
             self._check_store_key([key])
         if self.readiness and key == "drain":
-            raise ValueError('key "drain" is reserved on a readiness route: <url>/drain drains')
+            raise ValueError(_DRAIN_RESERVED)
         options = FieldOptions(
             critical=critical,
             timeout=timeout,
@@ -264,6 +275,8 @@ class Pending:
     response: Response
     #: STARTING or DRAINING when a readiness route answers so without running its checks.
     state: Health | None = None
+    #: Why the startup gate cannot open (``started_by`` names no field), shown as its entry.
+    gate_error: str | None = None
     show_details: bool | None = None  # decided by ``StatusRoute.access``; None: not yet
 
 
@@ -304,6 +317,7 @@ class StatusRoute:
             self.evaluator.sharing = Sharing(settings.store, namespace, app.logger)
         self.background = BackgroundRuns(self.evaluator)
         self.gate_open = False  # the startup gate of ``started_by`` fields, once open, stays so
+        self.logged_gate_error: str | None = None
         self.history = History(settings.history_size)
         self.evaluator.run_listeners.append(self.history.record)
         self.access = details.Access(
@@ -373,6 +387,9 @@ class StatusRoute:
         state = self.readiness_state()
         if state is not None:
             return Pending([], current_app.response_class(), state)
+        gate_error = self._gate_error()
+        if gate_error is not None:
+            return Pending([], current_app.response_class(), Health.STARTING, gate_error)
         self.background.ensure(selected)
         return Pending(selected, current_app.response_class())
 
@@ -385,6 +402,24 @@ class StatusRoute:
         if self.status.started_by == "app" and not lifecycle.started():
             return Health.STARTING
         return None
+
+    def _gate_error(self) -> str | None:
+        """Why the startup gate can never open: a key of ``started_by`` that is no field (fields
+        are added after the constructor, so this is known only once requests come)."""
+        gate = self.status.started_by
+        if self.gate_open or not isinstance(gate, tuple):
+            return None
+        fields = self.status.fields
+        missing = ", ".join(repr(key) for key in gate if key not in fields)
+        if not missing:
+            return None
+        error = f"no field {missing} (fields: {', '.join(fields) or 'none'})"
+        if error != self.logged_gate_error:
+            self.logged_gate_error = error
+            current_app.logger.error(
+                "status route %s: started_by: %s; its startup gate cannot open", request.path, error
+            )
+        return error
 
     def _gated(self, health: Health, outcomes: Mapping[str, Outcome]) -> Health:
         """STARTING until each field in ``started_by`` has succeeded once, then ``health``."""
@@ -433,6 +468,9 @@ class StatusRoute:
             # The store is a dependency too, if not a critical one: checks ran here instead.
             outcomes["store"] = Outcome(error=sharing.unavailable, measured_at=time.time())
             critical["store"] = False
+        if pending.gate_error is not None:
+            outcomes["started_by"] = Outcome(error=pending.gate_error)
+            critical["started_by"] = True
         wants_health_json = (
             # the substring test spares the Accept parsing on almost every request
             "health+json" in request.headers.get("Accept", "")
@@ -544,6 +582,13 @@ def _check_started_by(started_by: Any, readiness: bool) -> str | tuple[str, ...]
     keys = tuple(started_by)
     if not keys or not all(isinstance(key, str) and key for key in keys):
         raise ValueError(f"started_by must name one field key or more, got {started_by!r}")
+    for key in keys:  # a key no field can have would keep the gate shut for good
+        try:
+            check_key(key)
+            if key == "drain":
+                raise ValueError(_DRAIN_RESERVED)
+        except ValueError as exc:
+            raise ValueError(f"started_by names {key!r}, which no field can have: {exc}") from None
     return keys
 
 

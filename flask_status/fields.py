@@ -191,9 +191,8 @@ def check_count(name: str, value: Any) -> int:
     return value
 
 
-def make_field(key: Any, value: Any, options: FieldOptions | None = None) -> Field:
-    """Validate ``add_field``'s key and value and build the field with its ``options``."""
-    options = options or FieldOptions()
+def check_key(key: Any) -> str:
+    """A field key: a non-empty str, not reserved, without ``/``."""
     if not isinstance(key, str):
         raise TypeError(f"key must be a str, got {type(key).__name__}")
     if not key:
@@ -203,6 +202,13 @@ def make_field(key: Any, value: Any, options: FieldOptions | None = None) -> Fie
     if "/" in key:
         # The field's own route <url>/<key> matches one path segment: it could never be reached.
         raise ValueError(f"key {key!r} must not contain '/': GET <url>/<key> could not reach it")
+    return key
+
+
+def make_field(key: Any, value: Any, options: FieldOptions | None = None) -> Field:
+    """Validate ``add_field``'s key and value and build the field with its ``options``."""
+    options = options or FieldOptions()
+    check_key(key)
     if is_async_callable(value):
         kind = Kind.ASYNC
     elif callable(value):

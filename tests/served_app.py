@@ -230,6 +230,12 @@ def create_lifecycle_app() -> Flask:
     return app
 
 
+def create_lifecycle_asgi_app() -> StatusMiddleware:
+    """:func:`create_lifecycle_app` for ASGI workers."""
+    app = create_lifecycle_app()
+    return StatusMiddleware(WsgiToAsgi(app), app)  # type: ignore[no-untyped-call]
+
+
 #: Seconds between the runs of the background check of :func:`create_background_asgi_app`.
 BACKGROUND_INTERVAL = 0.2
 
