@@ -152,7 +152,7 @@ def _table(rows: Sequence[Row], now: float) -> str:
     )
     head = (
         "<thead><tr><th scope=col>Check</th><th scope=col>Status</th>"
-        "<th scope=col>Value or error</th><th scope=col>Duration</th>"
+        "<th scope=col>Value or error</th><th scope=col class=duration>Duration</th>"
         "<th scope=col>Last measured</th><th scope=col>Recent runs</th></tr></thead>"
     )
     body = "\n".join(_row(row, now, longest or 1.0) for row in rows)
@@ -280,7 +280,7 @@ tbody th { font-weight: 600; white-space: nowrap; }
   white-space: pre-wrap; word-break: break-word; }
 .result.error code { color: var(--bad); }
 .duration, .measured { white-space: nowrap; font-variant-numeric: tabular-nums; }
-td.duration { text-align: right; }
+th.duration, td.duration { text-align: right; }
 .age, .constant, .none, footer, .hidden-details { color: var(--muted); }
 .tag { font-size: .75rem; font-weight: 400; color: var(--muted); border: 1px solid var(--line);
   border-radius: .3rem; padding: 0 .3rem; }
