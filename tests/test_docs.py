@@ -4,8 +4,8 @@
   in a fresh interpreter in a temporary directory, with sockets to 127.0.0.1 only, and each
   ``print(...)  # shown`` must print what it shows. A block that cannot run here is preceded by
   ``<!-- not run: <the reason> -->``.
-- Every console block (``console``, ``bash``, ``sh``, ``shell``, ``text``) is produced or
-  checked by a test of this module, listed in ``CONSOLE_CHECKS``, or preceded by
+- Every console block (``console``, ``bash``, ``sh``, ``shell``, ``text``, or none named) is
+  produced or checked by a test of this module, listed in ``CONSOLE_CHECKS``, or preceded by
   ``<!-- illustrative: <why> -->``.
 - Every server command of the README and of docs/deployment.md starts for real, serving the
   page's ``myapp.py``, and logs no warning; so does docs/sharing.md's, against a real Redis.
@@ -53,8 +53,8 @@ BIN = Path(sys.executable).parent
 FENCE = re.compile(r"^(`{3,})\s*([\w+-]*)\s*$")
 NOT_RUN = re.compile(r"^<!-- not run: (\S.*\S) -->$")
 ILLUSTRATIVE = re.compile(r"^<!-- illustrative: (\S.*\S) -->$")
-#: Languages of the blocks that show commands or what they print.
-CONSOLE = frozenset({"console", "bash", "sh", "shell", "text"})
+#: Languages of the blocks that show commands or what they print ("": a block without one).
+CONSOLE = frozenset({"console", "bash", "sh", "shell", "text", ""})
 #: Seconds a page's examples may take together.
 PAGE_SECONDS = 120
 
