@@ -24,5 +24,5 @@ class requires_extra:  # lower case: it reads as a statement, ``with requires_ex
         if isinstance(exc, ImportError):
             raise ImportError(
                 f"{self.what} needs the {self.extra!r} extra: "
-                f"pip install 'flask-status[{self.extra}]'"
+                f"pip install -e '.[{self.extra}]' in a clone of flask-status"
             ) from exc

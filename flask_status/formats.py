@@ -17,7 +17,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from flask import Response, request
+from flask import Response, current_app, request
 
 from . import page
 from .aggregate import Health
@@ -177,7 +177,7 @@ class Page(Form):
                 )
                 for key, outcome in outcomes.items()
             ]
-        return page.status_page(health, about, rows, time.time())
+        return page.status_page(current_app.name, health, about, rows, time.time())
 
     def finish(self, response: Response) -> None:
         super().finish(response)

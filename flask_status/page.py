@@ -1,8 +1,10 @@
 """The status page: one self-contained HTML document, for people rather than probes.
 
-Inline CSS, no script, no external request; it reloads itself every few seconds with a
-``<meta http-equiv="refresh">``. Everything it shows that comes from a check, the message or
-the history is escaped, so a check returning markup shows that markup as text.
+It answers first what a reader comes for: the overall status and why (which checks fail),
+then the checks, failing ones first. Inline CSS, no script, no external request; it reloads
+itself every few seconds with a ``<meta http-equiv="refresh">``. Everything it shows that
+comes from a check, the message or the history is escaped, so a check returning markup shows
+that markup as text.
 """
 
 from __future__ import annotations
@@ -48,17 +50,21 @@ class Row:
 
 
 def status_page(
+    app_name: str,
     health: Health,
     about: Sequence[tuple[str, str]],
     rows: Sequence[Row] | None,
     now: float,
     refresh: int = REFRESH_SECONDS,
 ) -> str:
-    """The page: the overall status, ``about`` (the message's entries), one row per check.
+    """The page of ``app_name``: the overall status and its reason, ``about`` (the message's
+    entries), one row per check, failing checks first.
 
     ``rows`` is ``None`` for a caller who may not see details: the page then names no check.
     """
-    title = f"{health.value} \N{MIDDLE DOT} status"
+    title = f"{health.value} \N{MIDDLE DOT} {app_name} status"
+    if rows is not None:
+        rows = sorted(rows, key=_failing_first)
     parts = [
         "<!doctype html>",
         '<html lang="en">',
@@ -69,10 +75,11 @@ def status_page(
         f"<title>{escape(title)}</title>",
         f"<style>{_CSS}</style>",
         "</head>",
-        f'<body class="{_HEALTH_CLASS[health]}">',
+        f'<body class="{health.value.lower()}">',
         "<main>",
         '<header class="overall">',
-        f'<h1>Status: <span id="status">{escape(health.value)}</span></h1>',
+        f'<h1>{escape(app_name)} status: <span id="status">{escape(health.value)}</span></h1>',
+        f'<p id="reason">{_reason(health, rows)}</p>',
         _about(about),
         "</header>",
         _table(rows, now) if rows is not None else _no_details(),
@@ -83,6 +90,44 @@ def status_page(
         "</html>",
     ]
     return "\n".join(part for part in parts if part)
+
+
+def _failing_first(row: Row) -> int:
+    """Critical failures, then other failures, then the rest; ``sorted`` keeps each in order."""
+    if row.ok:
+        return 2
+    return 0 if row.critical else 1
+
+
+def _reason(health: Health, rows: Sequence[Row] | None) -> Markup:
+    """Why the status is what it is: the state of a readiness route, and the checks that fail."""
+    if health is Health.DRAINING:
+        return _DRAINING
+    reason = _STARTING if health is Health.STARTING else Markup("")
+    if rows is None:
+        return reason + _WITHOUT_DETAILS.get(health, Markup(""))
+    if not rows:
+        no_checks = _NOT_RUN_YET if health is Health.STARTING else _NO_CHECKS
+        return reason + no_checks
+    failing = [row for row in rows if not row.ok]
+    if not failing:
+        return reason + Markup("Every check passes.")
+    critical = [row.key for row in failing if row.critical]
+    other = [row.key for row in failing if not row.critical]
+    groups = [
+        Markup("{} ({})").format(_names(keys), kind)
+        for keys, kind in ((critical, "critical"), (other, "non-critical"))
+        if keys
+    ]
+    return reason + Markup("Failing: {}. {} of {} checks pass.").format(
+        Markup("; ").join(groups), len(rows) - len(failing), len(rows)
+    )
+
+
+def _names(keys: Sequence[str]) -> Markup:
+    return Markup(", ").join(
+        Markup('<strong class="failing-check">{}</strong>').format(key) for key in keys
+    )
 
 
 def _about(about: Sequence[tuple[str, str]]) -> str:
@@ -100,17 +145,21 @@ def _no_details() -> str:
 
 def _table(rows: Sequence[Row], now: float) -> str:
     if not rows:
-        return '<p class="no-checks">This route has no checks.</p>'
+        return ""  # the reason says why
+    # One scale for every strip, so that bar heights compare across checks too.
+    longest = max(
+        (entry.duration for row in rows for entry in row.history[-STRIP_RUNS:]), default=0.0
+    )
     head = (
         "<thead><tr><th scope=col>Check</th><th scope=col>Status</th>"
-        "<th scope=col>Value or error</th><th scope=col>Duration</th>"
+        "<th scope=col>Value or error</th><th scope=col class=duration>Duration</th>"
         "<th scope=col>Last measured</th><th scope=col>Recent runs</th></tr></thead>"
     )
-    body = "\n".join(_row(row, now) for row in rows)
+    body = "\n".join(_row(row, now, longest or 1.0) for row in rows)
     return f'<table class="checks">{head}<tbody>\n{body}\n</tbody></table>'
 
 
-def _row(row: Row, now: float) -> str:
+def _row(row: Row, now: float, longest: float) -> str:
     state = "ok" if row.ok else "failing"
     badge = "ok" if row.ok else ("bad" if row.critical else "warn")  # as the overall colors
     name = escape(row.key)
@@ -124,7 +173,7 @@ def _row(row: Row, now: float) -> str:
         f'<td class="result {result_class}"><code>{escape(_cut(row.text))}</code></td>'
         f'<td class="duration">{escape(_duration(row.duration))}</td>'
         f'<td class="measured">{_measured(row, now)}</td>'
-        f'<td class="recent">{_strip(row.history)}</td>'
+        f'<td class="recent">{_strip(row.history, longest)}</td>'
         "</tr>"
     )
 
@@ -140,12 +189,12 @@ def _measured(row: Row, now: float) -> Markup:
     return text
 
 
-def _strip(history: Sequence[Entry]) -> Markup:
-    """Recent runs as small cells, oldest first: color for the result, height for duration."""
+def _strip(history: Sequence[Entry], longest: float) -> Markup:
+    """Recent runs as small cells, oldest first: color for the result, height for duration
+    (relative to ``longest``, the longest run on the page)."""
     if not history:
         return Markup('<span class="none">\N{EM DASH}</span>')
     history = history[-STRIP_RUNS:]
-    longest = max(entry.duration for entry in history) or 1.0
     cells = []
     for entry in history:
         state = "ok" if entry.ok else "failed"
@@ -169,11 +218,10 @@ def _cut(text: str) -> str:
 
 
 def _duration(seconds: float | None) -> str:
+    """Milliseconds with one decimal, for every duration: they line up and compare at a glance."""
     if seconds is None:
         return "\N{EM DASH}"
-    if seconds < 1:
-        return f"{seconds * 1000:.3g} ms"
-    return f"{seconds:.3g} s"
+    return f"{seconds * 1000:,.1f} ms"
 
 
 def _ago(seconds: float) -> str:
@@ -185,7 +233,23 @@ def _ago(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h ago"
 
 
-_HEALTH_CLASS = {Health.UP: "up", Health.DEGRADED: "degraded", Health.DOWN: "down"}
+_DRAINING = Markup(
+    "This process is draining before it stops: its readiness route answers 503 without "
+    "running the checks, so that traffic goes elsewhere."
+)
+_STARTING = Markup(
+    "The app has not finished starting (the startup gate, <code>started_by</code>): its "
+    "readiness route answers 503. "
+)
+_NOT_RUN_YET = Markup("The checks run once the gate opens.")
+_NO_CHECKS = Markup("This route has no checks.")
+
+#: The reason, for a caller who may not see which check fails.
+_WITHOUT_DETAILS = {
+    Health.UP: Markup("Every check passes."),
+    Health.DEGRADED: Markup("A non-critical check fails."),
+    Health.DOWN: Markup("A critical check fails."),
+}
 
 _CSS = """
 :root { color-scheme: light dark; --ok: #1a7f37; --warn: #9a6700; --bad: #cf222e;
@@ -194,9 +258,11 @@ _CSS = """
 body { margin: 0; font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; }
 main { max-width: 1100px; margin: 0 auto; padding: 1.5rem 1rem; }
 .overall { border-left: 8px solid var(--state); padding: .25rem 1rem; margin-bottom: 1.25rem; }
-.up { --state: var(--ok); } .degraded { --state: var(--warn); } .down { --state: var(--bad); }
+.up { --state: var(--ok); } .degraded, .starting, .draining { --state: var(--warn); }
+.down { --state: var(--bad); }
 h1 { margin: 0; font-size: 1.6rem; }
 #status { color: var(--state); }
+#reason { margin: .2rem 0 0; font-size: 1.05rem; }
 .about { display: flex; flex-wrap: wrap; gap: .25rem 1.5rem; margin: .35rem 0 0; }
 .about div { display: flex; gap: .4rem; }
 .about dt { color: var(--muted); } .about dd { margin: 0; }
@@ -214,7 +280,8 @@ tbody th { font-weight: 600; white-space: nowrap; }
   white-space: pre-wrap; word-break: break-word; }
 .result.error code { color: var(--bad); }
 .duration, .measured { white-space: nowrap; font-variant-numeric: tabular-nums; }
-.age, .constant, .none, footer, .hidden-details, .no-checks { color: var(--muted); }
+th.duration, td.duration { text-align: right; }
+.age, .constant, .none, footer, .hidden-details { color: var(--muted); }
 .tag { font-size: .75rem; font-weight: 400; color: var(--muted); border: 1px solid var(--line);
   border-radius: .3rem; padding: 0 .3rem; }
 .strip { display: inline-flex; align-items: flex-end; gap: 1px; height: 22px; }

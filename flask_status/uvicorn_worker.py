@@ -8,8 +8,8 @@ Under asyncio the context of one request can leak into the next request of a kee
 connection (CPython issue 140947); ``asgiref.wsgi.WsgiToAsgi`` then answers some requests to
 the Flask app with a 500 (``CurrentThreadExecutor already quit or is broken``). uvicorn's
 ``--reset-contextvars`` runs each request in a fresh context, but gunicorn has no way to pass
-that option to the worker class of ``uvicorn-worker``: this subclass sets it. It needs
-``pip install 'flask-status[uvicorn]'`` (uvicorn 0.45 or later, and uvicorn-worker).
+that option to the worker class of ``uvicorn-worker``: this subclass sets it. It needs the
+``uvicorn-worker`` extra (gunicorn, uvicorn 0.45 or later, and uvicorn-worker).
 """
 
 from __future__ import annotations
@@ -19,14 +19,15 @@ from typing import Any
 
 from .extras import requires_extra
 
-with requires_extra("flask_status.uvicorn_worker", "uvicorn"):
+with requires_extra("flask_status.uvicorn_worker", "uvicorn-worker"):
     from uvicorn.config import Config
     from uvicorn_worker import UvicornWorker as _UvicornWorker
 
 if "reset_contextvars" not in inspect.signature(Config).parameters:
     raise ImportError(
         "flask_status.uvicorn_worker needs uvicorn 0.45 or later (for reset_contextvars), "
-        "as the 'uvicorn' extra installs: pip install --upgrade 'flask-status[uvicorn]'"
+        "as the 'uvicorn-worker' extra installs: pip install -e '.[uvicorn-worker]' in a clone "
+        "of flask-status"
     )
 
 __all__ = ["UvicornWorker"]

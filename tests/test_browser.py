@@ -91,10 +91,12 @@ class Dom(HTMLParser):
         self.ids: list[str] = []
         self.title = ""
         self.status = ""
+        self.reason = ""
         self.rows: list[str] = []
         self.codes: list[str] = []
         self.runs = 0
         self._in: str | None = None
+        self._in_reason = False  # the reason holds elements of its own
         self.feed(document)
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
@@ -105,6 +107,8 @@ class Dom(HTMLParser):
             self.tags.append(tag)
         if attributes.get("id"):
             self.ids.append(attributes["id"] or "")
+        if attributes.get("id") == "reason":
+            self._in_reason = True
         if tag == "tr" and attributes.get("data-check") is not None:
             self.rows.append(attributes["data-check"] or "")
         if tag == "title" or tag == "code" or attributes.get("id") == "status":
@@ -114,8 +118,12 @@ class Dom(HTMLParser):
 
     def handle_endtag(self, tag: str) -> None:
         self._in = None
+        if tag == "p":
+            self._in_reason = False
 
     def handle_data(self, data: str) -> None:
+        if self._in_reason:
+            self.reason += data
         if self._in == "title":
             self.title += data
         elif self._in == "status":
@@ -133,8 +141,10 @@ def test_the_page_in_a_real_browser(port: int, tmp_path: Path) -> None:
     dom = Dom(chromium(tmp_path / "profile", "--dump-dom", url).stdout)
 
     assert dom.status == "DEGRADED"
-    assert dom.title == "DEGRADED \N{MIDDLE DOT} status"  # not "pwned": the script never ran
-    assert dom.rows == ["version", "database", "greeting", "mail"]
+    # The app's name; not "pwned": the script never ran.
+    assert dom.title == "DEGRADED \N{MIDDLE DOT} test_browser status"
+    assert dom.reason == "Failing: mail (non-critical). 3 of 4 checks pass."
+    assert dom.rows == ["mail", "version", "database", "greeting"]  # failing first
     assert SCRIPT in dom.codes  # shown as text
     assert "pwned" not in dom.ids
     assert "script" not in dom.tags
@@ -153,5 +163,6 @@ def test_a_caller_without_details_sees_no_rows(port: int, tmp_path: Path) -> Non
         ).stdout
     )
     assert dom.status == "DOWN"
+    assert dom.reason == "A critical check fails."
     assert dom.rows == []
     assert "table" not in dom.tags

@@ -185,7 +185,7 @@ def test_never_hides_the_verbose_answer_and_the_page_rows(
     assert answer.status == 503
     assert_no_details(answer)
     if "html" in query:
-        assert b'Status: <span id="status">DOWN</span>' in answer.body
+        assert b'status: <span id="status">DOWN</span></h1>' in answer.body
         assert b"<table" not in answer.body
     else:
         assert answer.json() == {"status": "DOWN"}

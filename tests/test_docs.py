@@ -4,21 +4,30 @@
   in a fresh interpreter in a temporary directory, with sockets to 127.0.0.1 only, and each
   ``print(...)  # shown`` must print what it shows. A block that cannot run here is preceded by
   ``<!-- not run: <the reason> -->``.
+- Every console block (``console``, ``bash``, ``sh``, ``shell``, ``text``, or none named) is
+  produced or checked by a test of this module, listed in ``CONSOLE_CHECKS``, or preceded by
+  ``<!-- illustrative: <why> -->``.
 - Every server command of the README and of docs/deployment.md starts for real, serving the
-  page's ``myapp.py``, and logs no warning.
-- What the README says ``flask status`` and ``make run`` print is what they print.
+  page's ``myapp.py``, and logs no warning; so does docs/sharing.md's, against a real Redis.
+- What the pages say ``flask status``, ``make run``, the probe command, ``/metrics`` and a
+  status route with Redis down print is what they print; the install commands name extras that
+  exist and install what they say.
 - Links between pages reach a file and a heading, and the module map lists every module.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib.metadata
 import json
 import re
 import shlex
 import shutil
+import socket
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +35,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import TESTS_DIR, ServerProcess
+import redis
+from conftest import RedisServer
+from flask import Flask
+from helpers import TESTS_DIR, ServerProcess, serving_in_thread
+from packaging.requirements import Requirement
+from werkzeug.serving import make_server
+
+from flask_status import FlaskStatus
 
 ROOT = TESTS_DIR.parent
 README = ROOT / "README.md"
@@ -36,6 +52,9 @@ BIN = Path(sys.executable).parent
 
 FENCE = re.compile(r"^(`{3,})\s*([\w+-]*)\s*$")
 NOT_RUN = re.compile(r"^<!-- not run: (\S.*\S) -->$")
+ILLUSTRATIVE = re.compile(r"^<!-- illustrative: (\S.*\S) -->$")
+#: Languages of the blocks that show commands or what they print ("": a block without one).
+CONSOLE = frozenset({"console", "bash", "sh", "shell", "text", ""})
 #: Seconds a page's examples may take together.
 PAGE_SECONDS = 120
 
@@ -51,6 +70,7 @@ class Block:
     lang: str
     code: str
     not_run: str | None  # the reason given in ``<!-- not run: ... -->``
+    illustrative: str | None = None  # the reason given in ``<!-- illustrative: ... -->``
 
 
 def blocks(page: Path) -> list[Block]:
@@ -67,9 +87,18 @@ def blocks(page: Path) -> list[Block]:
         end = next((i for i in range(index + 1, len(lines)) if lines[i].strip() == ticks), None)
         assert end is not None, f"{shown(page)}:{index + 1}: a code block is never closed"
         before = lines[index - 1] if index else ""
-        marker = NOT_RUN.match(before)
+        not_run, illustrative = NOT_RUN.match(before), ILLUSTRATIVE.match(before)
         code = "\n".join(lines[index + 1 : end]) + "\n"
-        found.append(Block(page, index + 2, lang, code, marker.group(1) if marker else None))
+        found.append(
+            Block(
+                page,
+                index + 2,
+                lang,
+                code,
+                not_run.group(1) if not_run else None,
+                illustrative.group(1) if illustrative else None,
+            )
+        )
         index = end + 1
     return found
 
@@ -86,16 +115,24 @@ def test_pages_are_found() -> None:
     assert {"README.md", "deployment.md", "asgi.md", "usage.md"} <= names
 
 
-def test_not_run_markers_give_a_reason_and_precede_a_python_block() -> None:
+@pytest.mark.parametrize(
+    ("words", "marker", "languages"),
+    [("not run", NOT_RUN, {"python"}), ("illustrative", ILLUSTRATIVE, CONSOLE)],
+    ids=["not run", "illustrative"],
+)
+def test_markers_give_a_reason_and_precede_their_block(
+    words: str, marker: re.Pattern[str], languages: set[str]
+) -> None:
     for page in PAGES:
         lines = page.read_text().splitlines()
         for number, line in enumerate(lines, 1):
-            if "not run" not in line or not line.startswith("<!--"):
+            if words not in line or not line.startswith("<!--"):
                 continue
-            assert NOT_RUN.match(line), f"{shown(page)}:{number}: write <!-- not run: <reason> -->"
-            following = lines[number] if number < len(lines) else ""
-            assert following.startswith("```python"), (
-                f"{shown(page)}:{number}: a not-run marker must be right above a python block"
+            assert marker.match(line), f"{shown(page)}:{number}: write <!-- {words}: <reason> -->"
+            following = FENCE.match(lines[number] if number < len(lines) else "")
+            assert following and following.group(2) in languages, (
+                f"{shown(page)}:{number}: a {words} marker must be right above a block of "
+                f"{', '.join(sorted(languages))}"
             )
 
 
@@ -103,20 +140,33 @@ def test_not_run_markers_give_a_reason_and_precede_a_python_block() -> None:
     "page", [page for page in PAGES if python_blocks(page)], ids=lambda page: page.name
 )
 def test_python_examples_run_as_written(page: Path, tmp_path: Path) -> None:
+    run_examples(page, tmp_path)
+
+
+def run_examples(
+    page: Path, directory: Path, then: str = "", replace: tuple[str, str] = ("", "")
+) -> str:
+    """Run the page's runnable python blocks, then ``then``, in ``directory``: their output.
+
+    ``replace`` is ``(old, new)`` for the blocks' code: an address of the page for one here.
+    """
     runnable = [block for block in python_blocks(page) if block.not_run is None]
-    spec = {
-        "page": shown(page),
-        "blocks": [{"line": block.line, "code": block.code} for block in runnable],
-    }
-    (tmp_path / "blocks.json").write_text(json.dumps(spec))
+    old, new = replace
+    codes = [
+        {"line": block.line, "code": block.code.replace(old, new) if old else block.code}
+        for block in runnable
+    ]
+    spec = {"page": shown(page), "blocks": [*codes, {"line": 1, "code": then}]}
+    (directory / "blocks.json").write_text(json.dumps(spec))
     result = subprocess.run(
-        [sys.executable, str(TESTS_DIR / "doc_runner.py"), str(tmp_path / "blocks.json")],
-        cwd=tmp_path,
+        [sys.executable, str(TESTS_DIR / "doc_runner.py"), str(directory / "blocks.json")],
+        cwd=directory,
         capture_output=True,
         text=True,
         timeout=PAGE_SECONDS,
     )
     assert result.returncode == 0, f"{shown(page)}:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
 
 
 @pytest.mark.parametrize(
@@ -302,6 +352,346 @@ def test_make_run_answers_what_the_readme_shows(make_run_server: ServerProcess) 
     shown_body = json.loads(console_output(README, "curl http://127.0.0.1:5000/api/status"))
     assert reply.status == 200
     assert same_shape(shown_body, reply.json()), (shown_body, reply.json())
+
+
+# -- console blocks ------------------------------------------------------------------------
+
+#: The console blocks that a test of this module produces or checks: (page, how a line of the
+#: block starts) -> the test. Every other console block is marked ``<!-- illustrative: ... -->``.
+CONSOLE_CHECKS = {
+    ("README.md", "python3 -m venv .venv"): "test_install_commands_install_this_project",
+    ("README.md", ".venv/bin/pip install -e '.[redis]'"): (
+        "test_install_commands_install_this_project"
+    ),
+    ("README.md", "$ .venv/bin/flask --app myapp status"): (
+        "test_readme_example_prints_what_the_readme_shows"
+    ),
+    ("README.md", "$ curl http://127.0.0.1:5000/api/status"): (
+        "test_make_run_answers_what_the_readme_shows"
+    ),
+    ("asgi.md", "uvicorn myapp:asgi_app"): "test_server_command_lines_are_the_started_ones",
+    ("asgi.md", "gunicorn -k flask_status.uvicorn_worker.UvicornWorker"): (
+        "test_server_command_lines_are_the_started_ones"
+    ),
+    ("cli.md", "$ flask --app myapp status"): "test_flask_status_prints_what_cli_md_shows",
+    ("cli.md", "$ python -m flask_status probe"): "test_the_probe_prints_what_the_pages_show",
+    ("development.md", "flask_status/"): "test_module_map_lists_every_module",
+    ("probe.md", "no answer from"): "test_the_probe_prints_what_the_pages_show",
+    ("probe.md", "python -m flask_status probe: error:"): (
+        "test_the_probe_prints_what_the_pages_show"
+    ),
+    ("prometheus.md", "# HELP flask_status_check_up"): "test_metrics_are_what_prometheus_md_shows",
+    ("ready-made-checks.md", ".venv/bin/pip install -e"): (
+        "test_install_commands_install_this_project"
+    ),
+    ("sharing.md", "STATUS_STORE="): "test_sharing_command_serves_with_a_real_redis",
+}
+
+
+def console_block(name: str, start: str) -> Block:
+    """The one console block of page ``name`` with a line that starts with ``start``."""
+    page = README if name == README.name else DOCS / name
+    found = [
+        block
+        for block in blocks(page)
+        if block.lang in CONSOLE and any(line.startswith(start) for line in block.code.splitlines())
+    ]
+    assert len(found) == 1, f"{name}: {len(found)} console blocks with a line `{start}...`"
+    return found[0]
+
+
+def test_every_console_block_is_checked_or_illustrative() -> None:
+    checked: dict[tuple[Path, int], str] = {}
+    for (name, start), test in CONSOLE_CHECKS.items():
+        assert callable(globals().get(test)), f"CONSOLE_CHECKS names no test: {test}"
+        block = console_block(name, start)
+        assert block.illustrative is None, f"{name}:{block.line}: checked, yet marked illustrative"
+        checked[(block.page, block.line)] = test
+    for page in PAGES:
+        for block in blocks(page):
+            if block.lang in CONSOLE and block.illustrative is None:
+                assert (page, block.line) in checked, (
+                    f"{shown(page)}:{block.line}: no test checks this console block: check it "
+                    "here (CONSOLE_CHECKS), or mark it <!-- illustrative: <why> -->"
+                )
+
+
+def session(block: Block) -> list[tuple[str, str]]:
+    """``(command, what it prints)`` for each ``$ `` line of a console block."""
+    steps: list[tuple[str, list[str]]] = []
+    for line in block.code.splitlines():
+        if line.startswith("$ "):
+            steps.append((line[2:], []))
+        else:
+            assert steps, f"{shown(block.page)}:{block.line}: output before a command"
+            steps[-1][1].append(line)
+    return [(command, "\n".join(printed)) for command, printed in steps]
+
+
+NUMBER = re.compile(r"\d+(?:\.\d+)?(?:e[+-]?\d+)?")
+
+
+def without_numbers(text: str) -> str:
+    """``text`` with every number as ``N``: latencies, durations and counts change every run."""
+    return NUMBER.sub("N", text)
+
+
+def with_ports(text: str, ports: dict[str, int]) -> str:
+    """``text`` with the page's ports of 127.0.0.1 (``{"8000": ...}``) as the test's."""
+    for documented, port in ports.items():
+        text = text.replace(f"127.0.0.1:{documented}", f"127.0.0.1:{port}")
+    return text
+
+
+def shown_pattern(text: str, ports: dict[str, int]) -> re.Pattern[str]:
+    """A line as a page shows it: ``...`` stands for any text, ``<n> ms`` for any time, and the
+    page's ports for the ones of this test."""
+    pattern = ""
+    for part in re.split(r"(\.\.\.|\b\d+ ms\b)", with_ports(text, ports)):
+        if part == "...":
+            pattern += ".*?"
+        elif re.fullmatch(r"\d+ ms", part):
+            pattern += r"\d+ ms"
+        else:
+            pattern += re.escape(part)
+    return re.compile(pattern)
+
+
+# -- install commands and extras -----------------------------------------------------------
+
+#: ``.venv/bin/pip install -e .`` or ``-e '.[a,b]'``, and what a comment says it installs.
+PIP_LINE = re.compile(r"\.venv/bin/pip install -e (?:\.|'\.\[([\w,-]+)\]')\s*(?:#\s*(.*))?")
+#: "uvicorn 0.45+" in such a comment.
+PACKAGE_VERSION = re.compile(r"([\w-]+) (\d[\w.]*)\+")
+#: A page telling to install this project from the package index, where the name is another's.
+FROM_THE_INDEX = re.compile(r"pip install [^`\n]*flask-status(?!` installs)")
+SERVER_PACKAGES = {"gunicorn", "uvicorn", "uvicorn-worker", "waitress", "hypercorn", "gevent"}
+
+
+def requirements() -> dict[str | None, dict[str, Requirement]]:
+    """This project's requirements by extra (``None``: the runtime ones), by package name."""
+    found: dict[str | None, dict[str, Requirement]] = {}
+    for text in importlib.metadata.requires("flask-status") or []:
+        requirement = Requirement(text)
+        extra = re.search(r'extra == "([\w-]+)"', str(requirement.marker))
+        found.setdefault(extra.group(1) if extra else None, {})[requirement.name] = requirement
+    return found
+
+
+def test_install_commands_install_this_project() -> None:
+    """Each install line installs the clone (``-e``), with extras that exist and install the
+    versions its comment names."""
+    required = requirements()
+    for page in PAGES:
+        for block in blocks(page):
+            if block.lang != "bash" or "pip install" not in block.code:
+                continue
+            for line in block.code.splitlines():
+                if not line or line.startswith("#") or line == "python3 -m venv .venv":
+                    continue
+                install = PIP_LINE.fullmatch(line)
+                assert install, f"{shown(page)}: `{line}`: install the clone, with -e"
+                extras = [extra for extra in (install.group(1) or "").split(",") if extra]
+                for extra in extras:
+                    assert extra in required, f"{shown(page)}: `{line}`: no extra {extra!r}"
+                for name, version in PACKAGE_VERSION.findall(install.group(2) or ""):
+                    specifiers = {
+                        str(required[extra][name].specifier)
+                        for extra in extras
+                        if name in required[extra]
+                    }
+                    assert specifiers == {f">={version}"}, (shown(page), line, name, specifiers)
+
+
+def test_no_page_installs_this_project_from_the_index() -> None:
+    """``pip install flask-status`` installs the unrelated Flask-Status 1.0.1: only the
+    README's warning may say it."""
+    for page in PAGES:
+        for number, line in enumerate(page.read_text().splitlines(), 1):
+            assert not FROM_THE_INDEX.search(line), f"{shown(page)}:{number}: {line}"
+
+
+def test_a_server_is_installed_only_by_the_extras_that_say_so() -> None:
+    """The README: "A server is not a dependency"; the ``uvicorn`` extra installs uvicorn,
+    the ``uvicorn-worker`` extra gunicorn and uvicorn's worker class; ``dev`` everything."""
+    required = requirements()
+    assert set(required[None]) == {"flask", "asgiref", "anyio"}
+    servers = {
+        extra: sorted(SERVER_PACKAGES & set(packages))
+        for extra, packages in required.items()
+        if extra not in (None, "dev")
+    }
+    assert servers == {
+        "sqlalchemy": [],
+        "redis": [],
+        "http": [],
+        "prometheus": [],
+        "uvicorn": ["uvicorn"],
+        "uvicorn-worker": ["gunicorn", "uvicorn", "uvicorn-worker"],
+    }
+    dev = required["dev"]
+    assert dev["flask-status"].extras == set(servers)
+    assert SERVER_PACKAGES - {"uvicorn", "uvicorn-worker"} <= set(dev)
+
+
+# -- commands of the other pages -----------------------------------------------------------
+
+
+#: ``NAME=value`` before a command: an environment variable for it.
+ASSIGNMENT = re.compile(r"[A-Z_]+=\S*")
+
+
+def sharing_command() -> str:
+    """docs/sharing.md's gunicorn command, which runs against Redis."""
+    (line,) = [
+        line
+        for line in console_block("sharing.md", "STATUS_STORE=").code.splitlines()
+        if line.startswith("STATUS_STORE=")
+    ]
+    return line
+
+
+def test_server_command_lines_are_the_started_ones() -> None:
+    """A server command anywhere is one that a test of this module starts."""
+    started = {command for _, command in server_commands(README)} | {sharing_command()}
+    for page in PAGES:
+        for block in blocks(page):
+            if block.lang not in CONSOLE or block.illustrative is not None:
+                continue
+            for line in block.code.splitlines():
+                command = line.removeprefix("$ ")
+                words = [word for word in command.split() if not ASSIGNMENT.fullmatch(word)]
+                if words and words[0] in SERVERS:
+                    assert command in started, f"{shown(page)}:{block.line}: `{command}`"
+
+
+def test_sharing_command_serves_with_a_real_redis(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """The page's ``myapp.py`` under its gunicorn command, with a real Redis for the pod's."""
+    page = DOCS / "sharing.md"
+    (tmp_path / "myapp.py").write_text(app_module(page))
+    command = sharing_command()
+    assert "--bind 0.0.0.0:8000" in command  # for the kubelet; here the loopback only
+    words = shlex.split(command.replace("0.0.0.0:8000", "127.0.0.1:{port}"))
+    assignments = [word for word in words if ASSIGNMENT.fullmatch(word)]
+    argv = words[len(assignments) :]
+    env = dict(word.split("=", 1) for word in assignments)
+    assert set(env) == {"STATUS_STORE"}
+    env["STATUS_STORE"] = redis_server.url
+    argv[0] = str(BIN / argv[0])
+    server = ServerProcess(
+        argv, tmp_path, tmp_path / "server.log", env={**env, "HOME": str(tmp_path)},
+        ready_path="/readyz",
+    )  # fmt: skip
+    with server:
+        reply = server.fetch("/readyz")
+        stored = redis.Redis.from_url(redis_server.url).keys("flask-status:myapp:*")
+        time.sleep(SETTLE_SECONDS)
+        log = server.log()
+    assert reply.status == 200, (reply, log)
+    body = reply.json()
+    assert (body["database"], body["status"]) == ("up", "OK"), (reply, log)
+    assert b"flask-status:myapp:/readyz:database" in stored, stored  # shared through Redis
+    assert trouble_in(log) == [], log
+
+
+def test_redis_down_answer_is_what_sharing_md_shows(tmp_path: Path, closed_port: int) -> None:
+    """With the page's Redis address refusing connections, a request answers the page's JSON."""
+    page = DOCS / "sharing.md"
+    (block,) = [block for block in blocks(page) if block.lang == "json" and '"store"' in block.code]
+    printed = run_examples(
+        page,
+        tmp_path,
+        then='print(app.test_client().get("/api/status").get_data(as_text=True).strip())',
+        replace=("127.0.0.1:6379", f"127.0.0.1:{closed_port}"),
+    )
+    assert printed.splitlines()[-1] == block.code.strip().replace("6379", str(closed_port))
+
+
+def test_flask_status_prints_what_cli_md_shows(tmp_path: Path) -> None:
+    page = DOCS / "cli.md"
+    (tmp_path / "myapp.py").write_text(app_module(page))
+    steps = session(console_block("cli.md", "$ flask --app myapp status"))
+    assert [command for command, _ in steps] == [
+        "flask --app myapp status",
+        "flask --app myapp status --url /readyz",
+    ]
+    for command, printed_on_page in steps:
+        argv = shlex.split(command)
+        result = subprocess.run(
+            [str(BIN / argv[0]), *argv[1:]],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        printed = result.stdout.rstrip("\n")
+        assert without_numbers(printed) == without_numbers(printed_on_page), printed
+        assert same_shape(json.loads(printed_on_page), json.loads(printed)), printed
+
+
+def probe(url: str, *options: str) -> tuple[int, str]:
+    """``python -m flask_status probe``: its exit status and the line it printed."""
+    result = subprocess.run(
+        [sys.executable, "-m", "flask_status", "probe", url, *options],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return result.returncode, (result.stdout + result.stderr).strip()
+
+
+def test_the_probe_prints_what_the_pages_show(closed_port: int) -> None:
+    """cli.md's probes of a healthy app, of the same app with its database gone, and of a
+    closed port; probe.md's lines for no answer in time and for a wrong ``--timeout``."""
+    database_gone = threading.Event()
+
+    def database() -> str:
+        if database_gone.is_set():
+            raise sqlite3.OperationalError("unable to open database file")
+        return "up"
+
+    app = Flask(__name__)
+    FlaskStatus(app).add_field("database", database)
+    steps = session(console_block("cli.md", "$ python -m flask_status probe"))
+    assert len(steps) == 3 and steps[2][0].endswith("--timeout 2"), steps
+    with serving_in_thread(make_server("127.0.0.1", 0, app, threaded=True)) as port:
+        ports = {"8000": port, "8001": closed_port}
+        for (command, line), gone, expected_status in zip(
+            steps, (False, True, False), (0, 1, 1), strict=True
+        ):
+            if gone:  # the second probe finds the database gone
+                database_gone.set()
+            argv = shlex.split(with_ports(command, ports))
+            assert argv[:4] == ["python", "-m", "flask_status", "probe"], command
+            status, printed = probe(*argv[4:])
+            assert status == expected_status, printed
+            assert shown_pattern(line, ports).fullmatch(printed), (line, printed)
+
+    no_answer = console_block("probe.md", "no answer from").code.strip()
+    with socket.socket() as silent:  # accepts connections (the kernel does) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        silent_port = silent.getsockname()[1]
+        status, printed = probe(f"http://127.0.0.1:{silent_port}/api/status", "--timeout", "3")
+    assert status == 1
+    assert shown_pattern(no_answer, {"8000": silent_port}).fullmatch(printed), printed
+
+    usage = console_block("probe.md", "python -m flask_status probe: error:").code.strip()
+    assert probe("http://127.0.0.1:8000/api/status", "--timeout", "1e10") == (1, usage)
+
+
+def test_metrics_are_what_prometheus_md_shows(tmp_path: Path) -> None:
+    page = DOCS / "prometheus.md"
+    printed = run_examples(
+        page, tmp_path, then='print(client.get("/metrics").get_data(as_text=True))'
+    )
+    served = {without_numbers(line) for line in printed.splitlines()}
+    block = console_block("prometheus.md", "# HELP flask_status_check_up")
+    for line in block.code.splitlines():
+        assert without_numbers(line) in served, line
 
 
 # -- links and the module map --------------------------------------------------------------

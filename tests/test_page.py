@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import html
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 from clients import Answer, MakeClient
 from flask import Flask
-from helpers import TOKEN, token_required
+from helpers import TOKEN, sleeping, token_required
 
-from flask_status import FlaskStatus
+from flask_status import FlaskStatus, lifecycle
 from flask_status.page import CONTENT_SECURITY_POLICY, MAX_TEXT_CHARS, STRIP_RUNS
 
 pytest_plugins = ["reliability_fixtures"]
@@ -34,6 +35,33 @@ def rows(answer: Answer) -> list[str]:
     """The ``data-check`` names of the page's rows, in order (unescaped)."""
     names = re.findall(r'<tr class="check [a-z]+" data-check="([^"]*)">', answer.body.decode())
     return [html.unescape(name) for name in names]
+
+
+def reason(answer: Answer) -> str:
+    """The page's reason line, as text."""
+    found = re.search(r'<p id="reason">(.*?)</p>', answer.body.decode())
+    assert found, answer.body.decode()
+    return html.unescape(re.sub(r"<[^>]+>", "", found.group(1)))
+
+
+def strips(answer: Answer) -> dict[str, list[int]]:
+    """The heights (percent) of each row's run bars, by check."""
+    found = {}
+    for row in re.findall(r'<tr class="check.*?</tr>', answer.body.decode()):
+        name = re.search(r'data-check="([^"]*)"', row)
+        assert name
+        found[html.unescape(name.group(1))] = [int(h) for h in re.findall(r"height:(\d+)%", row)]
+    return found
+
+
+def durations(answer: Answer) -> list[str]:
+    """Every duration the page shows: the duration column and the run bars' tooltips."""
+    body = html.unescape(answer.body.decode())
+    cells = re.findall(r'<td class="duration">([^<]*)</td>', body)
+    tips = re.findall(
+        r'title="(?:ok|failed) \N{MIDDLE DOT} ([^\N{MIDDLE DOT}]*) \N{MIDDLE DOT}', body
+    )
+    return [text for text in cells + tips if text != "\N{EM DASH}"]
 
 
 def refused() -> None:
@@ -64,15 +92,17 @@ def test_the_page(make_client: MakeClient) -> None:
     assert body.startswith("<!doctype html>")
     assert '<meta http-equiv="refresh" content="5">' in body
     assert '<span id="status">DEGRADED</span>' in body
-    assert rows(answer) == ["version", "database", "mail"]  # as added
+    assert "<title>DEGRADED \N{MIDDLE DOT} test_page status</title>" in body  # the app's name
+    assert reason(answer) == "Failing: mail (non-critical). 2 of 3 checks pass."
+    assert rows(answer) == ["mail", "version", "database"]  # failing first, then as added
     assert "<code>{&#34;rows&#34;: 3}</code>" in body  # a value as JSON
     assert "<code>ConnectionRefusedError: refused</code>" in body
     assert '<span class="constant">constant</span>' in body
     # Two runs so far of each check: two cells in its strip, each with its result in a tooltip.
     cells = re.findall(r'<span class="run (ok|failed)" style="height:\d+%" title="([^"]*)">', body)
-    assert [state for state, _ in cells] == ["ok", "ok", "failed", "failed"]
-    assert cells[2][1].startswith("failed \N{MIDDLE DOT} ")
-    assert cells[2][1].endswith("\N{MIDDLE DOT} ConnectionRefusedError: refused")
+    assert [state for state, _ in cells] == ["failed", "failed", "ok", "ok"]
+    assert cells[0][1].startswith("failed \N{MIDDLE DOT} ")
+    assert cells[0][1].endswith("\N{MIDDLE DOT} ConnectionRefusedError: refused")
 
 
 def test_the_page_of_a_down_app_is_503(make_client: MakeClient) -> None:
@@ -82,6 +112,136 @@ def test_the_page_of_a_down_app_is_503(make_client: MakeClient) -> None:
     assert answer.status == 503
     assert b'<span id="status">DOWN</span>' in answer.body
     assert b'<body class="down">' in answer.body
+    assert reason(answer) == "Failing: database (critical). 0 of 1 checks pass."
+
+
+def test_the_page_leads_with_the_reason_and_lists_failing_checks_first(
+    make_client: MakeClient,
+) -> None:
+    app = Flask(__name__)
+    status = FlaskStatus(app)
+    status.add_field("version", "2.0")
+    status.add_field("mail", refused, critical=False)
+    status.add_field("database", lambda: "up")
+    status.add_field("queue", refused)
+    status.add_field("search", refused, critical=False)
+    status.add_field("cache", refused)
+
+    answer = make_client(app).get(PAGE)
+
+    assert answer.status == 503
+    assert reason(answer) == (
+        "Failing: queue, cache (critical); mail, search (non-critical). 2 of 6 checks pass."
+    )
+    body = answer.body.decode()
+    assert body.index('id="reason"') < body.index("<table")  # the reason before the checks
+    # Critical failures, then the others, then the checks that pass: each group as added.
+    assert rows(answer) == ["queue", "cache", "mail", "search", "version", "database"]
+
+
+def test_the_reason_of_a_healthy_route(make_client: MakeClient) -> None:
+    app = Flask(__name__)
+    FlaskStatus(app).add_field("database", lambda: "up")
+    FlaskStatus(app, url="/empty")
+    client = make_client(app)
+    assert reason(client.get(PAGE)) == "Every check passes."
+    assert reason(client.get("/empty?format=html")) == "This route has no checks."
+
+
+def test_the_run_bars_of_every_check_share_one_scale(make_client: MakeClient) -> None:
+    app = Flask(__name__)
+    status = FlaskStatus(app)
+    status.add_field("quick", lambda: "up")
+    status.add_field("slow", sleeping(0.2))
+    client = make_client(app)
+    client.get(URL)
+
+    heights = strips(client.get(PAGE))
+
+    assert max(heights["slow"]) == 100  # the longest run on the page
+    # A run a thousand times shorter draws at the floor, not as tall as the slow check's.
+    assert max(heights["quick"]) < 50, heights
+
+
+def test_durations_have_one_precision(make_client: MakeClient) -> None:
+    app = Flask(__name__)
+    status = FlaskStatus(app)
+    status.add_field("quick", lambda: "up")  # well under a millisecond
+    status.add_field("slow", sleeping(0.05))
+    status.add_field("failing", refused, critical=False)
+    client = make_client(app)
+    client.get(URL)
+
+    shown = durations(client.get(PAGE))
+
+    assert len(shown) == 3 + 6  # the column, and two runs of each check in the tooltips
+    for text in shown:  # milliseconds with one decimal, whatever the size
+        assert re.fullmatch(r"\d{1,3}(,\d{3})*\.\d ms", text), shown
+
+
+#: The two ways to ask for the page: ``?format=html``, and a browser's ``Accept`` when opted in.
+ASK_FOR_THE_PAGE = [
+    pytest.param("?format=html", {}, id="format=html"),
+    pytest.param("", BROWSER, id="browser"),
+]
+
+
+@pytest.mark.parametrize(("query", "headers"), ASK_FOR_THE_PAGE)
+def test_a_draining_readiness_route_answers_its_page(
+    make_client: MakeClient, tmp_path: Path, query: str, headers: dict[str, str]
+) -> None:
+    app = Flask(__name__)
+    drain_file = tmp_path / "drain"
+    readyz = FlaskStatus(
+        app, url="/readyz", readiness=True, drain_file=str(drain_file), html_for_browsers=True
+    )
+    readyz.add_field("database", lambda: "up")
+    drain_file.touch()  # this pod drains
+
+    answer = make_client(app).get(f"/readyz{query}", headers)
+
+    assert answer.status == 503
+    assert header(answer, "Content-Type") == "text/html; charset=utf-8"
+    assert b'<span id="status">DRAINING</span>' in answer.body
+    assert reason(answer).startswith("This process is draining before it stops")
+    assert rows(answer) == []  # its checks do not run
+
+
+@pytest.mark.parametrize(("query", "headers"), ASK_FOR_THE_PAGE)
+def test_a_starting_readiness_route_answers_its_page(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch, query: str, headers: dict[str, str]
+) -> None:
+    monkeypatch.setattr(lifecycle, "_started", False)  # the app has not called mark_started()
+    app = Flask(__name__)
+    readyz = FlaskStatus(
+        app, url="/readyz", readiness=True, started_by="app", html_for_browsers=True
+    )
+    readyz.add_field("database", lambda: "up")
+
+    answer = make_client(app).get(f"/readyz{query}", headers)
+
+    assert answer.status == 503
+    assert header(answer, "Content-Type") == "text/html; charset=utf-8"
+    assert b'<span id="status">STARTING</span>' in answer.body
+    assert reason(answer) == (
+        "The app has not finished starting (the startup gate, started_by): its readiness "
+        "route answers 503. The checks run once the gate opens."
+    )
+    assert rows(answer) == []
+
+
+def test_a_startup_gate_on_a_failing_check_shows_it(make_client: MakeClient) -> None:
+    app = Flask(__name__)
+    readyz = FlaskStatus(app, url="/readyz", readiness=True, started_by=["database"])
+    readyz.add_field("version", "2.0")
+    readyz.add_field("database", refused, critical=False)
+
+    answer = make_client(app).get("/readyz?format=html")
+
+    assert answer.status == 503
+    assert b'<span id="status">STARTING</span>' in answer.body
+    assert reason(answer).endswith("Failing: database (non-critical). 1 of 2 checks pass.")
+    assert rows(answer) == ["database", "version"]
 
 
 def test_the_field_route_has_a_page_too(make_client: MakeClient) -> None:
@@ -99,17 +259,18 @@ def test_the_page_escapes_everything(make_client: MakeClient) -> None:
     def html_error() -> None:
         raise ValueError('<img src=x onerror="alert(1)">')
 
-    status.add_field("broken", html_error, critical=False)
+    status.add_field("<i>broken", html_error, critical=False)  # named in the reason too
 
     answer = make_client(app).get(PAGE)
 
     body = answer.body.decode()
-    assert "<script" not in body and "<img" not in body and "<b>" not in body
+    assert "<script" not in body and "<img" not in body and "<b>" not in body and "<i>" not in body
     assert "&lt;script&gt;document.title=&#34;pwned&#34;&lt;/script&gt;" in body
     assert "&lt;img src=x onerror=&#34;alert(1)&#34;&gt;" in body
     assert "&amp;amp;" in body
     assert "&lt;b&gt;ops&lt;/b&gt;" in body
-    assert rows(answer) == ["script", 'odd"<name>', "broken"]
+    assert reason(answer).startswith("Failing: <i>broken (non-critical).")
+    assert rows(answer) == ["<i>broken", "script", 'odd"<name>']
 
 
 def test_the_page_is_self_contained(make_client: MakeClient) -> None:
@@ -195,7 +356,7 @@ def test_the_authenticator_guards_the_page(make_client: MakeClient) -> None:
     allowed = client.get(PAGE, TOKEN)
     assert denied.status == denied_browser.status == 401
     assert b"database" not in denied.body + denied_browser.body
-    assert allowed.status == 200 and rows(allowed) == ["version", "database", "mail"]
+    assert allowed.status == 200 and rows(allowed) == ["mail", "version", "database"]
 
 
 def test_a_caller_without_details_gets_no_rows(make_client: MakeClient) -> None:
@@ -206,7 +367,8 @@ def test_a_caller_without_details_gets_no_rows(make_client: MakeClient) -> None:
     assert anonymous.status == admin.status == 200
     assert rows(anonymous) == [] and b"<table" not in anonymous.body
     assert b"not shown" in anonymous.body
-    assert rows(admin) == ["version", "database", "mail"]
+    assert reason(anonymous) == "A non-critical check fails."  # but not which
+    assert rows(admin) == ["mail", "version", "database"]
 
 
 def test_the_strip_shows_the_latest_runs(make_client: MakeClient) -> None:

@@ -159,7 +159,7 @@ print(generate_latest().decode())
 def test_missing_prometheus_client_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "prometheus_client", None)  # makes the import fail
     monkeypatch.delitem(sys.modules, "flask_status.prometheus")
-    with pytest.raises(ImportError, match=r"pip install 'flask-status\[prometheus\]'"):
+    with pytest.raises(ImportError, match=r"pip install -e '\.\[prometheus\]' in a clone"):
         importlib.import_module("flask_status.prometheus")
 
 

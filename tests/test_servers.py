@@ -251,7 +251,7 @@ def test_uvicorn_worker_module_names_the_extra_it_needs(monkeypatch: pytest.Monk
     monkeypatch.delitem(sys.modules, "flask_status.uvicorn_worker", raising=False)
     monkeypatch.setitem(sys.modules, "uvicorn_worker", None)  # as if it were not installed
 
-    needs_extra = r"needs the 'uvicorn' extra: pip install 'flask-status\[uvicorn\]'"
+    needs_extra = r"needs the 'uvicorn-worker' extra: pip install -e '\.\[uvicorn-worker\]'"
     with pytest.raises(ImportError, match=needs_extra):
         importlib.import_module("flask_status.uvicorn_worker")
 
