@@ -5,6 +5,10 @@ per request costs about 0.6 ms. Instead, every WSGI request hands its evaluation
 long-lived loop through an anyio :class:`~anyio.from_thread.BlockingPortal`, in a daemon
 thread (a real OS thread under gevent). Sharing one loop also lets requests share a run.
 
+Its worker threads are daemon threads too, as anyio's worker threads take the daemon flag of
+their loop's thread: so a sync check that never returns does not hold the process's exit.
+Sync checks evaluated on another loop (an ASGI server's) run in these threads as well.
+
 The portal starts on first use. A forked child (gunicorn ``--preload``) starts its own, since
 the parent's thread does not exist there; and if a check stops the loop, the next request
 starts a new one.
@@ -13,7 +17,11 @@ starts a new one.
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import contextlib
+import contextvars
+import functools
+import math
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
@@ -40,6 +48,9 @@ class _Host:
     def __init__(self, portal: BlockingPortal) -> None:
         self.portal = portal
         self.running = True
+        # For threads started from other loops, which bound them with limiters of their own:
+        # this one only keeps them off anyio's default limiter of the loop (40 threads).
+        self.unlimited = anyio.CapacityLimiter(math.inf)
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,26 @@ class PortalLoop:
             if host.running:
                 raise
             raise LoopStopped("the event loop stopped while it evaluated this request") from None
+
+    async def run_in_thread(self, func: Callable[[], T]) -> T:
+        """Await ``func`` in one of the loop's worker threads, from another event loop.
+
+        ``func`` runs in a copy of the caller's context. Cancelling the caller abandons the
+        thread, as ``anyio.to_thread.run_sync(..., abandon_on_cancel=True)`` does; if the loop
+        stops first, the thread is abandoned too and :class:`LoopStopped` is raised.
+        """
+        host = self._running_host()
+        in_thread = functools.partial(
+            anyio.to_thread.run_sync,
+            contextvars.copy_context().run,
+            func,
+            abandon_on_cancel=True,
+            limiter=host.unlimited,
+        )
+        try:
+            return await host.portal.call_async(in_thread, abandon_on_cancel=True)
+        except concurrent.futures.CancelledError:  # the loop cancelled its tasks as it stopped
+            raise LoopStopped("the event loop stopped while a check ran in its thread") from None
 
     def start_soon(self, func: Callable[..., Awaitable[Any]], *args: Any) -> Started:
         """Start ``func(*args)`` as a task of the loop (from a thread other than the loop's)."""

@@ -1,5 +1,12 @@
-"""Where sync checks and the WSGI event loop run: anyio worker threads, or real OS threads
-under gevent.
+"""Where sync checks and the WSGI event loop run: anyio worker threads of a daemon thread's
+loop, or real OS threads under gevent.
+
+anyio's worker threads take the daemon flag of their loop's thread, and Python waits for
+threads that are not daemons at exit. An ASGI server's loop runs in the main thread: a sync
+check hung in one of its worker threads would hold the process's exit (hypercorn on SIGTERM,
+uvicorn on SIGINT) until the check returns. So a sync check awaited on such a loop runs in a
+worker thread of the process's own loop (``loop.py``), a daemon thread, reached through its
+portal; the caller still awaits it under its own cancel scope and limiter.
 
 gevent's monkey patching turns ``threading`` threads into greenlets on the calling OS thread.
 There, anyio's worker threads would be greenlets on the event loop's own thread: a check that
@@ -14,6 +21,7 @@ import asyncio
 import contextlib
 import contextvars
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -44,11 +52,23 @@ def start_thread(target: Callable[[], object], name: str) -> None:
 
 
 async def run_sync(func: Callable[[], Any], limiter: anyio.CapacityLimiter) -> Any:
-    """Run ``func`` in a worker thread, abandoned if the caller's scope is cancelled."""
-    if not gevent_patched():
+    """Run ``func`` in a daemon thread, abandoned if the caller's scope is cancelled.
+
+    ``None`` if the process's loop stopped before ``func`` returned (at exit, or a check
+    stopped it): the caller stops waiting, as at its deadline.
+    """
+    if gevent_patched():
+        async with limiter:
+            return await _run_in_os_thread(func)
+    if threading.current_thread().daemon:  # this loop's worker threads are daemons too
         return await anyio.to_thread.run_sync(func, abandon_on_cancel=True, limiter=limiter)
+    from .loop import LoopStopped, portal_loop  # loop.py imports this module
+
     async with limiter:
-        return await _run_in_os_thread(func)
+        try:
+            return await portal_loop.run_in_thread(func)
+        except LoopStopped:
+            return None
 
 
 async def _run_in_os_thread(func: Callable[[], Any]) -> Any:

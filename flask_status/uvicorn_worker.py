@@ -10,11 +10,15 @@ the Flask app with a 500 (``CurrentThreadExecutor already quit or is broken``). 
 ``--reset-contextvars`` runs each request in a fresh context, but gunicorn has no way to pass
 that option to the worker class of ``uvicorn-worker``: this subclass sets it. It needs the
 ``uvicorn-worker`` extra (gunicorn, uvicorn 0.45 or later, and uvicorn-worker).
+
+It also quits on SIGQUIT, which gunicorn sends its workers when it gets SIGINT or SIGQUIT.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import signal
 from typing import Any
 
 from .extras import requires_extra
@@ -41,3 +45,13 @@ class UvicornWorker(_UvicornWorker):
         **_UvicornWorker.CONFIG_KWARGS,
         "reset_contextvars": True,
     }
+
+    def _install_sigquit_handler(self) -> None:
+        """On SIGQUIT, quit at once, as gunicorn's own workers do.
+
+        uvicorn-worker's handler only marks the worker as no longer alive, which its uvicorn
+        server never reads: the worker went on until gunicorn killed it at the end of its
+        graceful timeout (30 s by default).
+        """
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGQUIT, self.handle_quit, signal.SIGQUIT, None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -119,6 +120,41 @@ def create_gevent_app() -> Flask:
 def create_asgi_app() -> StatusMiddleware:
     """:func:`create_app` for ASGI servers: status routes on the server's event loop."""
     app = create_app()
+    return StatusMiddleware(WsgiToAsgi(app), app)  # type: ignore[no-untyped-call]
+
+
+#: How long ``/api/stuck``'s check blocks: past its timeout, and past any wait for an exit.
+STUCK_SECONDS = 60.0
+#: ``/api/stuck`` answers this (200: the stuck field is not critical).
+STUCK_BODY = {"status": "DEGRADED", "stuck": {"error": f"timed out after {HUNG_TIMEOUT:g}s"}}
+
+
+def sleep_below_gevent(seconds: float) -> None:
+    """``time.sleep``; under gevent, its original, which blocks its OS thread as C code does."""
+    if "gevent.monkey" in sys.modules:
+        from gevent.monkey import get_original
+
+        get_original("time", "sleep")(seconds)
+    else:
+        time.sleep(seconds)
+
+
+def create_stuck_app() -> Flask:
+    """``/api/stuck``: a non-critical sync check that blocks for :data:`STUCK_SECONDS`, far
+    past its timeout of :data:`HUNG_TIMEOUT`."""
+    app = base_app()
+
+    def stuck() -> str:
+        sleep_below_gevent(STUCK_SECONDS)
+        return "too late"
+
+    stuck_status = FlaskStatus(app, url="/api/stuck")
+    stuck_status.add_field("stuck", stuck, timeout=HUNG_TIMEOUT, critical=False)
+    return app
+
+
+def create_stuck_asgi_app() -> StatusMiddleware:
+    app = create_stuck_app()
     return StatusMiddleware(WsgiToAsgi(app), app)  # type: ignore[no-untyped-call]
 
 
