@@ -8,10 +8,14 @@ medians over the rounds, and ratios are medians of per-round ratios. The table i
 written to ``benchmarks/results.md``, which git ignores: ``README.md`` holds the results a person
 recorded. Timing targets are reported, never enforced: this script fails only if a benchmark
 breaks.
+
+``run.py 3 hook`` measures only the scenarios named (by number or name; ``--help`` lists them)
+and prints their table, leaving ``results.md`` as the last full run wrote it.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
@@ -23,12 +27,28 @@ import in_process
 import probes
 import sharing
 import under_wrk
-from report import Row, report
+from report import Row, number, report
 from servers import HERE
 
 RESULTS = HERE / "results.md"
 #: What a run took on 2 cores shared with other work, once the peers' virtualenvs were there.
 EXPECTED_MINUTES = 8
+
+#: Each scenario's name on the command line, by number.
+NAMES = {
+    1: "concurrency",
+    2: "overhead",
+    3: "constants",
+    4: "timeout",
+    5: "asgi",
+    6: "scale",
+    7: "memory",
+    8: "gevent",
+    9: "under-load",
+    10: "background",
+    11: "hook",
+    12: "sharing",
+}
 
 #: The scenarios a full run measures after the in-process ones, in this order: the memory
 #: scenario, the longest, last.
@@ -44,25 +64,54 @@ AFTER_IN_PROCESS: list[tuple[str, Callable[[], list[Row]]]] = [
 
 
 def main() -> None:
+    arguments = sys.argv[1:]
+    chosen = set(parse(arguments)) or set(NAMES)
+    everything = chosen == set(NAMES)
     started, clock, load = datetime.now(timezone.utc), time.monotonic(), os.getloadavg()[0]
-    say(
-        f"make bench takes up to {EXPECTED_MINUTES:g} minutes on 2 cores, less when they "
-        "are idle (a minute more the first time, to create the peers' virtualenvs)"
-    )
+    if everything:
+        say(
+            f"make bench takes up to {EXPECTED_MINUTES:g} minutes on 2 cores, less when they "
+            "are idle (a minute more the first time, to create the peers' virtualenvs)"
+        )
     rows: list[Row] = []
-    tested = in_process.scenarios()
-    say("preparing the contenders ...")
-    with in_process.workers(tested) as (workers, missing):
-        for scenario in tested:
-            rows += stage(scenario.title, partial(scenario.run, workers, missing))
+    tested = [s for s in in_process.scenarios() if number(s.title) in chosen]
+    if tested:
+        say("preparing the contenders ...")
+        with in_process.workers(tested) as (workers, missing):
+            for scenario in tested:
+                rows += stage(scenario.title, partial(scenario.run, workers, missing))
     for title, measure in AFTER_IN_PROCESS:
-        rows += stage(title, measure)
+        if number(title) in chosen:
+            rows += stage(title, measure)
     duration = time.monotonic() - clock
-    command = "`make bench` (`.venv/bin/python benchmarks/run.py`)"
+    invoked = " ".join([".venv/bin/python benchmarks/run.py", *arguments])
+    command = f"`{invoked}`" if arguments else f"`make bench` (`{invoked}`)"
     text = report(rows, command, started, duration, load)
     print(text)
-    RESULTS.write_text(text + "\n")
-    say(f"\ntook {duration / 60:.1f} minutes; written to {RESULTS}")
+    if everything:
+        RESULTS.write_text(text + "\n")
+        say(f"\ntook {duration / 60:.1f} minutes; written to {RESULTS}")
+    else:
+        say(f"\ntook {duration / 60:.1f} minutes; {RESULTS} is left as it was")
+
+
+def parse(arguments: list[str]) -> list[int]:
+    """The numbers of the scenarios named on the command line."""
+    numbers = {str(key): key for key in NAMES} | {name: key for key, name in NAMES.items()}
+
+    def scenario(argument: str) -> int:
+        if argument not in numbers:
+            raise argparse.ArgumentTypeError(f"no scenario {argument!r}")
+        return numbers[argument]
+
+    parser = argparse.ArgumentParser(
+        description="Measure the benchmark's scenarios (all of them when none is named).",
+        epilog="scenarios: " + ", ".join(f"{key} {name}" for key, name in NAMES.items()),
+    )
+    parser.add_argument(
+        "scenarios", nargs="*", type=scenario, metavar="scenario", help="a number or a name"
+    )
+    return list(parser.parse_args(arguments).scenarios)
 
 
 def stage(title: str, measure: Callable[[], list[Row]]) -> list[Row]:
