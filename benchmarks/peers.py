@@ -1,4 +1,5 @@
-"""What the benchmark needs beyond this project's venv: the peers' virtualenvs and wrk.
+"""What the benchmark needs beyond this project's venv: the peers' virtualenvs, wrk and
+redis-server.
 
 Everything is created on first use, so ``make bench`` needs no other setup step. The peers run
 the same Flask and Werkzeug versions as this project's venv, so that only the extension differs.
@@ -10,9 +11,13 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import wraps
 from importlib.metadata import version
 from pathlib import Path
+
+from report import Row, not_run
 
 VENVS = Path(__file__).resolve().parent / ".venvs"
 
@@ -85,6 +90,33 @@ def _find_python(oldest: tuple[int, int], newest: tuple[int, int]) -> str:
 def wrk() -> str:
     """The wrk load generator, installed from Debian's packages when missing."""
     return debian_tool("wrk", "wrk")
+
+
+def redis_server() -> str:
+    """redis-server, installed from Debian's packages when missing."""
+    return debian_tool("redis-server", "redis-server")
+
+
+#: A scenario measured with a tool, given the tool's path.
+Measure = Callable[[str], list[Row]]
+
+
+def needs(tool: Callable[[], str], scenario: str) -> Callable[[Measure], Callable[[], list[Row]]]:
+    """Makes a scenario that needs ``tool()`` (``wrk``, ``redis_server``) measure with its
+    path, or answer a row saying why it could not be had."""
+
+    def decorate(measure: Measure) -> Callable[[], list[Row]]:
+        @wraps(measure)
+        def measured() -> list[Row]:
+            try:
+                path = tool()
+            except Unavailable as exc:
+                return [not_run(scenario, "every contender", str(exc))]
+            return measure(path)
+
+        return measured
+
+    return decorate
 
 
 def debian_tool(command: str, package: str) -> str:

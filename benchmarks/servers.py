@@ -22,8 +22,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, suppress
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -75,6 +75,14 @@ def uvicorn(
 
     environment = {"BENCH_APP": app, "BENCH_FIELDS": json.dumps(asdict(fields))}
     return serving(log, command, URL, environment)
+
+
+@contextmanager
+def uvicorns(apps: Iterable[str], fields: Fields, log: str) -> Iterator[dict[str, str]]:
+    """A :func:`uvicorn` per app of ``apps``, each checking ``fields`` and logging to
+    ``<log>-<app>``, all at once; yields the URL of each one's status route."""
+    with ExitStack() as stack:
+        yield {app: stack.enter_context(uvicorn(app, fields, f"{log}-{app}")) + URL for app in apps}
 
 
 def gunicorn_gevent() -> AbstractContextManager[str]:
