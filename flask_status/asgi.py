@@ -67,10 +67,11 @@ _SIGNALS_AFTER = (
 class StatusMiddleware:
     """Serve every FlaskStatus route of ``flask_app`` natively; pass other requests to ``asgi_app``.
 
-    Answers are the same as under WSGI: the authenticator, the app's request hooks and error
-    handlers all apply. Sync checks run in worker threads, async checks on this event loop;
-    request hooks and a sync authenticator run in a worker thread, so they cannot stall it,
-    and no thread is held while checks run unless a sync authenticator wraps the view.
+    Answers are the same as under WSGI: a status request goes through Flask's own steps, in
+    Flask's order (see :class:`Exchange`). Sync checks run in worker threads, async checks on
+    this event loop; the app's own code (hooks, teardown functions, error handlers, signal
+    receivers, a sync authenticator) runs in worker threads, so it cannot stall the loop, and
+    no thread is held while checks run unless a sync authenticator wraps the view.
     """
 
     def __init__(

@@ -19,6 +19,7 @@ from flask import (
     appcontext_popped,
     appcontext_pushed,
     appcontext_tearing_down,
+    g,
     got_request_exception,
     request,
     request_finished,
@@ -285,3 +286,34 @@ def test_a_blocking_teardown_does_not_stall_the_event_loop(loop: LoopThread) -> 
         release.set()
     assert second.status == 200
     assert first.result(REQUEST_LIMIT).status == 200
+
+
+def test_hooks_and_checks_share_the_request_under_trio() -> None:
+    app = Flask(__name__)
+    loop = threading.current_thread()  # anyio.run runs trio's loop in the calling thread
+    teardowns: list[bool] = []  # whether each ran on the event loop's thread
+
+    @app.before_request
+    def load_user() -> None:
+        g.user = "alice"
+
+    app.teardown_appcontext(lambda error: teardowns.append(threading.current_thread() is loop))
+    status = FlaskStatus(app, timeout=5)
+
+    async def user_on_trio() -> list[str]:
+        import sniffio
+
+        await anyio.sleep(0)
+        return [g.user, request.path, sniffio.current_async_library()]
+
+    status.add_field("async", user_on_trio)
+    status.add_field("sync", lambda: g.user)
+    asgi_app = StatusMiddleware(WsgiToAsgi(app), app)
+
+    answer = anyio.run(asgi_get, asgi_app, URL, None, backend="trio")
+
+    assert (answer.status, answer.json()) == (
+        200,
+        {"async": ["alice", URL, "trio"], "sync": "alice", "status": "OK"},
+    )
+    assert teardowns == [False]
