@@ -287,8 +287,9 @@ class AppCode:
 
     def __init__(self, app: Flask) -> None:
         # Read once, at the first status request: Flask refuses new hooks after it.
-        custom = type(app) is not Flask or not isinstance(
-            app.session_interface, SecureCookieSessionInterface
+        custom = (
+            type(app) is not Flask
+            or type(app.session_interface) is not SecureCookieSessionInterface
         )
         self.before = (
             custom

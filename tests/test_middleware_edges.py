@@ -14,6 +14,7 @@ from asgiref.wsgi import WsgiToAsgi
 from clients import REQUEST_LIMIT, LoopThread, asgi_get
 from flask import (
     Flask,
+    Request,
     Response,
     abort,
     appcontext_popped,
@@ -26,6 +27,7 @@ from flask import (
     request_started,
     request_tearing_down,
 )
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from flask_status import FlaskStatus
@@ -317,3 +319,41 @@ def test_hooks_and_checks_share_the_request_under_trio() -> None:
         {"async": ["alice", URL, "trio"], "sync": "alice", "status": "OK"},
     )
     assert teardowns == [False]
+
+
+class RecordingSessions(SecureCookieSessionInterface):
+    """A session interface of the app's own: it may reach a session store."""
+
+    def __init__(self, ran: list[str]) -> None:
+        self.ran = ran
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        self.ran.append(threading.current_thread().name)
+        return super().open_session(app, request)
+
+
+class RecordingFlask(Flask):
+    """A subclass of Flask: any step may be overridden."""
+
+    ran: list[str]
+
+    def process_response(self, response: Response) -> Response:
+        self.ran.append(threading.current_thread().name)
+        return super().process_response(response)
+
+
+@pytest.mark.parametrize("kind", ["session interface", "Flask subclass"])
+def test_an_apps_own_session_interface_or_flask_subclass_runs_off_the_loop(
+    loop: LoopThread, kind: str
+) -> None:
+    ran: list[str] = []
+    if kind == "session interface":
+        app = Flask(__name__)
+        app.session_interface = RecordingSessions(ran)
+    else:
+        app = RecordingFlask(__name__)
+        app.ran = ran
+    FlaskStatus(app).add_field("db", lambda: "up")
+
+    assert get(loop, StatusMiddleware(WsgiToAsgi(app), app), URL).status == 200
+    assert ran and loop.thread.name not in ran
