@@ -358,3 +358,33 @@ def test_an_apps_own_session_interface_or_flask_subclass_runs_off_the_loop(
 
     assert get(loop, StatusMiddleware(WsgiToAsgi(app), app), URL).status == 200
     assert ran and loop.thread.name not in ran
+
+
+def test_a_request_cancelled_in_a_hook_is_torn_down(loop: LoopThread) -> None:
+    """As when the server cancels it at shutdown: the teardowns run, off the loop."""
+    app = Flask(__name__)
+    in_hook = threading.Event()
+    release = threading.Event()
+    torn_down: list[tuple[str | None, bool]] = []  # the error each saw, and whether on the loop
+    done = threading.Event()
+
+    @app.before_request
+    def slow_session_lookup() -> None:
+        in_hook.set()
+        release.wait(REQUEST_LIMIT)
+
+    @app.teardown_request
+    def close(error: BaseException | None) -> None:
+        on_loop = threading.current_thread() is loop.thread
+        torn_down.append((None if error is None else type(error).__name__, on_loop))
+        done.set()
+
+    FlaskStatus(app).add_field("db", lambda: "up")
+    request_in_flight = loop.start(asgi_get(StatusMiddleware(WsgiToAsgi(app), app), URL))
+    assert in_hook.wait(REQUEST_LIMIT)
+
+    request_in_flight.cancel()
+    release.set()
+
+    assert done.wait(REQUEST_LIMIT)
+    assert torn_down == [("CancelledError", False)]
