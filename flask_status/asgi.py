@@ -15,17 +15,28 @@ WSGI stack, in a worker thread: a guard around the app is never skipped.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import inspect
 import io
 import sys
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from flask import Flask, Response, request_started
-from flask.globals import request_ctx
+from flask import (
+    Flask,
+    appcontext_popped,
+    appcontext_pushed,
+    appcontext_tearing_down,
+    got_request_exception,
+    request_finished,
+    request_started,
+    request_tearing_down,
+)
+from flask.sessions import SecureCookieSessionInterface
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, MapAdapter, Rule
 
@@ -33,22 +44,34 @@ from . import lifecycle
 from .config import DEFAULT_MAX_WORKERS
 from .engine import runs_ahead_host
 from .extension import EXTENSION_KEY, Handover, StatusRoute, deferred, no_store
-from .fields import check_bool, is_async_callable
+from .fields import check_bool
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+T = TypeVar("T")
+
+#: Flask's signals sent while a status request is served: before its checks, and after.
+_SIGNALS_BEFORE = (appcontext_pushed, request_started)
+_SIGNALS_AFTER = (
+    request_finished,
+    got_request_exception,
+    request_tearing_down,
+    appcontext_tearing_down,
+    appcontext_popped,
+)
 
 
 class StatusMiddleware:
     """Serve every FlaskStatus route of ``flask_app`` natively; pass other requests to ``asgi_app``.
 
-    Answers are the same as under WSGI: the authenticator, the app's request hooks and error
-    handlers all apply. Sync checks run in worker threads, async checks on this event loop;
-    request hooks and a sync authenticator run in a worker thread, so they cannot stall it,
-    and no thread is held while checks run unless a sync authenticator wraps the view.
+    Answers are the same as under WSGI: a status request goes through Flask's own steps, in
+    Flask's order (see :class:`Exchange`). Sync checks run in worker threads, async checks on
+    this event loop; the app's own code (hooks, teardown functions, error handlers, signal
+    receivers, a sync authenticator) runs in worker threads, so it cannot stall the loop, and
+    no thread is held while checks run unless a sync authenticator wraps the view.
     """
 
     def __init__(
@@ -61,8 +84,7 @@ class StatusMiddleware:
         self.drain_on_shutdown = check_bool("drain_on_shutdown", drain_on_shutdown)
         self._routes: StatusRoutes | None = None
         # Read off the app at its first status request, when its routes and hooks are set.
-        self._app_code: bool | None = None
-        self._wraps_view_in_sync_code = False
+        self._app_code: AppCode | None = None
         # Threads for the app's own code, apart from anyio's default ones the app may use.
         self._limiter = anyio.CapacityLimiter(DEFAULT_MAX_WORKERS)
 
@@ -109,18 +131,14 @@ class StatusMiddleware:
                 await send({"type": f"lifespan.{phase}.complete"})
             task_group.cancel_scope.cancel()  # runs ahead, an app that went on after shutdown
 
-    def _routes_of_app(self) -> list[StatusRoute]:
-        routes: list[StatusRoute] = self.flask_app.extensions.get(EXTENSION_KEY, [])
-        return routes
-
     def _start_background(self) -> None:
-        for route in self._routes_of_app():
+        for route in _routes_of(self.flask_app):
             route.background.ensure(route.status.fields.values())
 
     def _stop_background(self) -> None:
         if self.drain_on_shutdown:
             lifecycle.drain()
-        for route in self._routes_of_app():
+        for route in _routes_of(self.flask_app):
             route.background.stop()
 
     def _is_status_request(self, scope: Scope) -> bool:
@@ -129,36 +147,22 @@ class StatusMiddleware:
         return self._routes.serves(_path_info(scope), scope["method"])
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
-        app = self.flask_app
-        environ = _environ(scope, await _read_body(receive))
-        context = app.request_context(environ)
+        """As Flask's ``wsgi_app`` serves it, with the checks evaluated on this event loop."""
+        exchange = Exchange(self.flask_app, _environ(scope, await _read_body(receive)))
         if self._app_code is None:
-            self._app_code = _has_app_code(app)
-            self._wraps_view_in_sync_code = _sync_authenticator(app)
-        handover = Handover(defer=not self._wraps_view_in_sync_code)
-        token = deferred.set(handover)
-        error: BaseException | None = None
+            self._app_code = AppCode(self.flask_app)
+        placement = self._app_code.placement(self.flask_app, self._limiter)
         try:
-            try:
-                context.push()
-                response = await self._full_dispatch(handover)
-            except Exception as exc:
-                error = exc
-                response = app.handle_exception(exc)
-            except BaseException as exc:
-                error = exc
-                raise
-            app_iter, status, headers = response.get_wsgi_response(environ)
-        finally:
-            if error is not None and app.should_ignore_error(error):
-                error = None
-            context.pop(error)
-            deferred.reset(token)
-        try:
-            body = b"".join(app_iter)
-        finally:
-            if hasattr(app_iter, "close"):
-                app_iter.close()
+            await placement.run(placement.before_in_thread, exchange.begin)
+            if exchange.waits:
+                await placement.wait(exchange.wait)
+            status, headers, body = await placement.run(placement.after_in_thread, exchange.finish)
+        except BaseException as exc:
+            if not exchange.torn_down:  # cancelled between steps: the teardowns run all the same
+                exchange.error = exc
+                with anyio.CancelScope(shield=True):
+                    await placement.run(placement.after_in_thread, exchange.tear_down)
+            raise
         await _respond(send, status, headers, body)
 
     async def _serve_wrapped(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -169,53 +173,187 @@ class StatusMiddleware:
         )
         await _respond(send, status, headers, body)
 
-    async def _full_dispatch(self, handover: Handover) -> Response:
-        """``Flask.full_dispatch_request``, with the checks evaluated on this event loop."""
-        app = self.flask_app
+
+class Exchange:
+    """One status request, served in the steps of Flask's ``wsgi_app``.
+
+    Flask's own methods do the work, in its order; the steps stop where the view has left its
+    checks to the event loop (see :class:`Handover`), so that no thread waits for them.
+    """
+
+    def __init__(self, app: Flask, environ: dict[str, Any]) -> None:
+        self.app = app
+        self.environ = environ
+        self.flask_context = app.request_context(environ)
+        self.handover = Handover()
+        self.result: Any = None  # what the view, or a before_request hook, returned
+        #: Raised by a hook or the view: Flask's error handlers make an answer of it.
+        self.raised: Exception | None = None
+        #: Not handled: ``handle_exception`` answers it, and the teardown functions see it.
+        self.error: BaseException | None = None
+        self.torn_down = False
+        self._token: contextvars.Token[Handover | None] | None = None
+
+    def begin(self) -> None:
+        """Push the contexts, then ``full_dispatch_request`` up to the view's return value."""
+        app = self.app
+        self._token = deferred.set(self.handover)
         try:
-            rv = await self._in_thread(self._before_and_view)
-            if inspect.isawaitable(rv):  # an async authenticator's wrapper
-                rv = await rv
-            for route, pending in handover.pending:  # the view left its checks to this loop
+            self.flask_context.push()
+        except Exception as exc:
+            self.error = exc
+            return
+        app._got_first_request = True  # as full_dispatch_request does: setup calls now fail
+        try:
+            request_started.send(app, _async_wrapper=app.ensure_sync)
+            result = app.preprocess_request()
+            self.result = app.dispatch_request() if result is None else result
+        except Exception as exc:
+            self.raised = exc
+
+    @property
+    def waits(self) -> bool:
+        """Whether the view left work to the event loop: its checks, or an async wrapper."""
+        return (
+            self.error is None
+            and self.raised is None
+            and (bool(self.handover.pending) or inspect.isawaitable(self.result))
+        )
+
+    async def wait(self) -> None:
+        """The view's work on the event loop: an async authenticator, and the checks."""
+        try:
+            if inspect.isawaitable(self.result):
+                self.result = await self.result
+            for route, pending in self.handover.pending:
                 await route.respond(pending)
         except Exception as exc:
-            rv = app.handle_user_exception(exc)
-        response: Response = await self._in_thread(app.finalize_request, rv)
-        return response
+            self.raised = exc
 
-    def _before_and_view(self) -> Any:
-        """Request hooks, then the view (whose result is awaitable when the view is async)."""
-        app = self.flask_app
-        request_started.send(app, _async_wrapper=app.ensure_sync)
-        rv = app.preprocess_request()
-        if rv is not None:
-            return rv
-        req = request_ctx.request
-        if req.routing_exception is not None:
-            app.raise_routing_exception(req)
-        rule = req.url_rule
-        assert rule is not None and rule.endpoint is not None
-        if getattr(rule, "provide_automatic_options", False) and req.method == "OPTIONS":
-            return app.make_default_options_response()
-        return app.view_functions[rule.endpoint](**(req.view_args or {}))
+    def finish(self) -> tuple[str, list[tuple[str, str]], bytes]:
+        """Finalize the answer (or handle the error), tear the contexts down, read the body."""
+        app = self.app
+        try:
+            try:
+                if self.error is not None:
+                    raise self.error
+                response = app.finalize_request(self._handled())
+            except Exception as exc:
+                self.error = exc
+                response = app.handle_exception(exc)
+            except BaseException as exc:
+                self.error = exc
+                raise
+            app_iter, status, headers = response.get_wsgi_response(self.environ)
+        finally:
+            self.tear_down()
+        try:
+            body = b"".join(app_iter)
+        finally:
+            if hasattr(app_iter, "close"):
+                app_iter.close()
+        return status, headers, body
 
-    async def _in_thread(self, func: Callable[..., Any], *args: Any) -> Any:
-        """Run the app's own code in a worker thread when it may block or be async.
+    def _handled(self) -> Any:
+        """The view's result, or what the app's error handlers make of what was raised."""
+        if self.raised is None:
+            return self.result
+        try:
+            raise self.raised  # handle_user_exception re-raises the exception being handled
+        except Exception as exc:
+            return self.app.handle_user_exception(exc)
 
-        Request hooks, signal receivers and a sync authenticator are the app's code: in a
-        thread they cannot stall the event loop, and async hooks run as Flask runs them.
-        Without any, Flask's own steps are quick and run here.
-        """
-        if self._app_code:
-            return await anyio.to_thread.run_sync(func, *args, limiter=self._limiter)
-        return func(*args)
+    def tear_down(self) -> None:
+        """Pop the contexts: teardown functions see the error, unless Flask ignores it."""
+        self.torn_down = True
+        if self._token is None:  # never begun
+            return
+        error = self.error
+        if error is not None and self.app.should_ignore_error(error):
+            error = None
+        try:
+            self.flask_context.pop(error)
+        finally:
+            deferred.reset(self._token)
+
+
+class AppCode:
+    """Whether serving a status request runs the app's own code, before the checks and after.
+
+    The app's code (hooks, teardown functions, error handlers, signal receivers, a sync
+    authenticator) runs in worker threads, never on the event loop; without any, Flask's own
+    steps are quick and run on the loop.
+    """
+
+    def __init__(self, app: Flask) -> None:
+        # Read once, at the first status request: Flask refuses new hooks after it.
+        custom = (
+            type(app) is not Flask
+            or type(app.session_interface) is not SecureCookieSessionInterface
+        )
+        self.before = (
+            custom
+            or _has_hooks(app.before_request_funcs, app.url_value_preprocessors)
+            or any(route.sync_authenticator for route in _routes_of(app))
+        )
+        self.after = (
+            custom
+            or _has_hooks(app.after_request_funcs, app.teardown_request_funcs)
+            or bool(app.teardown_appcontext_funcs)
+            or any(
+                handlers
+                for by_code in app.error_handler_spec.values()
+                for handlers in by_code.values()
+            )
+        )
+
+    def placement(self, app: Flask, limiter: anyio.CapacityLimiter) -> Placement:
+        """Where this request's steps run (signal receivers may be connected at any time)."""
+        before = self.before or any(signal.has_receivers_for(app) for signal in _SIGNALS_BEFORE)
+        # A hook's after_this_request functions run after.
+        after = (
+            before or self.after or any(signal.has_receivers_for(app) for signal in _SIGNALS_AFTER)
+        )
+        return Placement(contextvars.copy_context() if after else None, before, after, limiter)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one status request's steps run: on the event loop or in worker threads.
+
+    Flask's context variables must be reset in the context they were set in, while a worker
+    thread runs in a copy of the caller's: so every step runs in ``context``, one
+    ``contextvars.Context`` for the request (None: the request's task's own, when no step
+    runs in a thread).
+    """
+
+    context: contextvars.Context | None
+    before_in_thread: bool
+    after_in_thread: bool
+    limiter: anyio.CapacityLimiter
+
+    async def run(self, in_thread: bool, step: Callable[[], T]) -> T:
+        if self.context is None:
+            return step()
+        if in_thread:
+            return await anyio.to_thread.run_sync(self.context.run, step, limiter=self.limiter)
+        return self.context.run(step)
+
+    async def wait(self, step: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Await ``step`` on the loop, seeing the request's context."""
+        if self.context is None:
+            await step()
+            return
+        # A task runs in a copy of the context it was started in.
+        async with anyio.create_task_group() as task_group:
+            self.context.run(task_group.start_soon, step)
 
 
 class StatusRoutes:
     """The app's FlaskStatus URLs, to recognise the requests that are the middleware's own."""
 
     def __init__(self, app: Flask) -> None:
-        routes: list[StatusRoute] = app.extensions.get(EXTENSION_KEY, [])
+        routes = _routes_of(app)
         self._by_endpoint: dict[str, StatusRoute] = {}
         rules = []
         for rule in app.url_map.iter_rules():
@@ -289,26 +427,19 @@ async def _respond(send: Send, status: str, headers: list[tuple[str, str]], body
     await send({"type": "http.response.body", "body": body})
 
 
-def _sync_authenticator(app: Flask) -> bool:
-    """Whether a sync authenticator wraps one of the app's status views."""
+def _routes_of(app: Flask) -> list[StatusRoute]:
     routes: list[StatusRoute] = app.extensions.get(EXTENSION_KEY, [])
+    return routes
+
+
+def _has_hooks(*registries: Mapping[Any, list[Callable[..., Any]]]) -> bool:
+    """Whether any registry (by blueprint) holds a function of the app's."""
     return any(
-        route.status.authenticator is not None and not is_async_callable(route.view)
-        for route in routes
-    )
-
-
-def _has_app_code(app: Flask) -> bool:
-    """Whether serving a status request runs hooks, signal receivers or a sync authenticator."""
-    registries = (app.before_request_funcs, app.after_request_funcs, app.url_value_preprocessors)
-    hooks = [
-        func
+        func is not no_store  # the extension's own hook only sets a header
         for registry in registries
         for funcs in registry.values()
         for func in funcs
-        if func is not no_store  # the extension's own hook only sets a header
-    ]
-    return bool(hooks) or bool(request_started.receivers) or _sync_authenticator(app)
+    )
 
 
 def _path_info(scope: Scope) -> str:

@@ -282,14 +282,14 @@ class Pending:
 
 @dataclass
 class Handover:
-    """How a view called by the ASGI middleware reaches the server's event loop.
+    """The requests a view called by the ASGI middleware leaves to the server's event loop.
 
-    ``defer`` is true unless a sync authenticator wraps the view (it must see the finished
-    answer): the view then leaves its request in ``pending`` and the middleware evaluates it
-    on the loop, so no thread is held while checks run.
+    The view records its request in ``pending`` and returns the unfilled response; the
+    middleware evaluates the fields on the loop before Flask finalizes that response, so no
+    thread is held while checks run. A view wrapped by a sync authenticator evaluates at once
+    instead: the wrapper must see the finished answer.
     """
 
-    defer: bool
     pending: list[tuple[StatusRoute, Pending]] = dataclasses.field(default_factory=list)
 
 
@@ -330,6 +330,8 @@ class StatusRoute:
             lambda: self.evaluator.limiter,
             app.logger,
         )
+        #: Whether a sync authenticator wraps the view (it must see the finished answer).
+        self.sync_authenticator = False
         self.view = self._make_view()
         self.drain_view = _guarded(self.status.authenticator, self._drain)
 
@@ -350,7 +352,7 @@ class StatusRoute:
             handover = deferred.get()
             if handover is None:  # WSGI
                 return self.respond_blocking(pending)
-            if handover.defer:
+            if not self.sync_authenticator:
                 # Hand the request back: the middleware evaluates it on the loop.
                 handover.pending.append((self, pending))
                 return pending.response
@@ -369,9 +371,10 @@ class StatusRoute:
                     return await self.respond(self.pending(field))
                 return status_ping(field)  # on the event loop Flask runs for this view
 
-            view = authenticator(status_ping_async)
+            return _dispatched_as_sync(authenticator(status_ping_async))
         if not callable(view):
             raise TypeError("authenticator must return a callable view")
+        self.sync_authenticator = True
         return view
 
     def pending(self, name: str | None = None) -> Pending:
@@ -567,6 +570,21 @@ def _guarded(authenticator: Authenticator | None, view: View) -> View:
 
         guarded = authenticator(view_async)
     return guarded
+
+
+def _dispatched_as_sync(view: View) -> View:
+    """An async view that Flask's own dispatch calls as a sync one.
+
+    Under WSGI it runs as Flask runs any async view; under the ASGI middleware it returns its
+    coroutine, which the middleware awaits on the server's event loop.
+    """
+
+    def status_ping(**view_args: Any) -> Any:
+        if deferred.get() is not None:
+            return view(**view_args)
+        return current_app.ensure_sync(view)(**view_args)
+
+    return status_ping
 
 
 def _check_started_by(started_by: Any, readiness: bool) -> str | tuple[str, ...] | None:

@@ -4,6 +4,7 @@ StatusMiddleware (driven in-process, on an event loop thread as a server would).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import threading
 import time
@@ -108,8 +109,17 @@ class LoopThread:
         self._thread = threading.Thread(target=self.loop.run_forever, name="test-asgi-loop")
         self._thread.start()
 
+    @property
+    def thread(self) -> threading.Thread:
+        """The thread the loop runs in."""
+        return self._thread
+
+    def start(self, coroutine: Any) -> concurrent.futures.Future[Any]:
+        """Run ``coroutine`` on the loop; its future result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+
     def run(self, coroutine: Any, timeout: float = REQUEST_LIMIT) -> Any:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+        return self.start(coroutine).result(timeout)
 
     def close(self) -> None:
         async def cancel_all() -> None:

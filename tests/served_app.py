@@ -8,6 +8,7 @@ served it.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import threading
@@ -18,7 +19,19 @@ from typing import Any
 import anyio
 import anyio.from_thread
 from asgiref.wsgi import WsgiToAsgi
-from flask import Flask, Response, jsonify
+from flask import (
+    Flask,
+    Response,
+    abort,
+    g,
+    got_request_exception,
+    jsonify,
+    request,
+    request_finished,
+    request_started,
+    request_tearing_down,
+)
+from flask.globals import app_ctx
 
 from flask_status import FlaskStatus
 from flask_status.asgi import StatusMiddleware
@@ -287,8 +300,6 @@ def create_background_asgi_app() -> StatusMiddleware:
 
 def create_quiet_app() -> Flask:
     """Successful probes of ``/api/status`` stay out of the access log; ``?fail`` fails one."""
-    from flask import request
-
     from flask_status import quiet_access_logs
 
     quiet_access_logs()
@@ -348,3 +359,190 @@ def _store_app(**options: Any) -> Flask:
     status = FlaskStatus(app, store=os.environ[STORE_URL_ENV], timeout=1)
     status.add_field("database", database, **options)
     return app
+
+
+#: Environment variables of :func:`create_traced_app`: its trace file, and its hooks.
+TRACE_ENV = "SERVED_APP_TRACE"
+TRACED_HOOKS_ENV = "SERVED_APP_TRACED_HOOKS"
+#: Which of its hooks a traced app has: all, those that run after the view only, or none.
+TRACED_HOOKS = ("all", "after", "none")
+#: The header a traced app's authenticators ask for, and the header that makes them raise.
+TRACE_TOKEN = {"X-Token": "t"}
+BREAK_HEADER = "X-Break"
+#: ``<url>/<field>`` of this field makes the traced app's ``after_request`` hook raise.
+EXPLOSIVE_FIELD = "explosive"
+
+Trace = Callable[..., None]
+
+
+def create_traced_app(trace_file: str | None = None, hooks: str | None = None) -> Flask:
+    """An app with every kind of request hook, error handler and signal receiver (``hooks``:
+    see :data:`TRACED_HOOKS`), and status routes behind each kind of authenticator; each
+    writes a line to ``trace_file`` when it runs. Left out, both come from the environment.
+
+    Request headers steer the hooks: ``X-Short`` makes a ``before_request`` hook answer,
+    ``X-Throttle`` makes it abort with 429 (which an error handler answers), ``X-Token``
+    passes the authenticators and :data:`BREAK_HEADER` makes them raise; ``<url>/explosive``
+    makes the ``after_request`` hook raise (which the 500 handler answers).
+    """
+    path = trace_file or os.environ[TRACE_ENV]
+    hooks = hooks or os.environ.get(TRACED_HOOKS_ENV, "all")
+    app = Flask("traced_app")
+
+    def trace(*event: object) -> None:
+        with open(path, "a") as log:
+            log.write(json.dumps(event, sort_keys=True, default=repr) + "\n")
+
+    receivers: dict[Any, Callable[..., None]] = {}
+    if hooks == "all":
+        receivers |= _hooks_before(app, trace)
+    if hooks in ("all", "after"):
+        receivers |= _hooks_after(app, trace)
+    for signal, receiver in receivers.items():
+        signal.connect(receiver, app)  # weakly: they live as long as the app holds them
+    app.extensions["traced_receivers"] = receivers
+
+    @app.get("/hello")
+    def hello() -> str:
+        return "hello"
+
+    def traced_check(name: str) -> Callable[[], str]:
+        def check() -> str:
+            trace("check", name, g.get("user"))
+            return "ok"
+
+        return check
+
+    status = FlaskStatus(app, timeout=5)
+    status.add_field("version", "1.0")
+    status.add_field("database", traced_check("database"))
+    status.add_field("cache", async_check)
+    status.add_field(EXPLOSIVE_FIELD, "armed")
+
+    def refused() -> None:
+        raise ConnectionRefusedError("connection refused")
+
+    down = FlaskStatus(app, url="/api/down", timeout=5)
+    down.add_field("database", refused)
+    down.add_field("cache", "warm", critical=False)
+
+    def guard() -> None:
+        if BREAK_HEADER in request.headers:
+            raise RuntimeError("authenticator failed")
+        if request.headers.get("X-Token") != TRACE_TOKEN["X-Token"]:
+            abort(401)
+
+    def authenticator_async(view: Callable[..., Any]) -> Callable[..., Any]:
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            await asyncio.sleep(0)
+            trace("authenticator async")
+            guard()
+            return await view(*args, **kwargs)
+
+        return wrapper
+
+    authenticators = {"/private-async": authenticator_async}
+    if hooks == "all":  # a sync authenticator runs before the checks
+
+        def authenticator(view: Callable[..., Any]) -> Callable[..., Any]:
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                trace("authenticator")
+                guard()
+                return view(*args, **kwargs)
+
+            return wrapper
+
+        authenticators["/private"] = authenticator
+    for url, wrapper in authenticators.items():
+        FlaskStatus(app, url=url, authenticator=wrapper, timeout=5).add_field(
+            "secret", traced_check(url)
+        )
+    return app
+
+
+def _error_name(error: BaseException | None) -> str | None:
+    return None if error is None else type(error).__name__
+
+
+def _hooks_before(app: Flask, trace: Trace) -> dict[Any, Callable[..., None]]:
+    """Hooks that run before the view; the signal receivers among them, to connect."""
+
+    @app.url_value_preprocessor
+    def url_values(endpoint: str | None, values: dict[str, object] | None) -> None:
+        trace("url_value_preprocessor", endpoint, values)
+
+    @app.before_request
+    def before() -> tuple[str, int] | None:
+        trace("before_request")
+        if "X-Short" in request.headers:
+            return "answered by before_request", 203
+        if "X-Throttle" in request.headers:
+            abort(429)
+        g.user = request.headers.get("X-User", "anonymous")
+        return None
+
+    @app.before_request
+    async def before_async() -> None:
+        await asyncio.sleep(0)
+        trace("before_request async")
+
+    def on_request_started(sender: Flask, **_: object) -> None:
+        trace("request_started", sender._got_first_request)
+
+    return {request_started: on_request_started}
+
+
+def _hooks_after(app: Flask, trace: Trace) -> dict[Any, Callable[..., None]]:
+    """Hooks, error handlers and teardown functions that run after the view; the signal
+    receivers among them, to connect."""
+    # The app context of the request being torn down: a check's own app context is not traced.
+    torn_down: dict[str, object] = {}
+
+    @app.after_request
+    def after(response: Response) -> Response:
+        trace("after_request", response.status_code)
+        if (request.view_args or {}).get("field") == EXPLOSIVE_FIELD:
+            raise RuntimeError("after_request failed")
+        response.headers["X-After"] = "yes"
+        return response
+
+    @app.teardown_request
+    def teardown_request(error: BaseException | None) -> None:
+        torn_down["app_ctx"] = app_ctx._get_current_object()
+        trace("teardown_request", _error_name(error))
+
+    @app.teardown_appcontext
+    def teardown_appcontext(error: BaseException | None) -> None:
+        if app_ctx._get_current_object() is torn_down.get("app_ctx"):
+            trace("teardown_appcontext", _error_name(error))
+
+    @app.errorhandler(429)
+    def throttled(error: Exception) -> tuple[Response, int]:
+        trace("errorhandler", 429)
+        return jsonify(error="throttled"), 429
+
+    @app.errorhandler(500)
+    def failed(error: Exception) -> tuple[Response, int]:
+        trace("errorhandler", 500, _error_name(getattr(error, "original_exception", None)))
+        return jsonify(error="failed"), 500
+
+    def on_request_finished(sender: Flask, response: Response, **_: object) -> None:
+        trace("request_finished", response.status_code)
+
+    def on_got_request_exception(sender: Flask, exception: Exception, **_: object) -> None:
+        trace("got_request_exception", _error_name(exception))
+
+    def on_request_tearing_down(sender: Flask, exc: BaseException | None, **_: object) -> None:
+        trace("request_tearing_down", _error_name(exc))
+
+    return {
+        request_finished: on_request_finished,
+        got_request_exception: on_got_request_exception,
+        request_tearing_down: on_request_tearing_down,
+    }
+
+
+def create_traced_asgi_app() -> StatusMiddleware:
+    """:func:`create_traced_app` behind StatusMiddleware."""
+    app = create_traced_app()
+    return StatusMiddleware(WsgiToAsgi(app), app)  # type: ignore[no-untyped-call]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterable
 from typing import Any
@@ -10,8 +11,23 @@ import anyio
 import anyio.to_thread
 import pytest
 from asgiref.wsgi import WsgiToAsgi
-from clients import LoopThread, asgi_get
-from flask import Flask, request
+from clients import REQUEST_LIMIT, LoopThread, asgi_get
+from flask import (
+    Flask,
+    Request,
+    Response,
+    abort,
+    appcontext_popped,
+    appcontext_pushed,
+    appcontext_tearing_down,
+    g,
+    got_request_exception,
+    request,
+    request_finished,
+    request_started,
+    request_tearing_down,
+)
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from flask_status import FlaskStatus
@@ -165,3 +181,210 @@ def test_status_is_served_natively_under_trio() -> None:
     answer = anyio.run(asgi_get, asgi_app, URL, None, backend="trio")
 
     assert (answer.status, answer.json()) == (200, {"loop": "trio", "thread": True, "status": "OK"})
+
+
+#: Flask's signals sent while a request is served.
+REQUEST_SIGNALS = (
+    appcontext_pushed,
+    request_started,
+    request_finished,
+    got_request_exception,
+    request_tearing_down,
+    appcontext_tearing_down,
+    appcontext_popped,
+)
+
+
+def test_the_apps_own_code_never_runs_on_the_event_loop(loop: LoopThread) -> None:
+    app = Flask(__name__)
+    ran: dict[str, bool] = {}  # what ran, and whether on the server's event loop
+
+    def record(name: str) -> None:
+        on_loop = threading.current_thread() is loop.thread
+        ran[name] = ran.get(name, False) or on_loop
+
+    app.url_value_preprocessor(lambda endpoint, values: record("url_value_preprocessor"))
+
+    @app.before_request
+    def throttle() -> None:
+        record("before_request")
+        if "X-Throttle" in request.headers:
+            abort(429)
+
+    @app.after_request
+    def after(response: Response) -> Response:
+        record("after_request")
+        if "X-Fail" in request.headers:
+            raise RuntimeError("after_request failed")
+        return response
+
+    app.teardown_request(lambda error: record("teardown_request"))
+    app.teardown_appcontext(lambda error: record("teardown_appcontext"))
+
+    @app.errorhandler(429)
+    def throttled(error: Exception) -> tuple[str, int]:
+        record("errorhandler")
+        return "slow down", 429
+
+    def authenticator(view: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            record("authenticator")
+            return view(*args, **kwargs)
+
+        return wrapper
+
+    FlaskStatus(app).add_field("db", lambda: "up")
+    FlaskStatus(app, url="/private", authenticator=authenticator).add_field("db", lambda: "up")
+    asgi_app = StatusMiddleware(WsgiToAsgi(app), app)
+
+    def receiver(signal: Any) -> Any:
+        return lambda sender, **extra: record(signal.name)
+
+    with contextlib.ExitStack() as connected:
+        for signal in REQUEST_SIGNALS:
+            connected.enter_context(signal.connected_to(receiver(signal), app))
+        answers = [
+            get(loop, asgi_app, URL).status,
+            get(loop, asgi_app, URL, **{"X-Throttle": "1"}).status,
+            get(loop, asgi_app, URL, **{"X-Fail": "1"}).status,
+            get(loop, asgi_app, "/private").status,
+        ]
+
+    assert answers == [200, 429, 500, 200]
+    assert set(ran) == {
+        "url_value_preprocessor",
+        "before_request",
+        "after_request",
+        "teardown_request",
+        "teardown_appcontext",
+        "errorhandler",
+        "authenticator",
+        *(signal.name for signal in REQUEST_SIGNALS),
+    }
+    assert [name for name, on_loop in ran.items() if on_loop] == []
+
+
+def test_a_blocking_teardown_does_not_stall_the_event_loop(loop: LoopThread) -> None:
+    """An app whose only code is a teardown (as a Flask-SQLAlchemy app's is)."""
+    app = Flask(__name__)
+    FlaskStatus(app).add_field("version", "1.0")  # no check: the only teardown is the request's
+    blocking = threading.Event()
+    release = threading.Event()
+
+    @app.teardown_appcontext
+    def close_connection(error: BaseException | None) -> None:
+        if not blocking.is_set():  # the first request's: a connection slow to close
+            blocking.set()
+            release.wait(REQUEST_LIMIT)
+
+    asgi_app = StatusMiddleware(WsgiToAsgi(app), app)
+    first = loop.start(asgi_get(asgi_app, URL))
+    try:
+        assert blocking.wait(REQUEST_LIMIT)
+        # Generous: an in-process request takes milliseconds; a stalled loop, until release.
+        second = loop.run(asgi_get(asgi_app, URL), timeout=10)
+        assert not first.done()
+    finally:
+        release.set()
+    assert second.status == 200
+    assert first.result(REQUEST_LIMIT).status == 200
+
+
+def test_hooks_and_checks_share_the_request_under_trio() -> None:
+    app = Flask(__name__)
+    loop = threading.current_thread()  # anyio.run runs trio's loop in the calling thread
+    teardowns: list[bool] = []  # whether each ran on the event loop's thread
+
+    @app.before_request
+    def load_user() -> None:
+        g.user = "alice"
+
+    app.teardown_appcontext(lambda error: teardowns.append(threading.current_thread() is loop))
+    status = FlaskStatus(app, timeout=5)
+
+    async def user_on_trio() -> list[str]:
+        import sniffio
+
+        await anyio.sleep(0)
+        return [g.user, request.path, sniffio.current_async_library()]
+
+    status.add_field("async", user_on_trio)
+    status.add_field("sync", lambda: g.user)
+    asgi_app = StatusMiddleware(WsgiToAsgi(app), app)
+
+    answer = anyio.run(asgi_get, asgi_app, URL, None, backend="trio")
+
+    assert (answer.status, answer.json()) == (
+        200,
+        {"async": ["alice", URL, "trio"], "sync": "alice", "status": "OK"},
+    )
+    assert teardowns  # the request's, and those of the checks' own app contexts, if any
+    assert not any(teardowns)
+
+
+class RecordingSessions(SecureCookieSessionInterface):
+    """A session interface of the app's own: it may reach a session store."""
+
+    def __init__(self, ran: list[str]) -> None:
+        self.ran = ran
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        self.ran.append(threading.current_thread().name)
+        return super().open_session(app, request)
+
+
+class RecordingFlask(Flask):
+    """A subclass of Flask: any step may be overridden."""
+
+    ran: list[str]
+
+    def process_response(self, response: Response) -> Response:
+        self.ran.append(threading.current_thread().name)
+        return super().process_response(response)
+
+
+@pytest.mark.parametrize("kind", ["session interface", "Flask subclass"])
+def test_an_apps_own_session_interface_or_flask_subclass_runs_off_the_loop(
+    loop: LoopThread, kind: str
+) -> None:
+    ran: list[str] = []
+    if kind == "session interface":
+        app = Flask(__name__)
+        app.session_interface = RecordingSessions(ran)
+    else:
+        app = RecordingFlask(__name__)
+        app.ran = ran
+    FlaskStatus(app).add_field("db", lambda: "up")
+
+    assert get(loop, StatusMiddleware(WsgiToAsgi(app), app), URL).status == 200
+    assert ran and loop.thread.name not in ran
+
+
+def test_a_request_cancelled_in_a_hook_is_torn_down(loop: LoopThread) -> None:
+    """As when the server cancels it at shutdown: the teardowns run, off the loop."""
+    app = Flask(__name__)
+    in_hook = threading.Event()
+    release = threading.Event()
+    torn_down: list[tuple[str | None, bool]] = []  # the error each saw, and whether on the loop
+    done = threading.Event()
+
+    @app.before_request
+    def slow_session_lookup() -> None:
+        in_hook.set()
+        release.wait(REQUEST_LIMIT)
+
+    @app.teardown_request
+    def close(error: BaseException | None) -> None:
+        on_loop = threading.current_thread() is loop.thread
+        torn_down.append((None if error is None else type(error).__name__, on_loop))
+        done.set()
+
+    FlaskStatus(app).add_field("db", lambda: "up")
+    request_in_flight = loop.start(asgi_get(StatusMiddleware(WsgiToAsgi(app), app), URL))
+    assert in_hook.wait(REQUEST_LIMIT)
+
+    request_in_flight.cancel()
+    release.set()
+
+    assert done.wait(REQUEST_LIMIT)
+    assert torn_down == [("CancelledError", False)]
