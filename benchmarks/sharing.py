@@ -24,7 +24,7 @@ from report import CONTENDERS, OURS, Row, Target, judged, seconds
 from servers import BenchError
 
 from flask_status import FlaskStatus
-from flask_status.extension import EXTENSION_KEY
+from flask_status.route import EXTENSION_KEY
 
 FLEET_PODS, FLEET_WORKERS = 2, 4
 FLEET_PROBES, FLEET_SECONDS, FLEET_CLIENTS = 400, 10.0, 20

@@ -13,14 +13,16 @@ request started sees none (``has_request_context()`` is False there).
 from __future__ import annotations
 
 import contextvars
+import functools
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import anyio
-import anyio.to_thread
 from flask import Flask, g, has_app_context
 from flask.ctx import AppContext
 from flask.signals import appcontext_popped, appcontext_pushed
+
+from .loop import run_sync
 
 T = TypeVar("T")
 
@@ -50,21 +52,24 @@ def empty_context() -> contextvars.Context:
 
 
 async def await_in_app_context(
-    app: Flask, check: Callable[[], Coroutine[Any, Any, None]], teardown_seconds: float
+    app: Flask,
+    check: Callable[[], Coroutine[Any, Any, None]],
+    teardown_seconds: float,
+    limiter: anyio.CapacityLimiter,
 ) -> None:
     """Await an async check in an app context of its own.
 
     The app context is pushed in a context object of the run's, and the check is a task of
     that context; so its pop (which resets what the push set) can run in a worker thread when
     the app has teardown handlers or context signal receivers: the app's own code never runs
-    on the event loop. A teardown that hangs is given ``teardown_seconds``, then left to its
-    thread.
+    on the event loop. Those threads are the route's sync checks' (under ``limiter``). A
+    teardown that hangs is given ``teardown_seconds``, then left to its thread.
     """
     context = contextvars.copy_context()
     app_context = context.run(own_app_context, app)
     in_thread = _app_code_on_context(app)
     if in_thread:
-        await anyio.to_thread.run_sync(context.run, app_context.push)
+        await run_sync(functools.partial(context.run, app_context.push), limiter)
     else:
         context.run(app_context.push)
     try:
@@ -77,7 +82,7 @@ async def await_in_app_context(
 
         if in_thread:
             with anyio.move_on_after(teardown_seconds, shield=True):
-                await anyio.to_thread.run_sync(pop, abandon_on_cancel=True)
+                await run_sync(pop, limiter)
         else:
             pop()
 

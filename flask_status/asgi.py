@@ -42,9 +42,9 @@ from werkzeug.routing import Map, MapAdapter, Rule
 
 from . import lifecycle
 from .config import DEFAULT_MAX_WORKERS
-from .engine import runs_ahead_host
-from .extension import EXTENSION_KEY, Handover, StatusRoute, deferred, no_store
 from .fields import check_bool
+from .loop import runs_ahead_host
+from .route import Handover, StatusRoute, deferred, no_store, routes_of
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -132,13 +132,13 @@ class StatusMiddleware:
             task_group.cancel_scope.cancel()  # runs ahead, an app that went on after shutdown
 
     def _start_background(self) -> None:
-        for route in _routes_of(self.flask_app):
+        for route in routes_of(self.flask_app):
             route.background.ensure(route.status.fields.values())
 
     def _stop_background(self) -> None:
         if self.drain_on_shutdown:
             lifecycle.drain()
-        for route in _routes_of(self.flask_app):
+        for route in routes_of(self.flask_app):
             route.background.stop()
 
     def _is_status_request(self, scope: Scope) -> bool:
@@ -294,7 +294,7 @@ class AppCode:
         self.before = (
             custom
             or _has_hooks(app.before_request_funcs, app.url_value_preprocessors)
-            or any(route.sync_authenticator for route in _routes_of(app))
+            or any(route.sync_authenticator for route in routes_of(app))
         )
         self.after = (
             custom
@@ -353,7 +353,7 @@ class StatusRoutes:
     """The app's FlaskStatus URLs, to recognise the requests that are the middleware's own."""
 
     def __init__(self, app: Flask) -> None:
-        routes = _routes_of(app)
+        routes = routes_of(app)
         self._by_endpoint: dict[str, StatusRoute] = {}
         rules = []
         for rule in app.url_map.iter_rules():
@@ -425,11 +425,6 @@ async def _respond(send: Send, status: str, headers: list[tuple[str, str]], body
         }
     )
     await send({"type": "http.response.body", "body": body})
-
-
-def _routes_of(app: Flask) -> list[StatusRoute]:
-    routes: list[StatusRoute] = app.extensions.get(EXTENSION_KEY, [])
-    return routes
 
 
 def _has_hooks(*registries: Mapping[Any, list[Callable[..., Any]]]) -> bool:

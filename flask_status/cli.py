@@ -8,7 +8,7 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from .extension import EXTENSION_KEY, StatusRoute
+from .route import routes_of
 
 
 @click.command("status")
@@ -21,7 +21,7 @@ def status_command(url: str | None) -> None:
     one JSON object.
     """
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    routes: list[StatusRoute] = app.extensions.get(EXTENSION_KEY, [])
+    routes = routes_of(app)
     served = {path: route for route in routes for path in route.paths(app)}
     if not served:
         raise click.ClickException("this app has no status route")

@@ -11,16 +11,13 @@ import functools
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 from flask import Request, request
 
-from . import threads
 from .fields import is_async_callable
-
-if TYPE_CHECKING:
-    from .extension import Pending
+from .loop import run_sync
 
 ALWAYS = "always"
 NEVER = "never"
@@ -88,20 +85,22 @@ class Access:
         """Whether each request needs a decision (which may take the event loop)."""
         return self.mode == WHEN_AUTHORIZED
 
-    async def decide(self, pending: Pending) -> None:
-        """Ask ``is_authorized`` about this request, unless it needs no asking or was decided."""
-        if self.per_request and pending.show_details is None:
-            pending.show_details = await self.authorized()
+    async def decide(self, decided: bool | None) -> bool | None:
+        """Ask ``is_authorized`` about this request, unless it needs no asking or was
+        ``decided`` already; the decision, or ``None`` when none is needed."""
+        if self.per_request and decided is None:
+            return await self.authorized()
+        return decided
 
-    def shows(self, pending: Pending) -> bool:
-        """Whether this request's answer carries details.
+    def shows(self, decided: bool | None) -> bool:
+        """Whether this request's answer carries details, given the ``decided`` one.
 
         Undecided (no ``decide`` ran, as when the loop stopped) means no, unless details are
         shown to everyone: an error never reveals more.
         """
-        if pending.show_details is None:
+        if decided is None:
             return self.mode == ALWAYS
-        return pending.show_details
+        return decided
 
     async def authorized(self) -> bool:
         """Call ``is_authorized`` with the request; no answer in time, or an error, is a no.
@@ -117,9 +116,7 @@ class Access:
                 if is_async_callable(check):
                     result = await check(caller)  # type: ignore[misc]
                 else:
-                    result = await threads.run_sync(
-                        functools.partial(check, caller), self._limiter()
-                    )
+                    result = await run_sync(functools.partial(check, caller), self._limiter())
                 if inspect.isawaitable(result):  # a plain function returned a coroutine
                     result = await result
         except TimeoutError:

@@ -29,14 +29,13 @@ from typing import Any
 import anyio
 import anyio.from_thread
 import anyio.to_thread
-from anyio.abc import TaskGroup
-from anyio.lowlevel import EventLoopToken, RunVar, current_token
+from anyio.lowlevel import EventLoopToken, current_token
 from flask import Flask
 
-from . import threads
 from .appcontext import await_in_app_context, call_in_app_context, empty_context
 from .fields import Field, Kind
 from .fork import reset_after_fork
+from .loop import run_sync, runs_ahead_host
 from .outcome import Encode, Outcome, describe, overran, timed_out, unreportable
 from .store import Sharing
 from .thresholds import Streak, damp
@@ -45,10 +44,6 @@ from .thresholds import Streak, damp
 #: its cancellation (a cancelled check normally ends at its next await, within milliseconds).
 OVERRUN_GRACE = 0.05
 
-
-#: Per event loop: a long-lived task group where a field's next run can start ahead of the
-#: requests that will want it (the portal's loop and the ASGI lifespan set it).
-runs_ahead_host: RunVar[TaskGroup | None] = RunVar("flask_status_runs_ahead", default=None)
 
 #: A sync check whose last run took less than this (seconds) is *quick*: the quick checks of a
 #: request that share a timeout run one after another in one worker thread hop, where a hop
@@ -435,7 +430,7 @@ class Evaluator:
         if runs[0].field.kind is Kind.ASYNC:
             await self._await(runs[0], runs[0].field.value, scope)
             return
-        await threads.run_sync(functools.partial(self._call_all, runs), self.limiter)
+        await run_sync(functools.partial(self._call_all, runs), self.limiter)
         for run in runs:
             if inspect.isawaitable(run.produced):  # a plain function returned one
                 await self._await(run, functools.partial(_awaited, run.produced), scope)
@@ -445,7 +440,10 @@ class Evaluator:
     ) -> None:
         """Await an async check, in an app context of its own, under the run's deadline."""
         await await_in_app_context(
-            self.app, functools.partial(self._awaited, run, check, scope), run.timeout
+            self.app,
+            functools.partial(self._awaited, run, check, scope),
+            run.timeout,
+            self.limiter,
         )
 
     def _sharing_of(self, run: Run) -> tuple[float, float] | None:

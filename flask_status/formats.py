@@ -1,7 +1,8 @@
-"""Which representation a status request reads, and the bodies beyond the two original formats.
+"""Rendering an answer: which representation a status request reads, and its body.
 
-``StatusRoute.fill`` renders the default JSON and health+json as before; :func:`choose` returns
-a :class:`Form` for everything else:
+:func:`fill` renders a request's outcomes into its response. The default JSON and health+json
+are Flask-Status 1.0.1's and the health+json draft's; :func:`choose` returns a :class:`Form`
+for everything else:
 
 - ``?verbose`` (callers with details): every check's status, value or error, timing, whether
   it was cached, and its recent history, under ``checks``;
@@ -12,10 +13,11 @@ a :class:`Form` for everything else:
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from flask import Response, current_app, request
 
@@ -23,10 +25,15 @@ from . import page
 from .aggregate import Health
 from .history import Entry, History
 from .outcome import Encode, Outcome
-from .render import HEALTH_JSON, HIDDEN_ERROR, health_json_payload, iso_time, json_payload
-
-if TYPE_CHECKING:
-    from .extension import Pending, StatusRoute
+from .render import (
+    HEALTH_JSON,
+    HIDDEN_ERROR,
+    health_json_payload,
+    hide_errors,
+    invalid_values,
+    iso_time,
+    json_payload,
+)
 
 HTML = "text/html"
 
@@ -34,25 +41,83 @@ HTML = "text/html"
 _NO = frozenset({"0", "false", "no", "off"})
 
 
-def choose(
-    route: StatusRoute, pending: Pending, wants_health_json: bool, cached: Collection[str]
-) -> Form | None:
-    """The form this request gets, or ``None`` for the default JSON or health+json in full.
+@dataclass(frozen=True)
+class Rendering:
+    """What a status route renders its answers with, fixed when it is registered."""
 
-    ``cached``: the keys whose outcome was not measured for this request.
+    message: Mapping[str, Any]
+    encode: Encode
+    history: History
+    expose_errors: bool
+    html_for_browsers: bool
+
+
+def fill(
+    response: Response,
+    rendering: Rendering,
+    outcomes: dict[str, Outcome],
+    critical: Mapping[str, bool],
+    cached: Collection[str],
+    details: bool,
+    health_of: Callable[[Mapping[str, Outcome]], Health],
+    logger: logging.Logger,
+) -> None:
+    """Render a request's ``outcomes`` into its ``response``, in the form the request reads.
+
+    ``cached``: the keys whose outcome was not measured for this request; ``details``: whether
+    the caller may see fields; ``health_of``: the overall status of the outcomes. A value that
+    cannot be encoded any longer fails its field, in ``outcomes`` too.
     """
-    details = route.access.shows(pending)
+    wants_health_json = (
+        # the substring test spares the Accept parsing on almost every request
+        "health+json" in request.headers.get("Accept", "")
+        and request.accept_mimetypes.best_match(["application/json", HEALTH_JSON]) == HEALTH_JSON
+    )
+    form = choose(rendering, details, wants_health_json, cached)  # None: the formats below
+
+    def encode() -> tuple[str, Health]:
+        health = health_of(outcomes)
+        shown = outcomes if rendering.expose_errors else hide_errors(outcomes)
+        if form is not None:
+            return form.render(shown, critical, health), health
+        if wants_health_json:
+            document = health_json_payload(rendering.message, shown, critical, health)
+        else:
+            reused = {key: outcomes[key] for key in cached if key in outcomes}
+            document = json_payload(rendering.message, shown, health, reused)
+        return rendering.encode(document), health
+
+    try:
+        body, health = encode()
+    except Exception:  # a value changed since its run checked it: find it, fail it
+        invalid = invalid_values(outcomes, rendering.encode)
+        for key, outcome in invalid.items():
+            logger.error("status field %r %s", key, outcome.error)
+        outcomes.update(invalid)
+        body, health = encode()
+    response.set_data(body + "\n")
+    response.status_code = health.http_status
+    response.mimetype = HEALTH_JSON if wants_health_json else "application/json"
+    vary_on_accept(response)
+    if form is not None:
+        form.finish(response)
+
+
+def choose(
+    rendering: Rendering, details: bool, wants_health_json: bool, cached: Collection[str]
+) -> Form | None:
+    """The form this request gets, or ``None`` for the default JSON or health+json in full."""
     query = bool(request.query_string)  # most requests have none: no parsing for them
     form: type[Form] | None = None
     if (query and request.args.get("format") == "html") or (
-        route.settings.html_for_browsers and _prefers_html()
+        rendering.html_for_browsers and _prefers_html()
     ):
         form = Page
     elif not details:
         form = HealthSummary if wants_health_json else Summary
     elif query and request.args.get("verbose", "no").lower() not in _NO:
         form = Verbose
-    return None if form is None else form(Context(route, details, cached))
+    return None if form is None else form(Context(rendering, details, cached))
 
 
 def vary_on_accept(response: Response) -> None:
@@ -78,11 +143,11 @@ def _prefers_html() -> bool:
 class Context:
     """What a form needs from its route and request."""
 
-    def __init__(self, route: StatusRoute, details: bool, cached: Collection[str]) -> None:
-        self.message: Mapping[str, Any] = route.settings.message
-        self.encode: Encode = route.encode
-        self.history: History = route.history
-        self.expose_errors = route.settings.expose_errors
+    def __init__(self, rendering: Rendering, details: bool, cached: Collection[str]) -> None:
+        self.message: Mapping[str, Any] = rendering.message
+        self.encode: Encode = rendering.encode
+        self.history: History = rendering.history
+        self.expose_errors = rendering.expose_errors
         self.details = details
         self._cached = cached
 

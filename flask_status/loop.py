@@ -29,13 +29,19 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
+import anyio.to_thread
+from anyio.abc import TaskGroup
 from anyio.from_thread import BlockingPortal
+from anyio.lowlevel import RunVar
 
-from .engine import runs_ahead_host
 from .fork import reset_after_fork
-from .threads import start_thread
+from .threads import gevent_patched, run_in_os_thread, start_thread
 
 T = TypeVar("T")
+
+#: Per event loop: a long-lived task group where a field's next run can start ahead of the
+#: requests that will want it (the portal's loop and the ASGI lifespan set it).
+runs_ahead_host: RunVar[TaskGroup | None] = RunVar("flask_status_runs_ahead", default=None)
 
 
 class LoopStopped(Exception):
@@ -168,3 +174,25 @@ portal_loop = PortalLoop()
 reset_after_fork(portal_loop)
 # Background checks are cancelled, rather than left pending, when the interpreter exits.
 atexit.register(portal_loop.stop)
+
+
+async def run_sync(func: Callable[[], Any], limiter: anyio.CapacityLimiter) -> Any:
+    """Run ``func`` in a daemon thread, abandoned if the caller's scope is cancelled.
+
+    Where sync work of a status request runs, whichever loop awaits it: under gevent in a
+    real OS thread; on a loop in a daemon thread (the process's own) in that loop's worker
+    threads, daemons too; on a loop in the main thread (an ASGI server's) in the worker
+    threads of the process's own loop, so that a hung check never holds the process's exit.
+    ``None`` if the process's loop stopped before ``func`` returned (at exit, or a check
+    stopped it): the caller stops waiting, as at its deadline.
+    """
+    if gevent_patched():
+        async with limiter:
+            return await run_in_os_thread(func)
+    if threading.current_thread().daemon:  # this loop's worker threads are daemons too
+        return await anyio.to_thread.run_sync(func, abandon_on_cancel=True, limiter=limiter)
+    async with limiter:
+        try:
+            return await portal_loop.run_in_thread(func)
+        except LoopStopped:
+            return None

@@ -46,32 +46,11 @@ def start_thread(target: Callable[[], object], name: str) -> None:
     if monkey is not None:
         monkey.get_original("_thread", "start_new_thread")(target, ())
         return
-    import threading
 
     threading.Thread(target=target, name=name, daemon=True).start()
 
 
-async def run_sync(func: Callable[[], Any], limiter: anyio.CapacityLimiter) -> Any:
-    """Run ``func`` in a daemon thread, abandoned if the caller's scope is cancelled.
-
-    ``None`` if the process's loop stopped before ``func`` returned (at exit, or a check
-    stopped it): the caller stops waiting, as at its deadline.
-    """
-    if gevent_patched():
-        async with limiter:
-            return await _run_in_os_thread(func)
-    if threading.current_thread().daemon:  # this loop's worker threads are daemons too
-        return await anyio.to_thread.run_sync(func, abandon_on_cancel=True, limiter=limiter)
-    from .loop import LoopStopped, portal_loop  # loop.py imports this module
-
-    async with limiter:
-        try:
-            return await portal_loop.run_in_thread(func)
-        except LoopStopped:
-            return None
-
-
-async def _run_in_os_thread(func: Callable[[], Any]) -> Any:
+async def run_in_os_thread(func: Callable[[], Any]) -> Any:
     """``func`` in a new real OS thread; its result is handed back to this loop's thread."""
     loop = asyncio.get_running_loop()
     done = anyio.Event()

@@ -15,7 +15,7 @@ from clients import MakeClient
 from flask import Flask
 
 from flask_status import FlaskStatus
-from flask_status.extension import EXTENSION_KEY
+from flask_status.route import EXTENSION_KEY
 
 pytest_plugins = ["reliability_fixtures"]
 

@@ -1,0 +1,382 @@
+"""How a status request is served: the route's view, its evaluation and its answer.
+
+One :class:`StatusRoute` is one FlaskStatus served by one app. Every status request goes
+through :meth:`StatusRoute.pending` (which fields, readiness, the startup gate), then is
+evaluated on an event loop and rendered by :meth:`StatusRoute.fill`. Where it is evaluated
+depends on who calls the view, and nothing else:
+
+=====================================================  ======================================
+the view is called                                     the fields are evaluated
+=====================================================  ======================================
+by a WSGI server, in a thread without an event loop     on the process's own loop, through its
+(gunicorn sync/gthread/gevent, waitress, Flask's dev    portal (:meth:`respond_blocking`); so
+server; a wrapped ``app.wsgi_app`` under                too under any server when no loop is
+``StatusMiddleware``, which runs it in a thread)        at hand (the CLI)
+by ``StatusMiddleware``, on the server's loop           on that loop: the view hands the
+                                                        request over (:data:`deferred`) and the
+                                                        middleware awaits :meth:`respond`
+by ``StatusMiddleware``, inside a sync                  on the server's loop, from the worker
+authenticator's wrapper (in a worker thread)            thread (``anyio.from_thread.run``): the
+                                                        wrapper must see the finished answer
+by ``StatusMiddleware``, inside an async                on the server's loop, awaited by the
+authenticator's wrapper                                 wrapper, which must see the answer
+=====================================================  ======================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Callable, Collection, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
+
+import anyio.from_thread
+from flask import Flask, Response, abort, current_app, request
+from flask.json.provider import DefaultJSONProvider
+
+from . import config, details, formats, lifecycle
+from .aggregate import Health, aggregate
+from .background import BackgroundRuns
+from .engine import Evaluator
+from .fields import Field, Kind, is_async_callable
+from .history import History
+from .loop import LoopStopped, portal_loop
+from .outcome import Encode, Outcome
+from .store import Sharing
+
+View = Callable[..., Any]
+Authenticator = Callable[[View], View]
+Listener = Callable[[Mapping[str, Outcome]], object]
+
+#: Key in ``app.extensions``: the list of :class:`StatusRoute` registered on the app.
+EXTENSION_KEY = "flask_status"
+
+
+class Registration(Protocol):
+    """What a route serves, as registered with ``FlaskStatus`` (which is one)."""
+
+    fields: dict[str, Field]
+    authenticator: Authenticator | None
+    readiness: bool
+    started_by: str | tuple[str, ...] | None
+    listeners: list[Listener]
+    is_authorized: details.IsAuthorized | None
+
+
+def routes_of(app: Flask) -> list[StatusRoute]:
+    """The status routes registered on ``app``."""
+    routes: list[StatusRoute] = app.extensions.get(EXTENSION_KEY, [])
+    return routes
+
+
+@dataclass
+class Pending:
+    """A request whose fields are still to be evaluated."""
+
+    fields: list[Field]
+    response: Response
+    #: STARTING or DRAINING when a readiness route answers so without running its checks.
+    state: Health | None = None
+    #: Why the startup gate cannot open (``started_by`` names no field), shown as its entry.
+    gate_error: str | None = None
+    show_details: bool | None = None  # decided by ``StatusRoute.access``; None: not yet
+
+
+@dataclass
+class Handover:
+    """The requests a view called by the ASGI middleware leaves to the server's event loop.
+
+    The view records its request in ``pending`` and returns the unfilled response; the
+    middleware evaluates the fields on the loop before Flask finalizes that response, so no
+    thread is held while checks run. A view wrapped by a sync authenticator evaluates at once
+    instead: the wrapper must see the finished answer.
+    """
+
+    pending: list[tuple[StatusRoute, Pending]] = dataclasses.field(default_factory=list)
+
+
+#: Set by the ASGI middleware while it serves a status request.
+deferred: ContextVar[Handover | None] = ContextVar("flask_status_deferred", default=None)
+
+
+class StatusRoute:
+    """One FlaskStatus served by one app: its settings, its evaluator and its view."""
+
+    def __init__(self, status: Registration, app: Flask, settings: config.Settings) -> None:
+        self.status = status
+        self.settings = settings
+        self.encode = _encoder(app)
+        self.evaluator = Evaluator(
+            app,
+            status.fields,
+            self.encode,
+            settings.timeout,
+            settings.cache_ttl,
+            settings.max_workers,
+        )
+        if settings.store is not None:
+            namespace = f"{app.import_name}:{settings.url}"
+            self.evaluator.sharing = Sharing(settings.store, namespace, app.logger)
+        self.background = BackgroundRuns(self.evaluator)
+        self.gate_open = False  # the startup gate of ``started_by`` fields, once open, stays so
+        self.logged_gate_error: str | None = None
+        self.history = History(settings.history_size)
+        self.evaluator.run_listeners.append(self.history.record)
+        self.rendering = formats.Rendering(
+            settings.message,
+            self.encode,
+            self.history,
+            settings.expose_errors,
+            settings.html_for_browsers,
+        )
+        self.access = details.Access(
+            # Raises only for app.config's value: the constructor checked its own argument.
+            details.resolve_mode(
+                settings.show_details, status.is_authorized, config.config_key("show_details")
+            ),
+            status.is_authorized,
+            settings.timeout,
+            lambda: self.evaluator.limiter,
+            app.logger,
+        )
+        #: Whether a sync authenticator wraps the view (it must see the finished answer).
+        self.sync_authenticator = False
+        self.view = self._make_view()
+        self.drain_view = _guarded(self.status.authenticator, self._drain)
+
+    def _drain(self) -> Response:
+        """The drain trigger (a Kubernetes preStop hook calls it): readiness answers 503 now."""
+        lifecycle.drain(self.settings.drain_file)
+        current_app.logger.info("status: draining")
+        return cast(Response, current_app.json.response({"status": Health.DRAINING.value}))
+
+    @property
+    def views(self) -> tuple[View, ...]:
+        """Every view of this route: the status view, and the drain trigger's."""
+        return (self.view, self.drain_view)
+
+    def _make_view(self) -> View:
+        def status_ping(field: str | None = None) -> Response:
+            pending = self.pending(field)
+            handover = deferred.get()
+            if handover is None:  # WSGI
+                return self.respond_blocking(pending)
+            if not self.sync_authenticator:
+                # Hand the request back: the middleware evaluates it on the loop.
+                handover.pending.append((self, pending))
+                return pending.response
+            # In a worker thread, inside a sync authenticator's wrapper: evaluate on the
+            # server's loop now, so that the wrapper sees the finished answer.
+            return anyio.from_thread.run(self.respond, pending)
+
+        authenticator = self.status.authenticator
+        if authenticator is None:
+            return status_ping
+        view = authenticator(status_ping)
+        if is_async_callable(view):
+            # The wrapper awaits the view: give it a coroutine function around the same logic.
+            async def status_ping_async(field: str | None = None) -> Response:
+                if deferred.get() is not None:  # awaited on the server's loop
+                    return await self.respond(self.pending(field))
+                return status_ping(field)  # on the event loop Flask runs for this view
+
+            return _dispatched_as_sync(authenticator(status_ping_async))
+        if not callable(view):
+            raise TypeError("authenticator must return a callable view")
+        self.sync_authenticator = True
+        return view
+
+    def pending(self, name: str | None = None) -> Pending:
+        """The fields this request asks for: one by name, or all but ``?exclude=`` ones."""
+        fields = self.status.fields
+        if name is not None:
+            if name not in fields:
+                abort(404)
+            selected = [fields[name]]
+        else:
+            excluded = request.args.getlist("exclude") if request.query_string else []
+            selected = [field for key, field in fields.items() if key not in excluded]
+        state = self.readiness_state()
+        if state is not None:
+            return Pending([], current_app.response_class(), state)
+        gate_error = self._gate_error()
+        if gate_error is not None:
+            return Pending([], current_app.response_class(), Health.STARTING, gate_error)
+        self.background.ensure(selected)
+        return Pending(selected, current_app.response_class())
+
+    def readiness_state(self) -> Health | None:
+        """DRAINING or STARTING when a readiness route answers so without running checks."""
+        if not self.status.readiness:
+            return None
+        if lifecycle.draining(self.settings.drain_file):
+            return Health.DRAINING
+        if self.status.started_by == "app" and not lifecycle.started():
+            return Health.STARTING
+        return None
+
+    def _gate_error(self) -> str | None:
+        """Why the startup gate can never open: a key of ``started_by`` that is no field (fields
+        are added after the constructor, so this is known only once requests come)."""
+        gate = self.status.started_by
+        if self.gate_open or not isinstance(gate, tuple):
+            return None
+        fields = self.status.fields
+        missing = ", ".join(repr(key) for key in gate if key not in fields)
+        if not missing:
+            return None
+        error = f"no field {missing} (fields: {', '.join(fields) or 'none'})"
+        if error != self.logged_gate_error:
+            self.logged_gate_error = error
+            current_app.logger.error(
+                "status route %s: started_by: %s; its startup gate cannot open", request.path, error
+            )
+        return error
+
+    def _gated(self, health: Health, outcomes: Mapping[str, Outcome]) -> Health:
+        """STARTING until each field in ``started_by`` has succeeded once, then ``health``."""
+        gate = self.status.started_by
+        if self.gate_open or not isinstance(gate, tuple):
+            return health
+        if all(key in outcomes and outcomes[key].ok for key in gate):
+            self.gate_open = True
+            return health
+        return Health.STARTING
+
+    def respond_blocking(self, pending: Pending) -> Response:
+        """Answer from a thread without an event loop (WSGI): evaluate on the portal's loop."""
+        callables = _callables(pending.fields)
+        # Nothing to run or wait for needs no loop, unless is_authorized must be asked (it
+        # may be async).
+        if not self.access.per_request:
+            latest = self.evaluator.latest_background(callables)
+            if latest is not None:
+                return self.fill(pending, latest.outcomes, latest.cached)
+        try:
+            return portal_loop.call(self.respond, pending)
+        except LoopStopped as exc:
+            current_app.logger.error("status route %s: %s", request.path, exc)
+            stopped = Outcome(error=str(exc), measured_at=time.time())
+            return self.fill(pending, {field.key: stopped for field in callables})
+
+    async def respond(self, pending: Pending) -> Response:
+        """Evaluate the request's fields on the running event loop and fill the response."""
+        # Before the checks, on this loop: it may await.
+        pending.show_details = await self.access.decide(pending.show_details)
+        evaluation = await self.evaluator.evaluate(_callables(pending.fields))
+        return self.fill(pending, evaluation.outcomes, evaluation.cached)
+
+    def fill(
+        self, pending: Pending, results: Mapping[str, Outcome], cached: Collection[str] = ()
+    ) -> Response:
+        """Render every field's outcome into the pending response (``cached``: the keys whose
+        outcome was not measured for this request)."""
+        outcomes = {
+            field.key: results[field.key] if field.constant is None else field.constant
+            for field in pending.fields
+        }
+        critical = {field.key: field.critical for field in pending.fields}
+        sharing = self.evaluator.sharing
+        if sharing is not None and sharing.unavailable is not None and pending.fields:
+            # The store is a dependency too, if not a critical one: checks ran here instead.
+            outcomes["store"] = Outcome(error=sharing.unavailable, measured_at=time.time())
+            critical["store"] = False
+        if pending.gate_error is not None:
+            outcomes["started_by"] = Outcome(error=pending.gate_error)
+            critical["started_by"] = True
+        response = pending.response
+        formats.fill(
+            response,
+            self.rendering,
+            outcomes,
+            critical,
+            cached,
+            self.access.shows(pending.show_details),
+            lambda outcomes: (
+                pending.state
+                or self._gated(
+                    aggregate((critical[key], outcome.ok) for key, outcome in outcomes.items()),
+                    outcomes,
+                )
+            ),
+            current_app.logger,
+        )
+        for listener in self.status.listeners:
+            try:
+                listener(outcomes)
+            except Exception:  # a broken metrics hook must not break the health answer
+                current_app.logger.exception("status listener %r failed", listener)
+        return response
+
+    def respond_now(self) -> Response:
+        """Evaluate every field now, without the authenticator (for the CLI)."""
+        pending = self.pending()
+        pending.show_details = True  # whoever runs the CLI runs the app: not a remote caller
+        return self.respond_blocking(pending)
+
+    def paths(self, app: Flask) -> list[str]:
+        """The URLs this route is served at on ``app`` (a blueprint adds its prefix)."""
+        return [
+            rule.rule
+            for rule in app.url_map.iter_rules()
+            if app.view_functions.get(rule.endpoint) is self.view and not rule.arguments
+        ]
+
+
+def no_store(response: Response) -> Response:
+    """After every request to a status route, denials and errors included: never cache health."""
+    routes: list[StatusRoute] = current_app.extensions[EXTENSION_KEY]
+    if request.endpoint is None:  # routing failed: a 405 for a status URL counts too
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        ours = response.status_code == 405 and any(
+            request.path in route.paths(app) for route in routes
+        )
+    else:
+        view = current_app.view_functions.get(request.endpoint)
+        ours = any(view in route.views for route in routes)
+    if ours:
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _encoder(app: Flask) -> Encode:
+    """The app's JSON encoding, refusing NaN and Infinity (not JSON) where it can."""
+    if isinstance(app.json, DefaultJSONProvider):
+        return functools.partial(app.json.dumps, allow_nan=False)
+    return app.json.dumps
+
+
+def _guarded(authenticator: Authenticator | None, view: View) -> View:
+    """``view`` behind the authenticator, whether it was written for sync or async views."""
+    if authenticator is None:
+        return view
+    guarded = authenticator(view)
+    if is_async_callable(guarded):
+
+        async def view_async(*args: Any, **kwargs: Any) -> Any:
+            return view(*args, **kwargs)
+
+        guarded = authenticator(view_async)
+    return guarded
+
+
+def _dispatched_as_sync(view: View) -> View:
+    """An async view that Flask's own dispatch calls as a sync one.
+
+    Under WSGI it runs as Flask runs any async view; under the ASGI middleware it returns its
+    coroutine, which the middleware awaits on the server's event loop.
+    """
+
+    def status_ping(**view_args: Any) -> Any:
+        if deferred.get() is not None:
+            return view(**view_args)
+        return current_app.ensure_sync(view)(**view_args)
+
+    return status_ping
+
+
+def _callables(fields: list[Field]) -> list[Field]:
+    return [field for field in fields if field.kind is not Kind.CONSTANT]
