@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -61,6 +62,17 @@ def logged_app(log: ContextLog) -> Flask:
     return app
 
 
+def recording(log: ContextLog, kind: str) -> Callable[[], Any]:
+    """A check of ``kind`` (``"sync"`` or ``"async"``) that records what it sees in ``log``."""
+    if kind == "sync":
+        return log.record
+
+    async def check_async() -> str:
+        return log.record()
+
+    return check_async
+
+
 def settle(log: ContextLog, calls: int) -> None:
     """Wait until ``calls`` check calls and every app context's teardown happened."""
     deadline = time.monotonic() + 10
@@ -77,11 +89,7 @@ def test_a_run_a_request_started_sees_it_in_an_app_context_of_its_own(
 ) -> None:
     log = ContextLog()
     app = logged_app(log)
-
-    async def check_async() -> str:
-        return log.record()
-
-    FlaskStatus(app).add_field("seen", log.record if kind == "sync" else check_async)
+    FlaskStatus(app).add_field("seen", recording(log, kind))
     client = make_client(app)
 
     answer = client.get(URL + "?q=1", {"X-User": "alice"})
@@ -126,13 +134,7 @@ def test_a_background_run_sees_no_request_and_tears_its_app_context_down(
 ) -> None:
     log = ContextLog()
     app = logged_app(log)
-
-    async def check_async() -> str:
-        return log.record()
-
-    FlaskStatus(app).add_field(
-        "seen", log.record if kind == "sync" else check_async, interval=0.05, wait_first=True
-    )
+    FlaskStatus(app).add_field("seen", recording(log, kind), interval=0.05, wait_first=True)
     client = make_client(app)
     for index in range(5):
         assert client.get(f"{URL}?probe={index}").status == 200
