@@ -6,16 +6,18 @@ background run, a run started ahead). So each run pushes an app context of its o
 it when the check returns: its ``teardown_appcontext`` handlers then run exactly once, when
 the check is done (Flask-SQLAlchemy returns the check's pooled connection there).
 
-A run a request started sees that request (``request``, and a copy of its ``g``); a run no
-request started sees none (``has_request_context()`` is False there).
+A run a request started sees that request (``request``); a run no request started sees none
+(``has_request_context()`` is False there). ``g`` belongs to the app context, so it is the
+run's own: what a check's teardown frees is what the check put there, never the request's. A
+run a request started may still read what the request's hooks put on the request's ``g``.
 """
 
 from __future__ import annotations
 
 import contextvars
-import functools
+import weakref
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 from flask import Flask, g, has_app_context
@@ -24,25 +26,54 @@ from flask.signals import appcontext_popped, appcontext_pushed
 
 from .loop import run_sync
 
-T = TypeVar("T")
-
 
 def own_app_context(app: Flask) -> AppContext:
-    """A new app context for one run, with a copy of the current ``g`` (a request's), if any.
+    """A new app context for one run; in a request's, its ``g`` reads through to the request's.
 
-    The copy keeps what request hooks put on ``g`` visible to the check, while the check's own
-    attributes, and the resources an extension keys by app context, stay the check's.
+    The check's ``g`` holds only what the check sets: ``in``, ``pop`` and iteration see only
+    that (so Flask's ``get_db()``/``close_db`` pattern gives the check a connection of its
+    own, closed by its own teardown); reading an attribute the check has not set reads the
+    request's (what a ``before_request`` hook put there).
     """
     context = app.app_context()
     if has_app_context():
-        vars(context.g).update(vars(g._get_current_object()))
+        request_globals = g._get_current_object()
+        globals_class: type[Any] = type(context.g)
+        context.g = _reading_through(globals_class)()
+        _read_through[context.g] = request_globals
     return context
 
 
-def call_in_app_context(app: Flask, check: Callable[[], T]) -> T:
-    """Call a sync check in an app context of its own (in the check's worker thread)."""
-    with own_app_context(app):
-        return check()
+#: A check's ``g`` -> the request's ``g`` it reads through to.
+_read_through: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+#: The app's ``g`` class -> its subclass that reads through (made once per class).
+_reading_classes: dict[type[Any], type[Any]] = {}
+
+
+def _reading_through(globals_class: type[Any]) -> type[Any]:
+    """The app's ``g`` class, reading attributes it lacks from the request's ``g``."""
+    made = _reading_classes.get(globals_class)
+    if made is not None:
+        return made
+
+    class CheckGlobals(globals_class):  # type: ignore[misc]
+        def __getattr__(self, name: str) -> Any:
+            try:
+                return super().__getattr__(name)
+            except AttributeError:
+                if name.startswith("__"):
+                    raise
+                return getattr(_read_through[self], name)
+
+        def get(self, name: str, default: Any = None) -> Any:
+            if name in self.__dict__:
+                return self.__dict__[name]
+            return _read_through[self].get(name, default)
+
+    _reading_classes[globals_class] = CheckGlobals
+    return CheckGlobals
 
 
 def empty_context() -> contextvars.Context:
@@ -60,18 +91,30 @@ async def await_in_app_context(
     """Await an async check in an app context of its own.
 
     The app context is pushed in a context object of the run's, and the check is a task of
-    that context; so its pop (which resets what the push set) can run in a worker thread when
-    the app has teardown handlers or context signal receivers: the app's own code never runs
-    on the event loop. Those threads are the route's sync checks' (under ``limiter``). A
-    teardown that hangs is given ``teardown_seconds``, then left to its thread.
+    that context; so its push and pop (the pop resets what the push set) can run in a worker
+    thread when the app has teardown handlers or context signal receivers: the app's own code
+    never runs on the event loop. ``limiter`` must never make them wait: a pop that waited
+    could be cut off by the deadline before it ran. A teardown that hangs is given
+    ``teardown_seconds``, then left to its thread. What a push or pop raises propagates: it
+    belongs to the check's field, as for a sync check.
     """
     context = contextvars.copy_context()
     app_context = context.run(own_app_context, app)
+    pushed: list[bool] = []
+
+    def push() -> None:
+        context.run(app_context.push)
+        pushed.append(True)
+
     in_thread = _app_code_on_context(app)
     if in_thread:
-        await run_sync(functools.partial(context.run, app_context.push), limiter)
+        # At the deadline the push is abandoned: the check does not start (it timed out) and
+        # the context, pushed later in a context object nobody uses, holds nothing.
+        await run_sync(push, limiter)
     else:
-        context.run(app_context.push)
+        push()
+    if not pushed:
+        return
     try:
         async with anyio.create_task_group() as task_group:
             context.run(task_group.start_soon, check)

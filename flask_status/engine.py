@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import functools
 import inspect
+import math
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -32,7 +33,7 @@ import anyio.to_thread
 from anyio.lowlevel import EventLoopToken, current_token
 from flask import Flask
 
-from .appcontext import await_in_app_context, call_in_app_context, empty_context
+from .appcontext import await_in_app_context, empty_context, own_app_context
 from .fields import Field, Kind
 from .fork import reset_after_fork
 from .loop import run_sync, runs_ahead_host
@@ -189,6 +190,9 @@ class Evaluator:
         """Forget runs and threads; called at start and in a forked child, where none exist."""
         self._states: dict[str, FieldState] = {}
         self.limiter = anyio.CapacityLimiter(self.max_workers)
+        # For pushing and popping async checks' app contexts in threads: a pop must never wait
+        # for a token that sync checks hold. As many as async checks in flight, at most.
+        self.context_limiter = anyio.CapacityLimiter(math.inf)
 
     def _state(self, item: Field) -> FieldState:
         """``item``'s state; a field that was replaced gets a throwaway one, never stored."""
@@ -391,12 +395,16 @@ class Evaluator:
         inside is the deadline's, or the check's own.)
         """
         started = time.perf_counter()
-        with anyio.CancelScope(shield=True, deadline=runs[0].deadline) as scope:
-            shared = self._sharing_of(runs[0])
-            if shared is None:
-                await self._execute(runs, scope)
-            else:
-                await self._execute_shared(runs[0], scope, *shared)
+        try:
+            with anyio.CancelScope(shield=True, deadline=runs[0].deadline) as scope:
+                shared = self._sharing_of(runs[0])
+                if shared is None:
+                    await self._execute(runs, scope)
+                else:
+                    await self._execute_shared(runs[0], scope, *shared)
+        except Exception as exc:  # around the check (its app context's push or pop): its field's
+            for run in runs:
+                self._failed(run, exc, started)
         for run in runs:
             self._finish(run, time.perf_counter() - started)
             self._run_ahead(run)
@@ -443,7 +451,7 @@ class Evaluator:
             self.app,
             functools.partial(self._awaited, run, check, scope),
             run.timeout,
-            self.limiter,
+            self.context_limiter,
         )
 
     def _sharing_of(self, run: Run) -> tuple[float, float] | None:
@@ -507,14 +515,19 @@ class Evaluator:
             run.thread_busy = True  # until it returns, even if abandoned at its deadline
             started = time.perf_counter()
             try:
-                value = call_in_app_context(self.app, run.field.value)
-            except BaseException as exc:  # whatever a check raises belongs to its field
+                # Its own app context, torn down once it returned (not timed as the check).
+                with own_app_context(self.app):
+                    try:
+                        value = run.field.value()
+                    except BaseException as exc:  # whatever a check raises is its field's
+                        self._failed(run, exc, started)
+                    else:
+                        # An awaitable is awaited by the host, on the loop, under the deadline.
+                        run.produced = (
+                            value if inspect.isawaitable(value) else self._checked(value, started)
+                        )
+            except Exception as exc:  # its app context's teardown raised: its field's too
                 self._failed(run, exc, started)
-            else:
-                # An awaitable is awaited by the host, on the loop, under the deadline.
-                run.produced = (
-                    value if inspect.isawaitable(value) else self._checked(value, started)
-                )
             finally:
                 run.thread_busy = False
 
@@ -547,6 +560,8 @@ class Evaluator:
             run.done.set()
         error, run.error = run.error, None
         self._log(state, outcome, error)
+        if not self.current(run.field):
+            return  # a replaced field's run: its key's history and metrics are the new field's
         for listener in self.run_listeners:
             try:
                 listener(run.field, outcome)

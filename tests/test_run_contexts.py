@@ -98,7 +98,7 @@ def test_a_run_a_request_started_sees_it_in_an_app_context_of_its_own(
     settle(log, 1)
     [seen] = log.calls
     assert seen["request"] and seen["path"] == URL
-    assert seen["user"] == "alice"  # what a request hook put on g is visible
+    assert seen["user"] == "alice"  # what a request hook put on the request's g is readable
     assert seen["app"] == "run_contexts"
     assert seen["app_context"] not in log.request_contexts  # its own, not the request's
     # One teardown for the request's app context, one for the check's.
@@ -277,3 +277,98 @@ def test_a_background_key_added_again_on_request_stops_the_old_task(
 
     assert old_runs[0] <= runs_then + 1  # the old background task stopped
     assert calls[0] == 1  # single-flight holds: one thread for the hung check
+
+
+def test_a_checks_teardown_frees_only_what_the_check_opened(make_client: MakeClient) -> None:
+    """Flask's documented pattern: a connection on ``g``, closed by a teardown. The request's
+    connection must outlive its checks' teardowns."""
+    app = Flask("run_contexts")
+    opened: list[Connection] = []
+
+    def get_db() -> Connection:
+        if "db" not in g:
+            g.db = Connection()
+            opened.append(g.db)
+        return g.db  # type: ignore[no-any-return]
+
+    @app.teardown_appcontext
+    def close_db(error: BaseException | None) -> None:
+        db = g.pop("db", None)
+        if db is not None:
+            db.close()
+
+    @app.before_request
+    def open_db() -> None:
+        get_db()
+
+    @app.after_request
+    def use_db(response: Any) -> Any:
+        get_db().query()  # the request's own, still open after the checks
+        return response
+
+    async def check_async() -> str:
+        return get_db().query()
+
+    status = FlaskStatus(app)
+    status.add_field("sync", lambda: get_db().query())
+    status.add_field("async", check_async)
+
+    answer = make_client(app).get(URL)
+
+    assert answer.status == 200, answer.json()
+    assert answer.json() == {"status": "OK", "sync": "ok", "async": "ok"}
+    assert len(opened) == 3  # the request's and each check's own
+    settle_closed(opened)
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_teardown_that_raises_fails_only_its_checks_field(
+    make_client: MakeClient, kind: str
+) -> None:
+    app = Flask("run_contexts")
+    raised = [False]
+
+    @app.teardown_appcontext
+    def flaky(error: BaseException | None) -> None:
+        if g.get("check") and not raised[0]:
+            raised[0] = True
+            raise ConnectionError("teardown failed")
+
+    def mark() -> str:
+        g.check = True
+        return "ok"
+
+    async def mark_async() -> str:
+        return mark()
+
+    FlaskStatus(app).add_field("dep", mark if kind == "sync" else mark_async, critical=False)
+    client = make_client(app)
+
+    first = client.get(URL)
+    second = client.get(URL)
+
+    assert first.status == 200 and "teardown failed" in first.json()["dep"]["error"]
+    assert second.status == 200 and second.json() == {"status": "OK", "dep": "ok"}
+
+
+class Connection:
+    """A stand-in for a database connection that knows whether it was closed."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def query(self) -> str:
+        if self.closed:
+            raise RuntimeError("connection already closed")
+        return "ok"
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def settle_closed(connections: list[Connection]) -> None:
+    """Every connection is closed once its app context was torn down."""
+    deadline = time.monotonic() + 5
+    while not all(connection.closed for connection in connections):
+        assert time.monotonic() < deadline, "a connection was never closed"
+        time.sleep(0.01)
