@@ -38,6 +38,8 @@ def check_drain_file(name: str, value: Any) -> str:
     directory = os.path.dirname(os.path.abspath(value))
     if not os.path.isdir(directory):
         raise ValueError(f"{name} {value!r}: its directory {directory!r} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):  # a read-only root filesystem, say
+        raise ValueError(f"{name} {value!r}: its directory {directory!r} is not writable")
     return value
 
 

@@ -44,7 +44,7 @@ from .engine import Evaluator
 from .fields import Field, Kind, is_async_callable
 from .history import History
 from .loop import LoopStopped, portal_loop
-from .outcome import Encode, Outcome
+from .outcome import Encode, Outcome, describe
 from .store import Sharing
 
 View = Callable[..., Any]
@@ -149,7 +149,14 @@ class StatusRoute:
 
     def _drain(self) -> Response:
         """The drain trigger (a Kubernetes preStop hook calls it): readiness answers 503 now."""
-        lifecycle.drain(self.settings.drain_file)
+        try:
+            lifecycle.drain(self.settings.drain_file)
+        except OSError as exc:  # the drain file cannot be made: this process drains alone
+            current_app.logger.error("status: draining this process only: %s", exc)
+            error = f"drain_file: {describe(exc)}: only this process drains"
+            response = current_app.json.response({"status": Health.DRAINING.value, "error": error})
+            response.status_code = 503  # drained here, but not the processes watching the file
+            return cast(Response, response)
         current_app.logger.info("status: draining")
         return cast(Response, current_app.json.response({"status": Health.DRAINING.value}))
 

@@ -42,6 +42,9 @@ CLOCK_SKEW = 1.0
 #: Seconds a wait listens for the result at a time (it blocks on the connection meanwhile).
 _LISTEN_SECONDS = 0.25
 
+#: Shortest bound given to a call to the store while waiting (see :func:`_bound`).
+_LEAST_SECONDS = 0.01
+
 #: Deletes a lease only if it is still ours (it may have expired and been taken since).
 _RELEASE = """
 if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) end
@@ -110,23 +113,35 @@ class RedisStore:
         """Give the lease of ``key`` back, if it is still the one ``token`` took."""
         await self._client().eval(_RELEASE, 1, f"{key}:lease", token)
 
-    async def wait(self, key: str, accept: Callable[[bytes | None], Outcome | None]) -> Outcome:
+    async def wait(
+        self, key: str, accept: Callable[[bytes | None], Outcome | None]
+    ) -> Outcome | None:
         """The result another process is producing for ``key``: the first that ``accept``
-        takes. Waits until cancelled."""
+        takes; ``None`` once that process's lease is gone without a result (it died) or has
+        no expiry (not a lease of ours). Waits until cancelled.
+
+        Each call to the store is given half the time left at most (and never more than the
+        store's timeout): a store that stops answering raises in time for the check to run
+        here before the caller's deadline.
+        """
         pubsub = self._client().pubsub()
         try:
-            with anyio.fail_after(self.timeout):
+            with anyio.fail_after(_bound(self.timeout, 2)):
                 await pubsub.subscribe(f"{key}:done")
                 # It may have come before the subscription.
                 stored = accept(await self.get(key))
             while stored is None:
-                # A store that stops answering raises here, rather than hold the wait.
-                with anyio.fail_after(self.timeout + _LISTEN_SECONDS):
+                listen = _bound(_LISTEN_SECONDS, 4)
+                with anyio.fail_after(listen + _bound(self.timeout, 4)):
                     message = await pubsub.get_message(
-                        ignore_subscribe_messages=True, timeout=_LISTEN_SECONDS
+                        ignore_subscribe_messages=True, timeout=listen
                     )
                 if message is not None:
                     stored = accept(message["data"])
+                    continue
+                with anyio.fail_after(_bound(self.timeout, 2)):
+                    if await self._client().pttl(f"{key}:lease") < 0:  # gone, or no expiry
+                        return accept(await self.get(key))
             return stored
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(self.timeout):
@@ -193,10 +208,13 @@ class Sharing:
             return stored
         if token is None:  # another process runs it: its result, by our deadline
             try:
-                return await self.store.wait(key, accept)
+                stored = await self.store.wait(key, accept)
             except Exception as exc:  # the store failed while we waited: evaluate here
                 self._failed(exc)
                 return await self._execute(key, execute)
+            # None: the lease holder is gone without a result (or the lease is no lease of
+            # ours, which expires never): evaluate here.
+            return stored if stored is not None else await self._execute(key, execute)
         outcome = await self._execute(key, execute)
         if outcome is not None:
             try:
@@ -305,6 +323,17 @@ def _finite(text: str) -> float:
     if not math.isfinite(number):
         raise ValueError(f"{text[:40]} is out of range")
     return number
+
+
+def _bound(seconds: float, share: int) -> float:
+    """``seconds``, or the ``share``-th part of the time left to the deadline if that is less.
+
+    At the very end the deadline itself ends the wait (the field timed out): a bound of
+    nearly nothing would blame the store for it.
+    """
+    left = anyio.current_effective_deadline() - anyio.current_time()
+    part = left / share
+    return seconds if part < _LEAST_SECONDS else min(seconds, part)
 
 
 def _ms(seconds: float) -> int:

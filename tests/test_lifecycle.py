@@ -155,6 +155,28 @@ def test_a_drain_file_that_cannot_be_created_is_refused_at_setup(tmp_path: Path)
         FlaskStatus(readiness=True, drain_file=str(tmp_path))
 
 
+def test_a_drain_file_that_cannot_be_made_at_drain_time_is_said_not_a_500() -> None:
+    """/proc passes the setup checks (it exists, and root may write) but takes no new file:
+    the trigger drains its own process and says that the others were not told."""
+    app = Flask(__name__)
+    FlaskStatus(
+        app,
+        url="/readyz",
+        readiness=True,
+        drain_file="/proc/flask-status-drain",
+        drain_trigger=True,
+    ).add_field("db", lambda: "up")
+    client = app.test_client()
+
+    answer = client.post("/readyz/drain")
+
+    assert answer.status_code == 503
+    body = answer.get_json()
+    assert body["status"] == "DRAINING"
+    assert body["error"].startswith("drain_file: ") and "only this process drains" in body["error"]
+    assert client.get("/readyz").status_code == 503  # this process drains all the same
+
+
 @pytest.mark.parametrize(
     ("drain_trigger", "authenticator", "served"),
     [

@@ -131,13 +131,62 @@ def test_a_lease_left_by_a_dead_process_blocks_nobody_past_its_expiry(
 ) -> None:
     check = Counted()
     client = process(redis_server.url, check, cache_ttl=0.3, timeout=0.2)
-    raw.set("flask-status:fleet:/api/status:db:lease", "dead", px=400)
+    raw.set(LEASE, "dead", px=400)
 
     answer = client.get(URL)  # waits for a result that never comes, up to its deadline
     assert (answer.status_code, answer.get_json()["db"]) == (503, {"error": "timed out after 0.2s"})
     time.sleep(0.5)  # past the lease, and past this process's cached "timed out"
     assert client.get(URL).get_json()["db"] == "up"  # the lease expired: this process ran it
     assert check.runs == 1
+
+
+LEASE = "flask-status:fleet:/api/status:db:lease"
+
+
+def test_a_waiter_runs_the_check_once_the_lease_expired_without_a_result(
+    redis_server: RedisServer, raw: redis.Redis
+) -> None:
+    check = Counted()
+    client = process(redis_server.url, check, cache_ttl=0.3, timeout=1.5)
+    raw.set(LEASE, "dead", px=200)  # a process that died holding it
+
+    started = time.monotonic()
+    answer = client.get(URL)
+
+    assert (answer.status_code, answer.get_json()["db"]) == (200, "up")
+    assert time.monotonic() - started < 1.2  # not left waiting until the deadline
+    assert check.runs == 1
+
+
+def test_a_lease_that_never_expires_is_not_waited_for(
+    redis_server: RedisServer, raw: redis.Redis
+) -> None:
+    check = Counted()
+    client = process(redis_server.url, check, cache_ttl=0.3, timeout=0.5)
+    raw.set(LEASE, "not ours")  # no expiry: no process of the fleet leaves such a lease
+
+    answer = client.get(URL)
+
+    assert (answer.status_code, answer.get_json()) == (200, {"db": "up", "status": "OK"})
+
+
+def test_a_store_that_stalls_during_a_wait_costs_only_the_sharing(
+    redis_server: RedisServer, raw: redis.Redis
+) -> None:
+    check = Counted()
+    client = process(redis_server.url, check, cache_ttl=0.3, timeout=0.8)
+    raw.set(LEASE, "another process", px=5000)
+    stall = threading.Timer(0.15, lambda: raw.execute_command("DEBUG", "SLEEP", "1"))
+    stall.start()
+    try:
+        answer = client.get(URL)  # waiting for the other process's result when Redis stalls
+    finally:
+        stall.join()
+
+    body = answer.get_json()
+    assert answer.status_code == 200, body
+    assert (body["db"], body["status"]) == ("up", "DEGRADED")
+    assert "store" in body  # why: the store did not answer in time
 
 
 def test_stored_values_are_json_under_a_namespaced_key(
