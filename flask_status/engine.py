@@ -547,7 +547,11 @@ class Evaluator:
         outcome = run.produced
         if not isinstance(outcome, Outcome) or outcome.duration > run.timeout:
             outcome = timed_out(run.timeout, elapsed)
-            if elapsed > run.timeout + OVERRUN_GRACE and run.field.kind is Kind.ASYNC:
+            # A shared run may also have waited for the store (up to its timeout) first.
+            allowed = run.timeout + OVERRUN_GRACE
+            if self.sharing is not None and self._shared(run.field):
+                allowed += self.sharing.store.timeout
+            if elapsed > allowed and run.field.kind is Kind.ASYNC:
                 outcome = overran(outcome)
         run.outcome = self._damped(run.field, outcome)
         # A result shared by another process is as old as it was when measured there.
