@@ -90,14 +90,19 @@ async def await_in_app_context(
 ) -> None:
     """Await an async check in an app context of its own.
 
-    The app context is pushed in a context object of the run's, and the check is a task of
-    that context; so its push and pop (the pop resets what the push set) can run in a worker
-    thread when the app has teardown handlers or context signal receivers: the app's own code
-    never runs on the event loop. ``limiter`` must never make them wait: a pop that waited
+    Without teardown handlers or context signal receivers, pushing and popping it runs only
+    Flask's own code: both happen here, on the loop. Otherwise the app context is pushed in a
+    context object of the run's, and the check is a task of that context; so its push and pop
+    (the pop resets what the push set) run in a worker thread: the app's own code never runs
+    on the event loop. ``limiter`` must never make them wait: a pop that waited
     could be cut off by the deadline before it ran. A teardown that hangs is given
     ``teardown_seconds``, then left to its thread. What a push or pop raises propagates: it
     belongs to the check's field, as for a sync check.
     """
+    if not _app_code_on_context(app):  # Flask's own code only: all of it here, on the loop
+        with own_app_context(app):
+            await check()
+        return
     context = contextvars.copy_context()
     app_context = context.run(own_app_context, app)
     pushed: list[bool] = []
@@ -106,13 +111,9 @@ async def await_in_app_context(
         context.run(app_context.push)
         pushed.append(True)
 
-    in_thread = _app_code_on_context(app)
-    if in_thread:
-        # At the deadline the push is abandoned: the check does not start (it timed out) and
-        # the context, pushed later in a context object nobody uses, holds nothing.
-        await run_sync(push, limiter)
-    else:
-        push()
+    # At the deadline the push is abandoned: the check does not start (it timed out) and the
+    # context, pushed later in a context object nobody uses, holds nothing.
+    await run_sync(push, limiter)
     if not pushed:
         return
     try:
@@ -123,11 +124,8 @@ async def await_in_app_context(
         def pop() -> None:
             context.run(app_context.pop, None)
 
-        if in_thread:
-            with anyio.move_on_after(teardown_seconds, shield=True):
-                await run_sync(pop, limiter)
-        else:
-            pop()
+        with anyio.move_on_after(teardown_seconds, shield=True):
+            await run_sync(pop, limiter)
 
 
 def _app_code_on_context(app: Flask) -> bool:

@@ -22,6 +22,7 @@ from conftest import RedisServer
 from flask import Flask
 
 from flask_status import FlaskStatus
+from flask_status.route import EXTENSION_KEY
 from flask_status.store import RedisStore
 
 URL = "/api/status"
@@ -81,10 +82,26 @@ def history_times(client: Any) -> list[str]:
     ]
 
 
+#: The apps of the test running now, whose background checks stop when it ends.
+_fleet: list[Flask] = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_background_checks() -> Iterator[None]:
+    """Every test's apps share the key namespace ``fleet``: a background check left running
+    would write into the next test's store (a new redis-server may get the same port)."""
+    yield
+    for app in _fleet:
+        for route in app.extensions[EXTENSION_KEY]:
+            route.background.stop()
+    _fleet.clear()
+
+
 def process(store: Any, check: Any, **options: Any) -> Any:
     """An app as one process of the fleet would build it; its test client."""
     app = Flask("fleet")
     FlaskStatus(app, store=store, timeout=2).add_field("db", check, **options)
+    _fleet.append(app)
     return app.test_client()
 
 
