@@ -92,15 +92,17 @@ async def await_in_app_context(
 
     Without teardown handlers or context signal receivers, pushing and popping it runs only
     Flask's own code: both happen here, on the loop. Otherwise the app context is pushed in a
-    context object of the run's, and the check is a task of that context; so its push and pop
-    (the pop resets what the push set) run in a worker thread: the app's own code never runs
-    on the event loop. ``limiter`` must never make them wait: a pop that waited
+    context object of the run's, and the check is a task of that context; so its push (with
+    ``appcontext_pushed`` receivers) and its pop (with teardown handlers or
+    ``appcontext_popped`` receivers) run in a worker thread: the pop resets what the push set,
+    in that same context object. The app's own code never runs on the event loop. ``limiter`` must never make them wait: a pop that waited
     could be cut off by the deadline before it ran. A teardown that hangs is given
     ``teardown_seconds``, then left to its thread. What a push or pop raises propagates: it
     belongs to the check's field, as for a sync check.
     """
-    if not _app_code_on_context(app):  # Flask's own code only: all of it here, on the loop
-        with own_app_context(app):
+    app_code_on_pop = bool(app.teardown_appcontext_funcs or appcontext_popped.receivers)
+    if not app_code_on_pop and not appcontext_pushed.receivers:
+        with own_app_context(app):  # Flask's own code only: all of it here, on the loop
             await check()
         return
     context = contextvars.copy_context()
@@ -111,11 +113,14 @@ async def await_in_app_context(
         context.run(app_context.push)
         pushed.append(True)
 
-    # At the deadline the push is abandoned: the check does not start (it timed out) and the
-    # context, pushed later in a context object nobody uses, holds nothing.
-    await run_sync(push, limiter)
-    if not pushed:
-        return
+    if appcontext_pushed.receivers:
+        # At the deadline the push is abandoned: the check does not start (it timed out) and
+        # the context, pushed later in a context object nobody uses, holds nothing.
+        await run_sync(push, limiter)
+        if not pushed:
+            return
+    else:
+        push()
     try:
         async with anyio.create_task_group() as task_group:
             context.run(task_group.start_soon, check)
@@ -124,12 +129,8 @@ async def await_in_app_context(
         def pop() -> None:
             context.run(app_context.pop, None)
 
-        with anyio.move_on_after(teardown_seconds, shield=True):
-            await run_sync(pop, limiter)
-
-
-def _app_code_on_context(app: Flask) -> bool:
-    """Whether pushing or popping an app context runs the app's own code."""
-    return bool(
-        app.teardown_appcontext_funcs or appcontext_pushed.receivers or appcontext_popped.receivers
-    )
+        if app_code_on_pop:
+            with anyio.move_on_after(teardown_seconds, shield=True):
+                await run_sync(pop, limiter)
+        else:
+            pop()
