@@ -95,10 +95,12 @@ async def await_in_app_context(
     context object of the run's, and the check is a task of that context; so its push (with
     ``appcontext_pushed`` receivers) and its pop (with teardown handlers or
     ``appcontext_popped`` receivers) run in a worker thread: the pop resets what the push set,
-    in that same context object. The app's own code never runs on the event loop. ``limiter`` must never make them wait: a pop that waited
-    could be cut off by the deadline before it ran. A teardown that hangs is given
-    ``teardown_seconds``, then left to its thread. What a push or pop raises propagates: it
-    belongs to the check's field, as for a sync check.
+    in that same context object. The app's own code never runs on the event loop.
+
+    ``limiter`` must never make them wait: a pop that waited could be cut off by the deadline
+    before it ran. A teardown that hangs is given ``teardown_seconds``, then left to its
+    thread. What a push or pop raises propagates: it belongs to the check's field, as for a
+    sync check.
     """
     app_code_on_pop = bool(app.teardown_appcontext_funcs or appcontext_popped.receivers)
     if not app_code_on_pop and not appcontext_pushed.receivers:
