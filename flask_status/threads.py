@@ -1,18 +1,12 @@
-"""Where sync checks and the WSGI event loop run: anyio worker threads of a daemon thread's
-loop, or real OS threads under gevent.
-
-anyio's worker threads take the daemon flag of their loop's thread, and Python waits for
-threads that are not daemons at exit. An ASGI server's loop runs in the main thread: a sync
-check hung in one of its worker threads would hold the process's exit (hypercorn on SIGTERM,
-uvicorn on SIGINT) until the check returns. So a sync check awaited on such a loop runs in a
-worker thread of the process's own loop (``loop.py``), a daemon thread, reached through its
-portal; the caller still awaits it under its own cancel scope and limiter.
+"""Real OS threads, for gevent and for the loop of WSGI requests.
 
 gevent's monkey patching turns ``threading`` threads into greenlets on the calling OS thread.
 There, anyio's worker threads would be greenlets on the event loop's own thread: a check that
 blocks below gevent (a C database driver) would freeze the loop and outlive its deadline. So
-under gevent this module uses the original thread functions gevent keeps, and nothing else
-changes: the work is still awaited under the field's cancel scope and the instance's limiter.
+under gevent the sync work of a status request runs in a new real OS thread
+(:func:`run_in_os_thread`), from the original thread functions gevent keeps, and nothing else
+changes: the work is still awaited under the field's cancel scope and the route's limiter.
+Which threads run sync work under each server is decided in ``loop.run_sync``.
 """
 
 from __future__ import annotations
@@ -26,7 +20,6 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
-import anyio.to_thread
 
 
 def _gevent_monkey() -> Any:
@@ -46,7 +39,6 @@ def start_thread(target: Callable[[], object], name: str) -> None:
     if monkey is not None:
         monkey.get_original("_thread", "start_new_thread")(target, ())
         return
-
     threading.Thread(target=target, name=name, daemon=True).start()
 
 
