@@ -352,7 +352,9 @@ class Evaluator:
         if run is None or run.outcome is None:
             if item.wait_first:
                 return None
-            return Outcome(error="starting: no result yet", measured_at=time.time())
+            return Outcome(
+                error="starting: no result yet", measured_at=time.time(), error_kind="starting"
+            )
         assert run.finished_at is not None
         age = time.monotonic() - run.finished_at
         late = item.interval + run.timeout
@@ -362,6 +364,7 @@ class Evaluator:
             return Outcome(
                 error=f"stale: the last result is {age:.0f}s old (interval {item.interval:g}s)",
                 measured_at=time.time(),
+                error_kind="stale",
             )
         return run.outcome
 
@@ -375,7 +378,9 @@ class Evaluator:
             await self._state(item).first_result.wait()
         if not self._read_background(item, evaluation):
             evaluation.outcomes[item.key] = Outcome(
-                error=f"starting: no result within {timeout:g}s", measured_at=time.time()
+                error=f"starting: no result within {timeout:g}s",
+                measured_at=time.time(),
+                error_kind="starting",
             )
 
     @staticmethod

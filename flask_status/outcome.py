@@ -6,7 +6,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 #: Encodes a value as the answer will (the app's JSON provider); raises if it cannot.
 Encode = Callable[[Any], str]
@@ -16,6 +16,16 @@ MAX_ERROR_CHARS = 200
 
 #: Largest encoded value one field may contribute; a larger one fails that field.
 MAX_FIELD_BYTES = 64 * 1024
+
+
+#: Why an outcome with an error is not an ordinary failure of its check.
+ErrorKind = Literal["timed_out", "skipped", "starting", "stale"]
+
+#: A field's state as change events, history and the page name it (a timeout is failing).
+State = Literal["ok", "degraded", "failing", "skipped", "starting", "stale"]
+
+#: A run's result as OpenTelemetry and ``?verbose`` name it.
+Result = Literal["ok", "degraded", "failing", "timed_out", "skipped"]
 
 
 @dataclass(frozen=True)
@@ -33,10 +43,32 @@ class Outcome:
     #: Set by flap damping: ``("failing", details)`` on a value kept while its check fails,
     #: ``("recovering", details)`` on an error kept while its check recovers.
     note: tuple[str, dict[str, Any]] | None = None
+    #: Set on an error that is not the check's own failure: it timed out, was skipped, or
+    #: a background field has no (recent) result.
+    error_kind: ErrorKind | None = None
+    #: "Working, but not well": the reason a check gave, on an outcome without an error.
+    degraded: str | None = None
 
     @property
     def ok(self) -> bool:
+        """No error: healthy or degraded."""
         return self.error is None
+
+    @property
+    def state(self) -> State:
+        if self.error is None:
+            return "ok" if self.degraded is None else "degraded"
+        if self.error_kind is None or self.error_kind == "timed_out":
+            return "failing"
+        return self.error_kind
+
+    @property
+    def result(self) -> Result:
+        if self.error is None:
+            return "ok" if self.degraded is None else "degraded"
+        if self.error_kind == "timed_out" or self.error_kind == "skipped":
+            return self.error_kind
+        return "failing"
 
 
 def one_line(text: str, limit: int = MAX_ERROR_CHARS) -> str:
@@ -61,7 +93,10 @@ def describe(exc: BaseException, limit: int = MAX_ERROR_CHARS) -> str:
 
 def timed_out(timeout: float, duration: float) -> Outcome:
     return Outcome(
-        error=f"timed out after {timeout:g}s", duration=duration, measured_at=time.time()
+        error=f"timed out after {timeout:g}s",
+        duration=duration,
+        measured_at=time.time(),
+        error_kind="timed_out",
     )
 
 

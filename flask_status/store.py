@@ -22,7 +22,7 @@ import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, get_args
 
 import anyio
 from anyio.lowlevel import EventLoopToken, current_token
@@ -30,7 +30,7 @@ from anyio.lowlevel import EventLoopToken, current_token
 from .extras import requires_extra
 from .fields import MAX_SECONDS, check_seconds
 from .fork import reset_after_fork
-from .outcome import MAX_FIELD_BYTES, Outcome, describe
+from .outcome import MAX_FIELD_BYTES, ErrorKind, Outcome, describe
 from .redact import redact_url
 
 #: Largest stored outcome read back: a value's limit plus room for the rest of the outcome.
@@ -264,14 +264,25 @@ class Sharing:
         self.unavailable = None
 
 
+#: Keys every stored outcome has, and those it has only when set (so that a plain result
+#: reads the same to a process of an earlier version during a rolling deploy).
+_STORED_KEYS = frozenset({"value", "error", "duration", "measured_at"})
+_OPTIONAL_KEYS = frozenset({"error_kind", "degraded"})
+_ERROR_KINDS = frozenset(get_args(ErrorKind))
+
+
 def _encode(outcome: Outcome) -> str:
+    entry: dict[str, Any] = {
+        "value": outcome.value,
+        "error": outcome.error,
+        "duration": outcome.duration,
+        "measured_at": outcome.measured_at,
+    }
+    for key in _OPTIONAL_KEYS:
+        if getattr(outcome, key) is not None:
+            entry[key] = getattr(outcome, key)
     return json.dumps(
-        {
-            "value": outcome.value,
-            "error": outcome.error,
-            "duration": outcome.duration,
-            "measured_at": outcome.measured_at,
-        },
+        entry,
         allow_nan=False,
         default=str,  # values were checked when their run ended; this only guards the store
     )
@@ -291,19 +302,35 @@ def _decode(data: bytes | str, max_age: float) -> Outcome:
         raise ValueError("nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ValueError(f"not JSON: {describe(exc)}") from None
-    if not isinstance(fields, dict) or set(fields) != {"value", "error", "duration", "measured_at"}:
+    if not isinstance(fields, dict) or not _STORED_KEYS <= set(fields) <= (
+        _STORED_KEYS | _OPTIONAL_KEYS
+    ):
         raise ValueError("not a stored outcome")
     error, duration, measured_at = fields["error"], fields["duration"], fields["measured_at"]
     now = time.time()
     if not (error is None or isinstance(error, str)):
         raise ValueError(f"error is not a string: {type(error).__name__}")
+    error_kind, degraded = fields.get("error_kind"), fields.get("degraded")
+    if error_kind is not None and (
+        error is None or not isinstance(error_kind, str) or error_kind not in _ERROR_KINDS
+    ):
+        raise ValueError(f"error_kind is not one of ours: {str(error_kind)[:40]}")
+    if degraded is not None and (error is not None or not isinstance(degraded, str)):
+        raise ValueError("degraded is not a reason on a result without an error")
     if not _number_within(duration, 0.0, MAX_SECONDS):
         raise ValueError(f"duration out of range: {duration!r}")
     if not _number_within(measured_at, now - max_age - CLOCK_SKEW, now + CLOCK_SKEW):
         raise ValueError(
             f"measured_at is not within the last {max_age:g}s: {str(measured_at)[:40]}"
         )
-    return Outcome(fields["value"], error, float(duration), float(measured_at))
+    return Outcome(
+        fields["value"],
+        error,
+        float(duration),
+        float(measured_at),
+        error_kind=error_kind,
+        degraded=degraded,
+    )
 
 
 def _number_within(number: Any, lowest: float, highest: float) -> bool:

@@ -216,6 +216,8 @@ def test_stored_values_are_json_under_a_namespaced_key(
 
     assert stored["value"] == {"latency_ms": 1.5}
     assert stored["error"] is None
+    # Only what is set is written: a plain result reads the same to an earlier version.
+    assert set(stored) == {"value", "error", "duration", "measured_at"}
 
 
 def test_a_stored_value_that_is_not_ours_is_ignored(
@@ -374,10 +376,15 @@ ENTRY = {"value": "up", "error": None, "duration": 0.01}
         json.dumps({**ENTRY, "duration": -1.0, "measured_at": "now"}),
         json.dumps({**ENTRY, "measured_at": "a day ago"}),
         json.dumps({**ENTRY, "error": {"not": "text"}, "measured_at": "now"}),
+        json.dumps({**ENTRY, "error_kind": ["skipped"], "measured_at": "now"}),
+        json.dumps({**ENTRY, "error_kind": "skipped", "measured_at": "now"}),  # but no error
+        json.dumps({**ENTRY, "error": "x", "degraded": "slow", "measured_at": "now"}),
+        json.dumps({**ENTRY, "extra": 1, "measured_at": "now"}),
         "[" * 30000 + "]" * 30000,
     ],
     ids=["far-future", "nan", "far-past", "nan-duration", "negative-duration", "a-day-old",
-         "error-not-text", "nested"],
+         "error-not-text", "error-kind-not-text", "error-kind-without-error",
+         "degraded-with-error", "unknown-key", "nested"],
 )  # fmt: skip
 def test_a_bad_stored_entry_is_ignored_logged_once_and_the_check_runs(
     redis_server: RedisServer,
