@@ -22,7 +22,7 @@ import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, get_args
+from typing import Any, cast, get_args
 
 import anyio
 from anyio.lowlevel import EventLoopToken, current_token
@@ -328,7 +328,7 @@ def _decode(data: bytes | str, max_age: float) -> Outcome:
         error,
         float(duration),
         float(measured_at),
-        error_kind=error_kind,
+        error_kind=cast("ErrorKind | None", error_kind),  # checked to be one above
         degraded=degraded,
     )
 
