@@ -3,5 +3,6 @@
 from .extension import FlaskStatus
 from .lifecycle import drain, mark_started
 from .logs import quiet_access_logs
+from .outcome import Degraded
 
-__all__ = ["FlaskStatus", "drain", "mark_started", "quiet_access_logs"]
+__all__ = ["Degraded", "FlaskStatus", "drain", "mark_started", "quiet_access_logs"]

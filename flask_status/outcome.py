@@ -28,6 +28,19 @@ State = Literal["ok", "degraded", "failing", "skipped", "starting", "stale"]
 Result = Literal["ok", "degraded", "failing", "timed_out", "skipped"]
 
 
+class Degraded(Exception):
+    """Raised or returned by a check that works, but not well.
+
+    The field shows ``value`` with the ``reason``; the route is at worst DEGRADED (HTTP 200),
+    even for a critical field.
+    """
+
+    def __init__(self, reason: str, value: Any = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.value = value
+
+
 @dataclass(frozen=True)
 class Outcome:
     """The result of running a field's check once.
