@@ -13,6 +13,11 @@ A finished run is reused for ``cache_ttl`` seconds.
 
 A field with an ``interval`` runs in the background instead (:meth:`Evaluator.run_every`), and
 a request only reads its latest result.
+
+A field with ``depends_on`` starts its run with the others, so its deadline counts from the
+request's start too, but its task first waits, on the loop, for its parents' outcomes of the
+same evaluation (each through its run's Event); it runs its check only if all of them succeeded,
+and is otherwise skipped, naming the root cause (:meth:`Evaluator._host_after_parents`).
 """
 
 from __future__ import annotations
@@ -265,6 +270,7 @@ class Evaluator:
         waited: list[Run] = []
         quick: dict[float, list[Run]] = {}  # by timeout
         hosted: list[list[Run]] = []
+        dependents: list[Run] = []  # hosted once their parents are done
         for item in fields:
             state = self._state(item)
             previous = state.latest
@@ -281,7 +287,9 @@ class Evaluator:
                     evaluation.cached.add(item.key)
                 continue
             run = runs[item.key] = self._start(state, now, loop)
-            if item.kind is Kind.SYNC and _was_quick(previous) and not self._shared(item):
+            if item.depends_on:
+                dependents.append(run)
+            elif item.kind is Kind.SYNC and _was_quick(previous) and not self._shared(item):
                 quick.setdefault(run.timeout, []).append(run)
             else:
                 hosted.append([run])
@@ -293,6 +301,8 @@ class Evaluator:
                 task_group.start_soon(self._host, batch)
             for run in waited:
                 task_group.start_soon(self._wait, run)
+            for run in dependents:
+                task_group.start_soon(self._host_after_parents, run, runs)
         for key, run in runs.items():
             evaluation.outcomes[key] = run.result()
             if run.began_elsewhere is not None:  # another process's run, read from the store
@@ -310,7 +320,8 @@ class Evaluator:
             return True  # a hung sync check: its "timed out" stands until its thread returns
         if run.finished_at is None:
             return True
-        return now - run.finished_at < self._cache_ttl(item)
+        # A skip is no result of the check: once its parents recover, the check runs at once.
+        return now - run.finished_at < self._cache_ttl(item) and run.result().state != "skipped"
 
     def _start(self, state: FieldState, now: float, loop: EventLoopToken) -> Run:
         timeout = self._timeout(state.field)
@@ -336,7 +347,10 @@ class Evaluator:
                 self._finish(previous, began - previous.started_at)
             else:
                 run = self._start(state, began, loop)
-                await self._host([run])
+                if item.depends_on:
+                    await self._host_after_parents(run, {})
+                else:
+                    await self._host([run])
                 if run.began_elsewhere is not None:
                     # Another process ran it: tick one interval after it did, as it will, so
                     # that the fleet keeps the interval.
@@ -369,19 +383,99 @@ class Evaluator:
         return run.outcome
 
     async def _wait_first_result(self, item: Field, evaluation: Evaluation) -> None:
-        """``wait_first``: wait for a background field's first result, up to its timeout
-        (and the store's, which the first run may wait for before it starts)."""
+        """``wait_first``: wait for a background field's first result (:meth:`_latest`)."""
+        await self._latest(item, wait=True)
+        if not self._read_background(item, evaluation):
+            evaluation.outcomes[item.key] = self._no_first_result(item)
+
+    async def _latest(self, item: Field, wait: bool) -> Outcome:
+        """A background field's latest result; ``wait``: before its first one, that is waited
+        for up to its timeout (and the store's, which the first run may wait for first)."""
+        if wait and self._state(item).last_background is None:
+            with anyio.move_on_after(self._first_result_timeout(item)):
+                await self._state(item).first_result.wait()
+        return self.background_result(item) or self._no_first_result(item)
+
+    def _first_result_timeout(self, item: Field) -> float:
         timeout = self._timeout(item)
         if self.sharing is not None:
             timeout += self.sharing.store.timeout
-        with anyio.move_on_after(timeout):
-            await self._state(item).first_result.wait()
-        if not self._read_background(item, evaluation):
-            evaluation.outcomes[item.key] = Outcome(
-                error=f"starting: no result within {timeout:g}s",
+        return timeout
+
+    def _no_first_result(self, item: Field) -> Outcome:
+        return Outcome(
+            error=f"starting: no result within {self._first_result_timeout(item):g}s",
+            measured_at=time.time(),
+            error_kind="starting",
+        )
+
+    # -- dependencies --------------------------------------------------------------------
+
+    async def _host_after_parents(self, run: Run, runs: Mapping[str, Run]) -> None:
+        """A dependent's run: its check once every parent succeeded; else, without running
+        it, a skip naming the root cause (or, for a parent that is no field, a failure).
+
+        ``runs`` are the evaluation's runs, its parents' among them; a background run reads its
+        parents' latest results instead. The wait is shielded like the run it belongs to (others
+        may join it) and ends by the run's deadline: every parent's own ends by then (a parent's
+        timeout is at most its dependent's), the grace lets a parent that times out at the same
+        deadline be named as the cause.
+        """
+        background = run.field.interval is not None
+        started = time.perf_counter()
+        blocked: Outcome | None = None
+        # A background run's parents are only read (the first result at most waited for, up
+        # to its own bound): its check's deadline counts from when it starts, as for any.
+        wait_until = math.inf if background else run.deadline + OVERRUN_GRACE
+        with anyio.CancelScope(shield=True, deadline=wait_until) as scope:
+            blocked = await self._blocked(run.field, runs)
+        if blocked is None and not scope.cancelled_caught:
+            if background:
+                run.deadline = anyio.current_time() + run.timeout
+            await self._host([run])
+            return
+        run.produced = blocked  # None: the parents outlived its deadline, it timed out
+        self._finish(run, time.perf_counter() - started)
+
+    async def _blocked(self, item: Field, runs: Mapping[str, Run]) -> Outcome | None:
+        """Why ``item`` must not run now: a parent that is no field, or one that did not
+        succeed (its parents in their order); ``None`` once all succeeded."""
+        missing = [key for key in item.depends_on if key not in self.fields]
+        if missing:
+            names = ", ".join(repr(key) for key in missing)
+            return Outcome(
+                error=f"depends_on: no field {names} (fields: {', '.join(self.fields)})",
                 measured_at=time.time(),
-                error_kind="starting",
             )
+        for key in item.depends_on:
+            outcome = await self._parent_outcome(self.fields[key], runs, item.interval is not None)
+            if not outcome.ok:
+                return Outcome(
+                    error=skip_reason(key, outcome), measured_at=time.time(), error_kind="skipped"
+                )
+        return None
+
+    async def _parent_outcome(
+        self, parent: Field, runs: Mapping[str, Run], for_background: bool
+    ) -> Outcome:
+        """A parent's outcome: its run in this evaluation (awaited through its Event, no
+        thread held), its latest background result, or its constant."""
+        if parent.constant is not None:
+            return parent.constant
+        if parent.interval is not None:
+            # A background dependent waits for its parents' first results (no request waits
+            # for it); a request waits only as the parent's ``wait_first`` says.
+            return await self._latest(parent, parent.wait_first or for_background)
+        run = runs.get(parent.key)
+        if run is None:  # not evaluated here (setup refuses this): its last run, if over
+            run = self._state(parent).latest
+            if run is None or run.outcome is None:
+                return Outcome(error="no result yet", measured_at=time.time())
+        elif run.outcome is None:
+            if run.done is None:
+                run.done = anyio.Event()
+            await run.done.wait()
+        return run.result()
 
     @staticmethod
     async def _wait(run: Run) -> None:
@@ -427,6 +521,7 @@ class Evaluator:
             host is None
             or not run.joined
             or item.interval is not None
+            or item.depends_on  # it runs only after its parents, not on its own
             or self._cache_ttl(item) > 0  # the cache serves these
             or self._state(item).latest is not run
             or run.thread_busy
@@ -579,8 +674,8 @@ class Evaluator:
 
     def _damped(self, item: Field, raw: Outcome) -> Outcome:
         """What the field shows for a run: ``raw``, unless its thresholds hold it back."""
-        if item.failure_threshold == item.success_threshold == 1:
-            return raw
+        if item.failure_threshold == item.success_threshold == 1 or raw.state == "skipped":
+            return raw  # a skip is not the check's failure: its parent's threshold applied
         state = self._state(item)
         if state.streak is None:
             state.streak = Streak()
@@ -596,10 +691,26 @@ class Evaluator:
                     self.logger.info("status field %r recovered", key)
             elif was_failing:
                 self.logger.debug("status field %r still failing: %s", key, outcome.error)
+            elif outcome.state == "skipped":  # its parent's failure is logged as its own
+                self.logger.info("status field %r %s", key, outcome.error)
             else:
                 self.logger.error("status field %r failed: %s", key, outcome.error, exc_info=error)
         except BaseException:  # a broken log handler or filter must not break the field
             pass
+
+
+def skip_reason(parent: str, outcome: Outcome) -> str:
+    """What a field skipped because of ``parent``'s ``outcome`` reports: the root cause, so a
+    field skipped because its parent was skipped repeats its parent's reason."""
+    if outcome.state == "skipped" and outcome.error is not None:
+        return outcome.error
+    if outcome.error_kind == "timed_out":
+        return f"skipped: {parent} timed out"
+    if outcome.state == "starting":
+        return f"skipped: {parent} has no result yet"
+    if outcome.state == "stale":
+        return f"skipped: {parent} has no recent result"
+    return f"skipped: {parent} is failing"
 
 
 def _was_quick(run: Run | None) -> bool:

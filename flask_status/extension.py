@@ -12,7 +12,15 @@ from typing import Any, cast
 from flask import Blueprint, Flask
 
 from . import config, details, logs
-from .fields import Field, FieldOptions, check_bool, check_key, make_field
+from .fields import (
+    Field,
+    FieldOptions,
+    check_bool,
+    check_dependencies,
+    check_depends_on,
+    check_key,
+    make_field,
+)
 from .mount import Mount
 from .route import (
     EXTENSION_KEY,
@@ -95,6 +103,8 @@ class FlaskStatus:
         self.listeners: list[Listener] = []
         # The message of each app this instance serves, with the setting it came from.
         self._messages: list[tuple[str, Mapping[str, Any]]] = []
+        # The default timeout of each app this instance serves (``depends_on`` compares them).
+        self._timeouts: list[float] = []
         if app is not None:
             self.init_app(app)
 
@@ -131,6 +141,7 @@ class FlaskStatus:
         self._check_message_keys(settings.message, source)
         if settings.store is not None:
             self._check_store_key(self.fields)
+        check_dependencies(self.fields, [settings.timeout])
         field_url = settings.url.rstrip("/") + "/<field>"
         mount.check_url(settings.url)
         mount.check_unrouted(app, settings.url, "URL")
@@ -153,6 +164,7 @@ class FlaskStatus:
             add_url_rule(drain_url, endpoint + "_drain", route.drain_view, methods=["GET", "POST"])
         logs.status_urls.update(route.paths(app))
         self._messages.append((source, settings.message))
+        self._timeouts.append(settings.timeout)
         routes = app.extensions.setdefault(EXTENSION_KEY, [])
         if not routes:
             app.after_request(no_store)
@@ -209,6 +221,7 @@ class FlaskStatus:
         wait_first: bool = False,
         failure_threshold: int = 1,
         success_threshold: int = 1,
+        depends_on: str | Sequence[str] = (),
     ) -> None:
         """Add ``key`` to the payload: a JSON-serializable constant, or a callable run per request.
 
@@ -218,8 +231,9 @@ class FlaskStatus:
         instead of sharing the run in flight. ``interval`` runs the check in the background
         every that many seconds instead of on request (``wait_first``: a request before the
         first result waits for it). ``failure_threshold``/``success_threshold``: consecutive
-        runs needed to change the field's state. Adding an existing key replaces that field.
-        A key must not contain ``/`` nor be a key of the message.
+        runs needed to change the field's state. ``depends_on`` (a key or a list of keys): the
+        field runs only after those fields succeeded, else it is skipped. Adding an existing key
+        replaces that field. A key must not contain ``/`` nor be a key of the message.
         """
         if self.sharing_store:
             self._check_store_key([key])
@@ -234,12 +248,19 @@ class FlaskStatus:
             wait_first=wait_first,
             failure_threshold=failure_threshold,
             success_threshold=success_threshold,
+            depends_on=check_depends_on(depends_on),
         )
         field = make_field(key, value, options)
         for source, message in self._known_messages():
             if key in message:
                 raise ValueError(f"key {key!r} is a key of {source} too: {_REPLACES}")
+        check_dependencies({**self.fields, key: field}, self._default_timeouts())
         self.fields[key] = field
+
+    def _default_timeouts(self) -> list[float]:
+        """The default timeout of each app served, or the one known so far (an app's
+        ``STATUS_TIMEOUT`` is checked again when the route is registered)."""
+        return self._timeouts or [float(self._given.get("timeout", config.DEFAULTS.timeout))]
 
     @staticmethod
     def _check_store_key(keys: Iterable[str]) -> None:

@@ -6,7 +6,7 @@ import enum
 import inspect
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +66,8 @@ class FieldOptions:
     failure_threshold: int = 1
     #: Consecutive good runs before a failing field counts as healthy.
     success_threshold: int = 1
+    #: Keys of the fields this one runs after; it is skipped when one of them did not succeed.
+    depends_on: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_bool("critical", self.critical)
@@ -80,6 +82,7 @@ class FieldOptions:
                 object.__setattr__(self, name, check_seconds(name, value, allow_zero=allow_zero))
         if self.wait_first and self.interval is None:
             raise ValueError("wait_first applies only to a background check: give an interval")
+        object.__setattr__(self, "depends_on", check_depends_on(self.depends_on))
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -205,6 +208,96 @@ def check_key(key: Any) -> str:
     return key
 
 
+def check_depends_on(value: Any) -> tuple[str, ...]:
+    """``depends_on``: one field key or a sequence of them, as a tuple without repeats."""
+    if isinstance(value, str):
+        value = (value,)
+    elif not isinstance(value, Sequence):
+        raise TypeError(
+            f"depends_on must be a field key or a list of field keys, got {type(value).__name__}"
+        )
+    for key in value:
+        try:
+            check_key(key)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"depends_on names {key!r}, which no field can have: {exc}") from None
+    return tuple(dict.fromkeys(value))
+
+
+def check_dependencies(fields: Mapping[str, Field], default_timeouts: Iterable[float]) -> None:
+    """Refuse what ``depends_on`` cannot mean among ``fields``, naming the keys: a cycle, a
+    background field depending on a request-time one, a dependent whose timeout is shorter
+    than a request-time parent's (both deadlines count from the request's start).
+
+    A key that is no field yet is left alone: its field may be added later (a request then
+    reports it when it still is not).
+    """
+    timeouts = list(default_timeouts)
+    for item in fields.values():
+        for key in item.depends_on:
+            parent = fields.get(key)
+            if parent is None:
+                continue
+            if parent.interval is None and item.interval is not None:
+                raise ValueError(
+                    f"depends_on: background field {item.key!r} depends on {key!r}, which runs "
+                    "on request: a background field may depend only on background fields"
+                )
+            if parent.interval is not None:
+                continue  # read, not run: its timeout is not part of the request's
+            for default in timeouts:
+                mine = default if item.timeout is None else item.timeout
+                theirs = default if parent.timeout is None else parent.timeout
+                if mine < theirs:
+                    raise ValueError(
+                        f"depends_on: field {item.key!r} (timeout {mine:g}s) depends on "
+                        f"{key!r} (timeout {theirs:g}s): a dependent's timeout must be at "
+                        "least its parents', as every deadline counts from the request's start"
+                    )
+    cycle = _cycle(fields)
+    if cycle:
+        raise ValueError("depends_on: a cycle: " + " -> ".join(repr(key) for key in cycle))
+
+
+def _cycle(fields: Mapping[str, Field]) -> list[str]:
+    """The keys of one cycle among ``fields``' dependencies (first key repeated), or ``[]``."""
+    done: set[str] = set()
+
+    def visit(key: str, path: list[str]) -> list[str]:
+        if key in path:
+            return [*path[path.index(key) :], key]
+        if key in done or key not in fields:
+            return []
+        for parent in fields[key].depends_on:
+            found = visit(parent, [*path, key])
+            if found:
+                return found
+        done.add(key)
+        return []
+
+    for key in fields:
+        found = visit(key, [])
+        if found:
+            return found
+    return []
+
+
+def parents_of(selected: Iterable[Field], fields: Mapping[str, Field]) -> list[Field]:
+    """The fields ``selected`` depend on, all the way up, that are not among them (keys that
+    are no field are left out: the dependent reports them)."""
+    chosen = {item.key for item in selected}
+    found: list[Field] = []
+    keys = [key for item in selected for key in item.depends_on]
+    while keys:
+        key = keys.pop()
+        parent = fields.get(key)
+        if parent is not None and key not in chosen:
+            chosen.add(key)
+            found.append(parent)
+            keys.extend(parent.depends_on)
+    return found
+
+
 def make_field(key: Any, value: Any, options: FieldOptions | None = None) -> Field:
     """Validate ``add_field``'s key and value and build the field with its ``options``."""
     options = options or FieldOptions()
@@ -218,6 +311,10 @@ def make_field(key: Any, value: Any, options: FieldOptions | None = None) -> Fie
         kind = Kind.CONSTANT
         if options.interval is not None:
             raise TypeError(f"interval needs a callable value; field {key!r} is a constant")
+        if options.depends_on:
+            raise TypeError(f"depends_on needs a callable value; field {key!r} is a constant")
+    if key in options.depends_on:
+        raise ValueError(f"depends_on: field {key!r} depends on itself")
     return Field(
         **vars(options),
         key=key,

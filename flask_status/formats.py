@@ -115,9 +115,14 @@ def choose(
         form = Page
     elif not details:
         form = HealthSummary if wants_health_json else Summary
-    elif query and request.args.get("verbose", "no").lower() not in _NO:
+    elif query and asks_verbose():
         form = Verbose
     return None if form is None else form(Context(rendering, details, cached))
+
+
+def asks_verbose() -> bool:
+    """Whether the request says ``?verbose`` (with details, it gets every check in full)."""
+    return request.args.get("verbose", "no").lower() not in _NO
 
 
 def vary_on_accept(response: Response) -> None:

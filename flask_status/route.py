@@ -41,7 +41,7 @@ from . import config, details, formats, lifecycle
 from .aggregate import Health, aggregate
 from .background import BackgroundRuns
 from .engine import Evaluator
-from .fields import Field, Kind, is_async_callable
+from .fields import Field, Kind, is_async_callable, parents_of
 from .history import History
 from .loop import LoopStopped, portal_loop
 from .outcome import Encode, Outcome, describe
@@ -83,6 +83,15 @@ class Pending:
     #: Why the startup gate cannot open (``started_by`` names no field), shown as its entry.
     gate_error: str | None = None
     show_details: bool | None = None  # decided by ``StatusRoute.access``; None: not yet
+    #: Fields that ``fields`` depend on but the request did not ask for: evaluated for them,
+    #: not shown (but with ``show_parents``) and never counted in the overall status.
+    parents: list[Field] = dataclasses.field(default_factory=list)
+    show_parents: bool = False  # ``<url>/<field>?verbose`` shows what the field depends on
+
+    @property
+    def evaluated(self) -> list[Field]:
+        """The fields to evaluate: those asked for, and what they depend on."""
+        return [*self.fields, *self.parents] if self.parents else self.fields
 
 
 @dataclass
@@ -197,7 +206,8 @@ class StatusRoute:
         return view
 
     def pending(self, name: str | None = None) -> Pending:
-        """The fields this request asks for: one by name, or all but ``?exclude=`` ones."""
+        """The fields this request asks for: one by name, or all but ``?exclude=`` ones; and
+        those they depend on, evaluated but not shown (the one field's, under ``?verbose``)."""
         fields = self.status.fields
         if name is not None:
             if name not in fields:
@@ -212,8 +222,14 @@ class StatusRoute:
         gate_error = self._gate_error()
         if gate_error is not None:
             return Pending([], current_app.response_class(), Health.STARTING, gate_error)
-        self.background.ensure(selected)
-        return Pending(selected, current_app.response_class())
+        parents = (
+            parents_of(selected, fields) if any(field.depends_on for field in selected) else []
+        )
+        self.background.ensure([*selected, *parents])
+        show_parents = bool(parents) and name is not None and formats.asks_verbose()
+        return Pending(
+            selected, current_app.response_class(), parents=parents, show_parents=show_parents
+        )
 
     def readiness_state(self) -> Health | None:
         """DRAINING or STARTING when a readiness route answers so without running checks."""
@@ -255,7 +271,7 @@ class StatusRoute:
 
     def respond_blocking(self, pending: Pending) -> Response:
         """Answer from a thread without an event loop (WSGI): evaluate on the portal's loop."""
-        callables = _callables(pending.fields)
+        callables = _callables(pending.evaluated)
         # Nothing to run or wait for needs no loop, unless is_authorized must be asked (it
         # may be async).
         if not self.access.per_request:
@@ -273,7 +289,7 @@ class StatusRoute:
         """Evaluate the request's fields on the running event loop and fill the response."""
         # Before the checks, on this loop: it may await.
         pending.show_details = await self.access.decide(pending.show_details)
-        evaluation = await self.evaluator.evaluate(_callables(pending.fields))
+        evaluation = await self.evaluator.evaluate(_callables(pending.evaluated))
         return self.fill(pending, evaluation.outcomes, evaluation.cached)
 
     def fill(
@@ -281,11 +297,15 @@ class StatusRoute:
     ) -> Response:
         """Render every field's outcome into the pending response (``cached``: the keys whose
         outcome was not measured for this request)."""
+        shown = [*pending.fields, *pending.parents] if pending.show_parents else pending.fields
         outcomes = {
             field.key: results[field.key] if field.constant is None else field.constant
-            for field in pending.fields
+            for field in shown
         }
-        critical = {field.key: field.critical for field in pending.fields}
+        critical = {field.key: field.critical for field in shown}
+        # A parent shown under ``?verbose`` is there to explain: the asked field's own result
+        # (skipped counts as failing) already says what the parent's failure means.
+        uncounted = {field.key for field in pending.parents} if pending.show_parents else ()
         sharing = self.evaluator.sharing
         if sharing is not None and sharing.unavailable is not None and pending.fields:
             # The store is a dependency too, if not a critical one: checks ran here instead.
@@ -305,7 +325,11 @@ class StatusRoute:
             lambda outcomes: (
                 pending.state
                 or self._gated(
-                    aggregate((critical[key], outcome.ok) for key, outcome in outcomes.items()),
+                    aggregate(
+                        (critical[key], outcome.ok)
+                        for key, outcome in outcomes.items()
+                        if key not in uncounted
+                    ),
                     outcomes,
                 )
             ),
