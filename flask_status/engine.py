@@ -417,25 +417,21 @@ class Evaluator:
 
         ``runs`` are the evaluation's runs, its parents' among them; a background run reads its
         parents' latest results instead. The wait is shielded like the run it belongs to (others
-        may join it) and ends by the run's deadline: every parent's own ends by then (a parent's
-        timeout is at most its dependent's), the grace lets a parent that times out at the same
-        deadline be named as the cause.
+        may join it), and has no deadline of its own: each parent's run ends by its deadline,
+        which is no later than this run's (a parent's timeout is at most its dependent's), so a
+        parent that timed out at this run's deadline is still named as the cause.
         """
-        background = run.field.interval is not None
         started = time.perf_counter()
-        blocked: Outcome | None = None
-        # A background run's parents are only read (the first result at most waited for, up
-        # to its own bound): its check's deadline counts from when it starts, as for any.
-        wait_until = math.inf if background else run.deadline + OVERRUN_GRACE
-        with anyio.CancelScope(shield=True, deadline=wait_until) as scope:
+        with anyio.CancelScope(shield=True):
             blocked = await self._blocked(run.field, runs)
-        if blocked is None and not scope.cancelled_caught:
-            if background:
-                run.deadline = anyio.current_time() + run.timeout
-            await self._host([run])
+        if blocked is not None:
+            run.produced = blocked
+            self._finish(run, time.perf_counter() - started)
             return
-        run.produced = blocked  # None: the parents outlived its deadline, it timed out
-        self._finish(run, time.perf_counter() - started)
+        if run.field.interval is not None:
+            # A background run's deadline counts from when its check starts, as for any.
+            run.deadline = anyio.current_time() + run.timeout
+        await self._host([run])
 
     async def _blocked(self, item: Field, runs: Mapping[str, Run]) -> Outcome | None:
         """Why ``item`` must not run now: a parent that is no field, or one that did not
@@ -483,7 +479,9 @@ class Evaluator:
             return
         if run.done is None:
             run.done = anyio.Event()
-        with anyio.CancelScope(deadline=run.deadline):
+        # A dependent's run may end just after its deadline, skipped because of a parent that
+        # timed out at that deadline: its own run is bounded by its parents' and its check's.
+        with anyio.CancelScope(deadline=math.inf if run.field.depends_on else run.deadline):
             await run.done.wait()
 
     async def _host(self, runs: list[Run]) -> None:
