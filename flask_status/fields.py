@@ -232,6 +232,9 @@ def check_dependencies(fields: Mapping[str, Field], default_timeouts: Iterable[f
     A key that is no field yet is left alone: its field may be added later (a request then
     reports it when it still is not).
     """
+    cycle = _cycle(fields)
+    if cycle:  # each arrow reads "depends on"
+        raise ValueError("depends_on: a cycle: " + " -> ".join(repr(key) for key in cycle))
     timeouts = list(default_timeouts)
     for item in fields.values():
         for key in item.depends_on:
@@ -254,9 +257,6 @@ def check_dependencies(fields: Mapping[str, Field], default_timeouts: Iterable[f
                         f"{key!r} (timeout {theirs:g}s): a dependent's timeout must be at "
                         "least its parents', as every deadline counts from the request's start"
                     )
-    cycle = _cycle(fields)
-    if cycle:
-        raise ValueError("depends_on: a cycle: " + " -> ".join(repr(key) for key in cycle))
 
 
 def _cycle(fields: Mapping[str, Field]) -> list[str]:
