@@ -39,6 +39,8 @@ class Fields:
     slow_async: int = 0
     seconds: float = 0.0  # how long each sync/async check runs; 0 returns at once
     slow_seconds: float = 0.0  # how long each slow async check runs
+    #: flask-status only: async checks of ``seconds`` each, each depending on the one before
+    chain: int = 0
     timeout: float = 0.8  # per-field timeout, where the contender has one
     #: flask-status only: its callable fields run in the background every this many seconds
     interval: float | None = None
@@ -91,6 +93,7 @@ class Checks:
             ("hung_sync", self.fields.hung_sync, self.hung_sync),
             ("hung_async", self.fields.hung_async, self.hung_async),
             ("slow_async", self.fields.slow_async, self.slow_async),
+            ("chain", self.fields.chain, self.async_),
         ]
         named = [(f"{kind}{i}", check) for kind, count, check in counts for i in range(count)]
         return named + [(f"constant{i}", i) for i in range(self.fields.constant)]
@@ -111,7 +114,19 @@ def flask_status(app: Flask, checks: Checks) -> None:
     status = FlaskStatus(app, timeout=checks.fields.timeout)
     interval = checks.fields.interval
     for key, value in checks.named():
-        status.add_field(key, value, interval=interval if callable(value) else None)
+        status.add_field(
+            key,
+            value,
+            interval=interval if callable(value) else None,
+            depends_on=_previous_link(key),
+        )
+
+
+def _previous_link(key: str) -> tuple[str, ...]:
+    """``chain<n>`` depends on ``chain<n-1>``; other fields on nothing."""
+    if not key.startswith("chain") or key == "chain0":
+        return ()
+    return (f"chain{int(key[len('chain') :]) - 1}",)
 
 
 def flask_status_101(app: Flask, checks: Checks) -> None:

@@ -1,4 +1,4 @@
-"""The scenarios on Flask's test client (1 to 4, 6 and 7), in worker processes.
+"""The scenarios on Flask's test client (1 to 4, 6, 7 and 13), in worker processes.
 
 Each contender runs in a worker process of its own (``worker.py``), in its own virtualenv where
 it needs one. A scenario asks the workers for one round at a time and alternates the contenders
@@ -231,6 +231,13 @@ def versus_slowest_field(
     return f"{seconds(per_request)} / request", f"{ratio:.2f}x slowest field", ratio
 
 
+def versus_chain(cell: Cell, samples: list[Sample], _: list[Sample]) -> tuple[str, str, float]:
+    """Median time per request, as a multiple of the chain's checks' durations added up."""
+    per_request = typical(samples)
+    ratio = per_request / (cell.fields.chain * cell.fields.seconds)
+    return f"{seconds(per_request)} / request", f"{ratio:.2f}x the chain's sum", ratio
+
+
 def slowest_answer(cell: Cell, samples: list[Sample], _: list[Sample]) -> tuple[str, str, float]:
     """The slowest answer of all rounds (in ms, for the target), and as a multiple of the
     timeout."""
@@ -245,6 +252,7 @@ SYNC_TARGET = Target("≤", 4, "x bare", stretch=3)
 CONSTANTS_TARGET = Target("≤", 1.3, "x bare")
 HUNG_TARGET = Target("≤", 130, " ms", what="slowest")
 SCALE_TARGET = Target("≤", 1.2, "x slowest field")
+CHAIN_TARGET = Target("≤", 1.1, "x the chain's sum")
 
 
 def scenarios() -> list[Scenario]:
@@ -255,6 +263,7 @@ def scenarios() -> list[Scenario]:
     constants = Fields(constant=10)
     hung = Fields(hung_sync=1, hung_async=1, timeout=0.1)
     scale = Fields(sync=100, async_=100, seconds=slow)
+    chain = Fields(chain=3, seconds=0.05)
     mixed, sync_only = "5 sync + 5 async", "10 sync"
     return [
         Scenario(
@@ -315,6 +324,16 @@ def scenarios() -> list[Scenario]:
             rounds=5,
             judge=versus_slowest_field,
             not_run={HEALTHCHECK: "sequential: 200 x 100 ms = 20 s a request, see 1."},
+        ),
+        Scenario(
+            "13. Dependencies: a chain of 3 async checks of 50 ms",
+            [Cell(OURS, chain, "3 deep, each depends on the one before", 10, target=CHAIN_TARGET)],
+            rounds=5,
+            judge=versus_chain,
+            not_run={
+                name: "no dependencies between checks"
+                for name in (OBVIOUS, HEALTHCHECK, ORIGINAL)
+            },
         ),
     ]
 

@@ -156,8 +156,8 @@ def has_latency(value: Any) -> bool:
 # -- field sets -----------------------------------------------------------------------------
 
 #: A field set with a field of every kind: constant, sync, async, hung, failing, background
-#: (``interval``, ``wait_first``), thresholds, ``cache_ttl``, and the database through
-#: Flask-SQLAlchemy; the history and ``show_details`` of the route apply to them all.
+#: (``interval``, ``wait_first``), thresholds, ``cache_ttl``, ``depends_on``, and the database
+#: through Flask-SQLAlchemy; the history and ``show_details`` of the route apply to them all.
 EVERY_KIND = (
     MatrixRoute(
         "/healthz",
@@ -198,6 +198,17 @@ EVERY_KIND = (
                 as_is(refused_async),
                 {"critical": False},
                 error="ConnectionRefusedError",
+            ),
+            # depends_on: on a background parent (read from the store in the store cells), a
+            # chain two deep, and a failing parent whose dependent is skipped, not run.
+            MatrixField("after_background", as_is(ok), {"depends_on": "background"}, value="ok"),
+            MatrixField("chained", as_is(ok), {"depends_on": "sync"}, value="ok"),
+            MatrixField("chained_twice", as_is(ok_async), {"depends_on": ["chained"]}, value="ok"),
+            MatrixField(
+                "after_failing",
+                as_is(ok),
+                {"depends_on": "failing", "critical": False},
+                error="skipped: failing is failing",
             ),
         ),
         200,
