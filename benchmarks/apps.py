@@ -115,18 +115,16 @@ def flask_status(app: Flask, checks: Checks) -> None:
     interval = checks.fields.interval
     for key, value in checks.named():
         status.add_field(
-            key,
-            value,
-            interval=interval if callable(value) else None,
-            depends_on=_previous_link(key),
+            key, value, interval=interval if callable(value) else None, **_chain_link(key)
         )
 
 
-def _previous_link(key: str) -> tuple[str, ...]:
-    """``chain<n>`` depends on ``chain<n-1>``; other fields on nothing."""
+def _chain_link(key: str) -> dict[str, str]:
+    """``chain<n>`` depends on ``chain<n-1>``; other fields on nothing (they are added as
+    ever, so that an older flask-status builds them too)."""
     if not key.startswith("chain") or key == "chain0":
-        return ()
-    return (f"chain{int(key[len('chain') :]) - 1}",)
+        return {}
+    return {"depends_on": f"chain{int(key[len('chain') :]) - 1}"}
 
 
 def flask_status_101(app: Flask, checks: Checks) -> None:
