@@ -331,8 +331,7 @@ def scenarios() -> list[Scenario]:
             rounds=5,
             judge=versus_chain,
             not_run={
-                name: "no dependencies between checks"
-                for name in (OBVIOUS, HEALTHCHECK, ORIGINAL)
+                name: "no dependencies between checks" for name in (OBVIOUS, HEALTHCHECK, ORIGINAL)
             },
         ),
     ]

@@ -225,7 +225,7 @@ class StatusRoute:
         parents = (
             parents_of(selected, fields) if any(field.depends_on for field in selected) else []
         )
-        self.background.ensure([*selected, *parents])
+        self.background.ensure([*selected, *parents] if parents else selected)
         show_parents = bool(parents) and name is not None and formats.asks_verbose()
         return Pending(
             selected, current_app.response_class(), parents=parents, show_parents=show_parents

@@ -165,6 +165,10 @@ def test_refusals_name_the_keys() -> None:
     with pytest.raises(ValueError, match="background field 'beat' depends on 'broker'"):
         status.add_field("beat", Counted(), interval=5, depends_on="broker")
     assert list(status.fields) == ["broker"]  # nothing refused was added
+    status.add_field("clock", Counted(), interval=5)
+    status.add_field("beat", Counted(), interval=5, depends_on="clock")
+    with pytest.raises(ValueError, match="background field 'beat' depends on 'clock'"):
+        status.add_field("clock", Counted())  # replaced by a request-time field
 
 
 def test_a_dependency_added_before_its_parent_is_checked_when_the_parent_comes() -> None:
