@@ -17,7 +17,7 @@ from typing import Any
 
 import dependencies_app
 import pytest
-from clients import MakeClient, in_threads
+from clients import MakeClient, in_threads, timed_get
 from conftest import RedisServer
 from flask import Flask
 from helpers import Reply, client_fetch
@@ -271,6 +271,23 @@ def test_quick_sync_checks_run_after_their_parents_every_time(make_client: MakeC
     for _ in range(5):  # from the second request on, they are quick checks
         assert client.get(URL).status == 200
     assert order == ["a", "b", "c"] * 5
+
+
+def test_a_dependent_holds_no_worker_thread_while_it_waits(make_client: MakeClient) -> None:
+    app = Flask(__name__)
+    # One worker thread: a dependent holding one while it waited would starve its parent.
+    status = FlaskStatus(app, max_workers=1, timeout=2)
+    runs = [Counted() for _ in range(3)]
+    status.add_field("first", lambda: time.sleep(0.1) or runs[0]())
+    status.add_field("second", runs[1], depends_on="first")
+    status.add_field("third", runs[2], depends_on="second")
+    client = make_client(app)
+
+    timed = timed_get(client, URL)
+
+    assert timed.answer.json() == {"status": "OK", "first": "up", "second": "up", "third": "up"}
+    assert timed.seconds < 1.5  # not the 2 s timeout
+    assert [run.runs for run in runs] == [1, 1, 1]
 
 
 def test_concurrent_requests_share_one_run_of_a_chain(make_client: MakeClient) -> None:
