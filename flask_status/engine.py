@@ -447,7 +447,7 @@ class Evaluator:
             outcome = await self._parent_outcome(self.fields[key], runs, item.interval is not None)
             if not outcome.ok:
                 return Outcome(
-                    error=skip_reason(key, outcome), measured_at=time.time(), error_kind="skipped"
+                    error=_skip_reason(key, outcome), measured_at=time.time(), error_kind="skipped"
                 )
         return None
 
@@ -463,10 +463,12 @@ class Evaluator:
             # for it); a request waits only as the parent's ``wait_first`` says.
             return await self._latest(parent, parent.wait_first or for_background)
         run = runs.get(parent.key)
-        if run is None:  # not evaluated here (setup refuses this): its last run, if over
+        if run is None:  # added since the request chose its fields: its last run, if over
             run = self._state(parent).latest
             if run is None or run.outcome is None:
-                return Outcome(error="no result yet", measured_at=time.time())
+                return Outcome(
+                    error="no result yet", measured_at=time.time(), error_kind="starting"
+                )
         elif run.outcome is None:
             if run.done is None:
                 run.done = anyio.Event()
@@ -697,7 +699,7 @@ class Evaluator:
             pass
 
 
-def skip_reason(parent: str, outcome: Outcome) -> str:
+def _skip_reason(parent: str, outcome: Outcome) -> str:
     """What a field skipped because of ``parent``'s ``outcome`` reports: the root cause, so a
     field skipped because its parent was skipped repeats its parent's reason."""
     if outcome.state == "skipped" and outcome.error is not None:
