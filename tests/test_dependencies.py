@@ -355,6 +355,23 @@ def test_a_parent_held_ok_by_its_failure_threshold_counts_as_ok(make_client: Mak
     assert workers.runs == 2
 
 
+def test_a_skip_shows_at_once_whatever_the_dependents_own_threshold(
+    make_client: MakeClient,
+) -> None:
+    app = Flask(__name__)
+    status = FlaskStatus(app)
+    broker = Counted()
+    status.add_field("broker", broker)
+    status.add_field("workers", Counted(), depends_on="broker", failure_threshold=3)
+    client = make_client(app)
+    assert client.get(URL).json()["workers"] == "up"
+
+    broker.error = ConnectionError("refused")
+
+    # Not held as "up" for two more runs: the skip is not one of workers' failures.
+    assert client.get(URL).json()["workers"] == {"error": "skipped: broker is failing"}
+
+
 def test_excluding_a_parent_hides_it_but_still_evaluates_it(make_client: MakeClient) -> None:
     app = Flask(__name__)
     status = FlaskStatus(app)
