@@ -26,6 +26,7 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from .aggregate import Health
 from .appcontext import empty_context
 from .engine import Evaluator, Origin
 from .fields import Field, check_seconds, is_async_callable
@@ -39,6 +40,9 @@ MAX_QUEUED = 1000
 
 #: Seconds a listener may take unless ``on_change(..., timeout=)`` says otherwise.
 DEFAULT_TIMEOUT = 5.0
+
+#: Overall states of one process, never the fleet's.
+_PER_PROCESS = frozenset({Health.STARTING.value, Health.DRAINING.value})
 
 #: What a route's overall state is, given its fields' outcomes (``None`` while some field has
 #: none yet): one of :class:`~flask_status.aggregate.Health`'s values, or ``None``.
@@ -260,18 +264,23 @@ class Events:
         fleet announced it."""
         old = change.old
         sharing = self.evaluator.sharing
-        if change.fleet and sharing is not None:
+        # An overall state this process announces on its own is the fleet's last one too
+        # (unless it is the process's own STARTING or DRAINING): a shared field's run that
+        # leaves it so is then no change.
+        recorded = change.key is None and change.new not in _PER_PROCESS
+        if sharing is not None and (change.fleet or recorded):
             try:
-                changed, old = await sharing.announce(change.key, change.new)
+                changed, fleet_old = await sharing.announce(change.key, change.new)
             except Exception as exc:  # the store failed: this process announces what it saw
                 log = self.logger.debug if self._store_failed else self.logger.warning
                 self._store_failed = True
                 log("status change events: the store did not answer, announcing here: %r", exc)
-                old = change.old
             else:
                 self._store_failed = False
-                if not changed:
+                if change.fleet and not changed:
                     return None
+                if change.fleet:
+                    old = fleet_old
         if old == change.new:
             return None
         return ChangeEvent(self.route, change.key, old, change.new, at, change.outcome)
