@@ -24,6 +24,7 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import anyio
+import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .aggregate import Health
@@ -129,10 +130,24 @@ class Subscription:
     listener: Callable[[ChangeEvent], Any]
     timeout: float
     failed: bool = False
-    #: One call at a time: a sync listener that hangs holds one thread, not one per event.
+    #: A sync listener's call runs (maybe abandoned at its timeout): while it does, no other
+    #: starts, so that one that hangs holds one thread, not one per event.
+    running: bool = False
     limiter: anyio.CapacityLimiter = dataclasses.field(
         default_factory=lambda: anyio.CapacityLimiter(1)
     )
+
+    def call(self, event: ChangeEvent) -> None:
+        """Call a sync listener (in a worker thread)."""
+        self.running = True
+        try:
+            self.listener(event)
+        finally:
+            self.running = False
+
+
+class StillRunning(Exception):
+    """A sync listener's call for an earlier event has not returned yet."""
 
 
 def subscription(listener: Any, timeout: Any) -> Subscription:
@@ -191,12 +206,25 @@ class Events:
             changes = track()
             now = time.time()
             self._queued.extend((change, now) for change in changes)
-        if not changes:
-            return
+        if changes:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Wake the dispatcher, on the process's loop, from wherever the changes were found."""
         if portal_loop.here():
             self._poke()
-        else:  # from a request's thread or another loop, as background runs are started
+            return
+        try:
+            host = runs_ahead_host.get()
+        except RuntimeError:  # no event loop here: a WSGI request's thread, which may wait
+            host = None
+        if host is None:  # (or a server's loop without lifespan: as background runs start)
             portal_loop.start_soon(self._poke_async)
+            return
+        # On a server's loop: a thread waits for the process's loop to take it, not this loop.
+        empty_context().run(
+            host.start_soon, anyio.to_thread.run_sync, portal_loop.start_soon, self._poke_async
+        )
 
     async def _poke_async(self) -> None:
         self._poke()
@@ -235,8 +263,10 @@ class Events:
                         event = await self._confirmed(change, at)
                         if event is not None:
                             self._hand_out(event, outlets)
+        except Exception:  # a bug of ours: it must not stop the loop it shares with the checks
+            self.logger.exception("status change events of %s stopped", self.route)
         finally:
-            self._wake = None  # the loop stopped: the next change starts another
+            self._wake = None  # the next change starts another (the loop stopped, or this)
 
     def _until_next_look(self) -> float:
         """Seconds until a background field's result turns stale, unless another comes."""
@@ -268,7 +298,7 @@ class Events:
         # (unless it is the process's own STARTING or DRAINING): a shared field's run that
         # leaves it so is then no change.
         recorded = change.key is None and change.new not in _PER_PROCESS
-        if sharing is not None and (change.fleet or recorded):
+        if sharing is not None and sharing.unavailable is None and (change.fleet or recorded):
             try:
                 changed, fleet_old = await sharing.announce(change.key, change.new)
             except Exception as exc:  # the store failed: this process announces what it saw
@@ -309,17 +339,22 @@ class Events:
                 with anyio.fail_after(subscription.timeout):
                     if is_async_callable(listener):
                         await listener(event)
+                    elif subscription.running:
+                        raise StillRunning
                     else:
-                        await run_sync(functools.partial(listener, event), subscription.limiter)
+                        call = functools.partial(subscription.call, event)
+                        await run_sync(call, subscription.limiter)
             except Exception as exc:  # its failure is its own: the next event goes on
                 self._failed(subscription, event, exc)
 
     def _failed(self, subscription: Subscription, event: ChangeEvent, exc: Exception) -> None:
         level = logging.DEBUG if subscription.failed else logging.ERROR
         subscription.failed = True
+        exc_info: Exception | None = None
         if isinstance(exc, TimeoutError):
             message = f"did not return within {subscription.timeout:g}s"
-            exc_info: Exception | None = None
+        elif isinstance(exc, StillRunning):
+            message = "was not called: its call for an earlier event has not returned"
         else:
             message, exc_info = "raised", exc
         with contextlib.suppress(Exception):  # a broken log handler must not stop deliveries
