@@ -8,7 +8,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,9 @@ from helpers import ServerProcess, http_fetch
 from servers import gunicorn
 
 from flask_status import ChangeEvent, FlaskStatus, lifecycle
+from flask_status.engine import Origin
+from flask_status.events import Change, Tracker
+from flask_status.outcome import Outcome
 from flask_status.route import EXTENSION_KEY
 
 pytest_plugins = ["reliability_fixtures"]
@@ -336,6 +339,52 @@ def test_a_bad_listener_or_timeout_is_refused_at_setup(
     with pytest.raises(error, match=message):
         status.on_change(listener, **options)
     assert status.change_listeners == []
+
+
+# -- the tracker, alone ---------------------------------------------------------------------
+
+OK, FAILING = Outcome("up"), Outcome(error="ConnectionError: refused")
+STALE = Outcome(error="stale: the last result is 9s old", error_kind="stale")
+
+
+def up_unless_failing(outcomes: Mapping[str, Outcome] | None) -> str | None:
+    if outcomes is None:
+        return None
+    return "UP" if all(outcome.ok for outcome in outcomes.values()) else "DOWN"
+
+
+def changes(tracker: Tracker, key: str, outcome: Outcome, origin: Origin) -> list[Change]:
+    return tracker.field(key, outcome, origin, ["db"], up_unless_failing)
+
+
+def test_the_tracker_offers_only_its_own_runs_of_a_shared_field_to_the_fleet() -> None:
+    tracker = Tracker()
+    # Read from the store: that process announces it; this one only keeps it.
+    assert changes(tracker, "db", OK, "elsewhere") == []
+    # Its own run of a shared field is offered to the fleet, changed here or not.
+    assert changes(tracker, "db", OK, "shared") == [
+        Change("db", "ok", "ok", OK, fleet=True),
+        Change(None, "UP", "UP", None, fleet=True),
+    ]
+    assert changes(tracker, "db", FAILING, "shared") == [
+        Change("db", "ok", "failing", FAILING, fleet=True),
+        Change(None, "UP", "DOWN", None, fleet=True),
+    ]
+
+
+def test_the_tracker_announces_stale_and_its_end_per_process() -> None:
+    tracker = Tracker()
+    changes(tracker, "db", OK, "shared")
+    assert changes(tracker, "db", STALE, "local") == [
+        Change("db", "ok", "stale", STALE),
+        Change(None, "UP", "DOWN", None),
+    ]
+    # Leaving stale through another process's result: this process's change, announced here.
+    assert changes(tracker, "db", OK, "elsewhere") == [
+        Change("db", "stale", "ok", OK),
+        Change(None, "DOWN", "UP", None),
+    ]
+    assert changes(tracker, "db", OK, "local") == []
 
 
 # -- once per fleet ------------------------------------------------------------------------
