@@ -118,6 +118,7 @@ class Tracker:
         complete = all(key in self.fields for key in keys)
         new = overall({key: self.fields[key] for key in keys} if complete else None)
         old, self.overall = self.overall, new if new is not None else self.overall
+        fleet = fleet and new not in _PER_PROCESS
         if new is None or (new == old and not fleet):
             return []
         return [Change(None, old, new, None, fleet)]

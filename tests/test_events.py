@@ -387,6 +387,18 @@ def test_the_tracker_announces_stale_and_its_end_per_process() -> None:
     assert changes(tracker, "db", OK, "local") == []
 
 
+def test_the_tracker_never_offers_a_draining_process_to_the_fleet() -> None:
+    tracker = Tracker()
+    tracker.field("db", OK, "shared", ["db"], up_unless_failing)
+    assert tracker.readiness(["db"], lambda outcomes: "DRAINING") == [
+        Change(None, "UP", "DRAINING", None)
+    ]
+    # A background run of a shared field goes on while the process drains.
+    assert tracker.field("db", OK, "shared", ["db"], lambda outcomes: "DRAINING") == [
+        Change("db", "ok", "ok", OK, fleet=True)
+    ]
+
+
 # -- once per fleet ------------------------------------------------------------------------
 
 #: Two gunicorn processes of four workers stand in for two pods.
