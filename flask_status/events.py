@@ -25,6 +25,7 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
+from anyio.lowlevel import EventLoopToken, current_token
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .aggregate import Health
@@ -183,7 +184,8 @@ class Events:
         self._lock = threading.Lock()
         self.tracker = Tracker()
         self._queued: deque[tuple[Change, float]] = deque()
-        self._wake: MemoryObjectSendStream[None] | None = None
+        #: How to wake the dispatcher, and the loop it runs on.
+        self._wake: tuple[MemoryObjectSendStream[None], EventLoopToken] | None = None
         self._store_failed = False
 
     # -- what the engine and the route tell -----------------------------------------------
@@ -232,20 +234,22 @@ class Events:
 
     def _poke(self) -> None:
         """On the process's loop: wake the dispatcher, started first if it does not run."""
-        if self._wake is None:
+        if self._wake is None or self._wake[1] != current_token():
+            # None yet, or one on a loop gone (a check stopped it): start one on this loop.
             send, receive = anyio.create_memory_object_stream[None](1)
-            self._wake = send
+            self._wake = (send, current_token())
             host = runs_ahead_host.get()
             assert host is not None  # the process's loop has one while it runs
             # No request started it: it must not run in the context of the one that did.
             empty_context().run(host.start_soon, self._dispatch, receive)
         with contextlib.suppress(anyio.WouldBlock):  # woken already
-            self._wake.send_nowait(None)
+            self._wake[0].send_nowait(None)
 
     # -- the dispatcher, on the process's loop --------------------------------------------
 
     async def _dispatch(self, wake: MemoryObjectReceiveStream[None]) -> None:
         outlets: dict[int, MemoryObjectSendStream[ChangeEvent]] = {}
+        mine = self._wake
         try:
             async with anyio.create_task_group() as deliveries:
                 while True:
@@ -267,7 +271,8 @@ class Events:
         except Exception:  # a bug of ours: it must not stop the loop it shares with the checks
             self.logger.exception("status change events of %s stopped", self.route)
         finally:
-            self._wake = None  # the next change starts another (the loop stopped, or this)
+            if self._wake is mine:  # the next change starts another
+                self._wake = None
 
     def _until_next_look(self) -> float:
         """Seconds until a background field's result turns stale, unless another comes."""
