@@ -152,11 +152,16 @@ class StillRunning(Exception):
     """A sync listener's call for an earlier event has not returned yet."""
 
 
+def check_timeout(timeout: Any) -> float:
+    """Validate ``on_change``'s ``timeout``."""
+    return check_seconds("on_change: timeout", timeout)
+
+
 def subscription(listener: Any, timeout: Any) -> Subscription:
     """Validate ``on_change``'s arguments."""
     if not callable(listener):
         raise TypeError(f"on_change: listener must be callable, got {type(listener).__name__}")
-    return Subscription(listener, check_seconds("on_change: timeout", timeout))
+    return Subscription(listener, check_timeout(timeout))
 
 
 class Events:

@@ -13,7 +13,7 @@ from typing import Any, TypeVar, cast, overload
 from flask import Blueprint, Flask
 
 from . import config, details, logs
-from .events import DEFAULT_TIMEOUT, ChangeEvent, Subscription, subscription
+from .events import DEFAULT_TIMEOUT, ChangeEvent, Subscription, check_timeout, subscription
 from .fields import Field, FieldOptions, check_bool, check_key, make_field
 from .mount import Mount
 from .route import (
@@ -269,7 +269,7 @@ class FlaskStatus:
         of a field's state or the route's overall state, off the request path, each call
         bounded by ``timeout`` seconds. Usable as a decorator, with or without arguments."""
         if listener is None:
-            subscription(print, timeout)  # refuse a bad timeout here, not at decoration
+            check_timeout(timeout)  # refused here, not once it decorates
             return functools.partial(self.on_change, timeout=timeout)
         self.change_listeners.append(subscription(listener, timeout))
         return listener

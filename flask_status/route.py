@@ -402,8 +402,8 @@ def _dispatched_as_sync(view: View) -> View:
 
 
 def _health(outcomes: Mapping[str, Outcome], critical: Mapping[str, bool]) -> Health:
-    """The overall status of ``outcomes`` (a field not in ``critical`` is critical)."""
-    return aggregate((critical.get(key, True), outcome.ok) for key, outcome in outcomes.items())
+    """The overall status of ``outcomes``, each critical or not as ``critical`` says."""
+    return aggregate((critical[key], outcome.ok) for key, outcome in outcomes.items())
 
 
 def _callables(fields: list[Field]) -> list[Field]:
