@@ -341,6 +341,28 @@ def test_a_bad_listener_or_timeout_is_refused_at_setup(
     assert status.change_listeners == []
 
 
+def test_with_the_store_down_each_process_announces_what_it_sees(
+    make_client: MakeClient, closed_port: int
+) -> None:
+    app = Flask(__name__)
+    status = FlaskStatus(app, store=f"redis://127.0.0.1:{closed_port}/0")
+    db = Switch()
+    status.add_field("db", db, cache_ttl=0.01)  # shared, were the store up
+    recorder = status.on_change(Recorder())
+    client = make_client(app)
+    for up in [True, True, False]:
+        time.sleep(0.05)  # past the cache
+        db.up = up
+        assert "store" in client.get(URL).json()  # it says the store is down
+
+    assert recorder.wait_for(4) == [
+        ("db", None, "ok"),
+        (None, None, "UP"),
+        ("db", "ok", "failing"),
+        (None, "UP", "DOWN"),
+    ]
+
+
 # -- the tracker, alone ---------------------------------------------------------------------
 
 OK, FAILING = Outcome("up"), Outcome(error="ConnectionError: refused")
