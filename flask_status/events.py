@@ -192,6 +192,8 @@ class Events:
         #: How to wake the dispatcher, and the loop it runs on.
         self._wake: tuple[MemoryObjectSendStream[None], EventLoopToken] | None = None
         self._store_failed = False
+        for subscription in self.subscriptions:  # a call of the parent's runs in no thread here
+            subscription.running = False
 
     # -- what the engine and the route tell -----------------------------------------------
 
