@@ -54,7 +54,7 @@ class Switch:
 
 
 class Recorder:
-    """A listener keeping ``(key, old, new)`` of each event it gets."""
+    """A listener keeping every event it gets (``seen``: their ``(key, old, new)``)."""
 
     def __init__(self) -> None:
         self.events: list[ChangeEvent] = []
