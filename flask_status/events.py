@@ -49,6 +49,8 @@ _PER_PROCESS = frozenset({Health.STARTING.value, Health.DRAINING.value})
 #: What a route's overall state is, given its fields' outcomes (``None`` while some field has
 #: none yet): one of :class:`~flask_status.aggregate.Health`'s values, or ``None``.
 Overall = Callable[[Mapping[str, Outcome] | None], str | None]
+#: The keys of a route's fields that have states (its callable fields), as they are now.
+Keys = Callable[[], Collection[str]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +93,7 @@ class Tracker:
         return outcome.state if outcome is not None else None
 
     def field(
-        self, key: str, outcome: Outcome, origin: Origin, keys: Collection[str], overall: Overall
+        self, key: str, outcome: Outcome, origin: Origin, keys: Keys, overall: Overall
     ) -> list[Change]:
         """Record what field ``key`` shows now, and return the changes to announce.
 
@@ -103,6 +105,8 @@ class Tracker:
         old = self.state(key)
         self.fields[key] = outcome
         new = outcome.state
+        if new == old and origin != "shared":
+            return []  # nor can the overall state have changed (most runs: kept cheap)
         if origin == "local" or "stale" in (old, new):
             changes = [Change(key, old, new, outcome)] if new != old else []
             return changes + self._recompute(keys, overall, fleet=False)
@@ -111,11 +115,12 @@ class Tracker:
             return []
         return [Change(key, old, new, outcome, fleet=True), *self._recompute(keys, overall, True)]
 
-    def readiness(self, keys: Collection[str], overall: Overall) -> list[Change]:
+    def readiness(self, keys: Keys, overall: Overall) -> list[Change]:
         """Recompute the overall state when readiness may have changed (STARTING, DRAINING)."""
         return self._recompute(keys, overall, fleet=False)
 
-    def _recompute(self, keys: Collection[str], overall: Overall, fleet: bool) -> list[Change]:
+    def _recompute(self, current: Keys, overall: Overall, fleet: bool) -> list[Change]:
+        keys = current()
         complete = all(key in self.fields for key in keys)
         new = overall({key: self.fields[key] for key in keys} if complete else None)
         old, self.overall = self.overall, new if new is not None else self.overall
@@ -201,15 +206,18 @@ class Events:
         """An ``Evaluator.state_listeners`` callback: what ``item`` shows now."""
         if not self.subscriptions:
             return
-        keys = [field.key for field in self._callables()]
-        self._found(lambda: self.tracker.field(item.key, outcome, origin, keys, self._overall))
+        self._found(
+            lambda: self.tracker.field(item.key, outcome, origin, self._keys, self._overall)
+        )
 
     def readiness_looked(self) -> None:
         """The route looked at its readiness (STARTING, DRAINING) and may answer otherwise."""
         if not self.subscriptions:
             return
-        keys = [field.key for field in self._callables()]
-        self._found(lambda: self.tracker.readiness(keys, self._overall))
+        self._found(lambda: self.tracker.readiness(self._keys, self._overall))
+
+    def _keys(self) -> list[str]:
+        return [field.key for field in self._callables()]
 
     def _found(self, track: Callable[[], list[Change]]) -> None:
         with self._lock:  # tracked and queued in one step: events keep their order

@@ -375,7 +375,7 @@ def up_unless_failing(outcomes: Mapping[str, Outcome] | None) -> str | None:
 
 
 def changes(tracker: Tracker, key: str, outcome: Outcome, origin: Origin) -> list[Change]:
-    return tracker.field(key, outcome, origin, ["db"], up_unless_failing)
+    return tracker.field(key, outcome, origin, lambda: ["db"], up_unless_failing)
 
 
 def test_the_tracker_offers_only_its_own_runs_of_a_shared_field_to_the_fleet() -> None:
@@ -410,12 +410,12 @@ def test_the_tracker_announces_stale_and_its_end_per_process() -> None:
 
 def test_the_tracker_never_offers_a_draining_process_to_the_fleet() -> None:
     tracker = Tracker()
-    tracker.field("db", OK, "shared", ["db"], up_unless_failing)
-    assert tracker.readiness(["db"], lambda outcomes: "DRAINING") == [
+    tracker.field("db", OK, "shared", lambda: ["db"], up_unless_failing)
+    assert tracker.readiness(lambda: ["db"], lambda outcomes: "DRAINING") == [
         Change(None, "UP", "DRAINING", None)
     ]
     # A background run of a shared field goes on while the process drains.
-    assert tracker.field("db", OK, "shared", ["db"], lambda outcomes: "DRAINING") == [
+    assert tracker.field("db", OK, "shared", lambda: ["db"], lambda outcomes: "DRAINING") == [
         Change("db", "ok", "ok", OK, fleet=True)
     ]
 
