@@ -30,7 +30,7 @@ import math
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import anyio.from_thread
@@ -55,6 +55,12 @@ OVERRUN_GRACE = 0.05
 #: request that share a timeout run one after another in one worker thread hop, where a hop
 #: each would cost more thread wake-ups than the checks themselves.
 QUICK_SECONDS = 0.001
+
+
+#: Where a state a field shows comes from: a run of this process whose result the fleet shares
+#: (``"shared"``), another process's run read from the store (``"elsewhere"``), or this process
+#: alone (``"local"``: a field not shared, or a background field without a recent result).
+Origin = Literal["shared", "elsewhere", "local"]
 
 
 @dataclasses.dataclass(eq=False)
@@ -186,6 +192,10 @@ class Evaluator:
         self.max_workers = max_workers
         #: Called with ``(field, outcome)`` once per finished run (not per request served by it).
         self.run_listeners: list[Callable[[Field, Outcome], object]] = []
+        #: Called with ``(field, outcome, origin)`` whenever what a field shows may have changed:
+        #: once per finished run, with the outcome the field shows (after its thresholds), and
+        #: when a background field is found without a recent result.
+        self.state_listeners: list[Callable[[Field, Outcome, Origin], object]] = []
         #: Where results are shared with other processes, if anywhere.
         self.sharing: Sharing | None = None
         self.after_fork()
@@ -369,18 +379,29 @@ class Evaluator:
             return Outcome(
                 error="starting: no result yet", measured_at=time.time(), error_kind="starting"
             )
-        assert run.finished_at is not None
-        age = time.monotonic() - run.finished_at
-        late = item.interval + run.timeout
-        if self.sharing is not None:
-            late += self.sharing.slack(run.timeout)
-        if age > late:  # the runner died or is stuck
-            return Outcome(
+        age = time.monotonic() - run.finished_at if run.finished_at is not None else 0.0
+        stale_at = self.stale_at(item)
+        if stale_at is not None and time.monotonic() > stale_at:  # the runner died or is stuck
+            stale = Outcome(
                 error=f"stale: the last result is {age:.0f}s old (interval {item.interval:g}s)",
                 measured_at=time.time(),
                 error_kind="stale",
             )
+            self._tell(self.state_listeners, item, stale, "local")
+            return stale
         return run.outcome
+
+    def stale_at(self, item: Field) -> float | None:
+        """When (``time.monotonic()``) a background field's latest result turns stale unless
+        another comes; ``None`` before its first result."""
+        assert item.interval is not None
+        run = self._state(item).last_background
+        if run is None or run.finished_at is None:
+            return None
+        late = item.interval + run.timeout
+        if self.sharing is not None:
+            late += self.sharing.slack(run.timeout)
+        return run.finished_at + late
 
     async def _wait_first_result(self, item: Field, evaluation: Evaluation) -> None:
         """``wait_first``: wait for a background field's first result (:meth:`_latest`)."""
@@ -666,9 +687,16 @@ class Evaluator:
         self._log(state, outcome, error)
         if not self.current(run.field):
             return  # a replaced field's run: its key's history and metrics are the new field's
-        for listener in self.run_listeners:
+        self._tell(self.run_listeners, run.field, outcome)
+        origin: Origin = "local"
+        if self._shared(run.field):
+            origin = "shared" if run.began_elsewhere is None else "elsewhere"
+        self._tell(self.state_listeners, run.field, run.outcome, origin)
+
+    def _tell(self, listeners: list[Callable[..., object]], *args: Any) -> None:
+        for listener in listeners:
             try:
-                listener(run.field, outcome)
+                listener(*args)
             except Exception:  # a broken listener must not break the field
                 self.logger.exception("status run listener %r failed", listener)
 

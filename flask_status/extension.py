@@ -5,13 +5,15 @@ What it registers on an app, and how a status request is then served, is in :mod
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, cast
+from typing import Any, TypeVar, cast, overload
 
 from flask import Blueprint, Flask
 
 from . import config, details, logs
+from .events import DEFAULT_TIMEOUT, ChangeEvent, Subscription, check_timeout, subscription
 from .fields import (
     Field,
     FieldOptions,
@@ -32,6 +34,7 @@ from .route import (
 from .store import RedisStore
 
 Scaffold = Flask | Blueprint
+ChangeListener = TypeVar("ChangeListener", bound=Callable[[ChangeEvent], Any])
 
 #: Why a field may not share a key with the message.
 _REPLACES = "the field would silently replace the message's value"
@@ -101,6 +104,7 @@ class FlaskStatus:
         #: then have a ``store`` entry).
         self.sharing_store = False
         self.listeners: list[Listener] = []
+        self.change_listeners: list[Subscription] = []
         # The message of each app this instance serves, with the setting it came from.
         self._messages: list[tuple[str, Mapping[str, Any]]] = []
         # The default timeout of each app this instance serves (``depends_on`` compares them).
@@ -270,6 +274,26 @@ class FlaskStatus:
     def on_evaluated(self, listener: Listener) -> None:
         """Call ``listener(outcomes)`` after each evaluation with every field's :class:`Outcome`."""
         self.listeners.append(listener)
+
+    @overload
+    def on_change(
+        self, listener: ChangeListener, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> ChangeListener: ...
+
+    @overload
+    def on_change(
+        self, listener: None = None, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> Callable[[ChangeListener], ChangeListener]: ...
+
+    def on_change(self, listener: Any = None, *, timeout: float = DEFAULT_TIMEOUT) -> Any:
+        """Call ``listener(event)`` (sync or async) with a :class:`ChangeEvent` once per change
+        of a field's state or the route's overall state, off the request path, each call
+        bounded by ``timeout`` seconds. Usable as a decorator, with or without arguments."""
+        if listener is None:
+            check_timeout(timeout)  # refused here, not once it decorates
+            return functools.partial(self.on_change, timeout=timeout)
+        self.change_listeners.append(subscription(listener, timeout))
+        return listener
 
 
 def _check_started_by(started_by: Any, readiness: bool) -> str | tuple[str, ...] | None:

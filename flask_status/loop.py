@@ -54,6 +54,7 @@ class _Host:
     def __init__(self, portal: BlockingPortal) -> None:
         self.portal = portal
         self.running = True
+        self.thread = threading.get_ident()  # the loop's own thread
         # For threads started from other loops, which bound them with limiters of their own:
         # this one only keeps them off anyio's default limiter of the loop (40 threads).
         self.unlimited = anyio.CapacityLimiter(math.inf)
@@ -108,6 +109,11 @@ class PortalLoop:
         """Start ``func(*args)`` as a task of the loop (from a thread other than the loop's)."""
         host = self._running_host()
         return Started(host.portal.start_task_soon(func, *args), host)
+
+    def here(self) -> bool:
+        """Whether the caller runs on this loop's thread (where its portal cannot be called)."""
+        host = self._host
+        return host is not None and host.running and host.thread == threading.get_ident()
 
     def runs(self, started: Started) -> bool:
         """Whether a task started by :meth:`start_soon` still runs on the current loop."""

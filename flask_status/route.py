@@ -41,6 +41,7 @@ from . import config, details, formats, lifecycle
 from .aggregate import Health, aggregate
 from .background import BackgroundRuns
 from .engine import Evaluator
+from .events import Events, Subscription
 from .fields import Field, Kind, is_async_callable, parents_of
 from .history import History
 from .loop import LoopStopped, portal_loop
@@ -63,6 +64,7 @@ class Registration(Protocol):
     readiness: bool
     started_by: str | tuple[str, ...] | None
     listeners: list[Listener]
+    change_listeners: list[Subscription]
     is_authorized: details.IsAuthorized | None
 
 
@@ -134,6 +136,14 @@ class StatusRoute:
         self.logged_gate_error: str | None = None
         self.history = History(settings.history_size)
         self.evaluator.run_listeners.append(self.history.record)
+        self.events = Events(
+            settings.url,
+            status.change_listeners,
+            self.evaluator,
+            self._overall,
+            lambda: _callables(list(self.status.fields.values())),
+        )
+        self.evaluator.state_listeners.append(self.events.field_shows)
         self.rendering = formats.Rendering(
             settings.message,
             self.encode,
@@ -167,6 +177,7 @@ class StatusRoute:
             response.status_code = 503  # drained here, but not the processes watching the file
             return cast(Response, response)
         current_app.logger.info("status: draining")
+        self.events.readiness_looked()
         return cast(Response, current_app.json.response({"status": Health.DRAINING.value}))
 
     @property
@@ -217,6 +228,8 @@ class StatusRoute:
             excluded = request.args.getlist("exclude") if request.query_string else []
             selected = [field for key, field in fields.items() if key not in excluded]
         state = self.readiness_state()
+        if self.status.readiness:
+            self.events.readiness_looked()
         if state is not None:
             return Pending([], current_app.response_class(), state)
         gate_error = self._gate_error()
@@ -268,6 +281,15 @@ class StatusRoute:
             self.gate_open = True
             return health
         return Health.STARTING
+
+    def _overall(self, outcomes: Mapping[str, Outcome] | None) -> str | None:
+        """The route's overall state, as it would answer with every field's ``outcomes``
+        (``None``: not every field has one yet), for change events."""
+        state = self.readiness_state()
+        if state is None and outcomes is not None:
+            critical = {key: self.status.fields[key].critical for key in outcomes}
+            state = self._gated(_health(outcomes, critical), outcomes)
+        return state.value if state is not None else None
 
     def respond_blocking(self, pending: Pending) -> Response:
         """Answer from a thread without an event loop (WSGI): evaluate on the portal's loop."""
@@ -323,15 +345,7 @@ class StatusRoute:
             cached,
             self.access.shows(pending.show_details),
             lambda outcomes: (
-                pending.state
-                or self._gated(
-                    aggregate(
-                        (critical[key], outcome.ok)
-                        for key, outcome in outcomes.items()
-                        if key not in uncounted
-                    ),
-                    outcomes,
-                )
+                pending.state or self._gated(_health(outcomes, critical, uncounted), outcomes)
             ),
             current_app.logger,
         )
@@ -407,6 +421,18 @@ def _dispatched_as_sync(view: View) -> View:
         return current_app.ensure_sync(view)(**view_args)
 
     return status_ping
+
+
+def _health(
+    outcomes: Mapping[str, Outcome],
+    critical: Mapping[str, bool],
+    uncounted: Collection[str] = (),
+) -> Health:
+    """The overall status of ``outcomes``, each critical or not as ``critical`` says; the
+    ``uncounted`` ones (parents shown only for ``?verbose``) do not count."""
+    return aggregate(
+        (critical[key], outcome.ok) for key, outcome in outcomes.items() if key not in uncounted
+    )
 
 
 def _callables(fields: list[Field]) -> list[Field]:

@@ -42,6 +42,11 @@ CLOCK_SKEW = 1.0
 #: Seconds a wait listens for the result at a time (it blocks on the connection meanwhile).
 _LISTEN_SECONDS = 0.25
 
+#: Seconds the fleet remembers the last announced state of a field or route (renewed by each
+#: run that announces): past it, a removed field's entry is gone, and a field's next state is
+#: announced as its first.
+ANNOUNCED_SECONDS = 7 * 24 * 3600.0
+
 #: Shortest bound given to a call to the store while waiting (see :func:`_bound`).
 _LEAST_SECONDS = 0.01
 
@@ -49,6 +54,15 @@ _LEAST_SECONDS = 0.01
 _RELEASE = """
 if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) end
 return 0
+"""
+
+#: Sets a key to a new value unless it holds it already; either way it keeps it for ARGV[2] ms.
+#: Returns the value it held before, and 1 when it changed.
+_SWAP = """
+local old = redis.call("get", KEYS[1])
+redis.call("set", KEYS[1], ARGV[1], "px", ARGV[2])
+if old == ARGV[1] then return {old, 0} end
+return {old, 1}
 """
 
 
@@ -113,6 +127,12 @@ class RedisStore:
         """Give the lease of ``key`` back, if it is still the one ``token`` took."""
         await self._client().eval(_RELEASE, 1, f"{key}:lease", token)
 
+    async def swap(self, key: str, value: str, seconds: float) -> tuple[bool, str | None]:
+        """Set ``key`` to ``value`` for ``seconds`` in one step: whether that changed it, and
+        what it held before (``None``: nothing)."""
+        old, changed = await self._client().eval(_SWAP, 1, key, value, _ms(seconds))
+        return bool(changed), old.decode() if isinstance(old, bytes) else None
+
     async def wait(
         self, key: str, accept: Callable[[bytes | None], Outcome | None]
     ) -> Outcome | None:
@@ -163,6 +183,15 @@ class Sharing:
 
     def key(self, field_key: str) -> str:
         return f"{self.store.prefix}:{self.namespace}:{field_key}"
+
+    async def announce(self, field_key: str | None, state: str) -> tuple[bool, str | None]:
+        """Record ``state`` as the fleet's last announced state of a field (``None``: the
+        route's overall state): whether it is a change nobody announced yet, and the state
+        it replaces (``None`` if none was announced). Raises if the store does not answer."""
+        name = "overall" if field_key is None else f"field:{field_key}"
+        key = f"{self.store.prefix}:{self.namespace}:events:{name}"
+        with anyio.fail_after(self.store.timeout):
+            return await self.store.swap(key, state, ANNOUNCED_SECONDS)
 
     def slack(self, timeout: float) -> float:
         """Seconds a shared run may take beyond its check's ``timeout``: the store's lookup

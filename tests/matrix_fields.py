@@ -27,7 +27,7 @@ from flask import Flask, Request, Response, g, jsonify, request
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import text
 
-from flask_status import FlaskStatus, checks
+from flask_status import ChangeEvent, FlaskStatus, checks
 from flask_status.store import RedisStore
 
 #: The header and value that let a caller read the details (``is_authorized``).
@@ -51,7 +51,8 @@ class MatrixField:
     """One field: how to make its value, its ``add_field`` options, what it must read.
 
     A healthy field reads ``value`` (or, when ``value`` is callable, a value it accepts); a
-    failing field reads an error starting with ``error``.
+    failing field reads an error starting with ``error``. A field that is no ``constant`` has
+    one change event per process: its first state, which it keeps.
     """
 
     key: str
@@ -59,6 +60,7 @@ class MatrixField:
     options: Mapping[str, Any] = field(default_factory=dict)
     value: Any = None
     error: str | None = None
+    constant: bool = False
 
     @property
     def healthy(self) -> bool:
@@ -162,7 +164,7 @@ EVERY_KIND = (
     MatrixRoute(
         "/healthz",
         (
-            MatrixField("version", as_is("2.0.0"), value="2.0.0"),
+            MatrixField("version", as_is("2.0.0"), value="2.0.0", constant=True),
             MatrixField("sync", as_is(ok), value="ok"),
             MatrixField("async", as_is(ok_async), value="ok"),
             MatrixField("lookup", as_is(ok), {"cache_ttl": 1}, value="ok"),
@@ -217,7 +219,7 @@ EVERY_KIND = (
     MatrixRoute(
         "/downz",
         (
-            MatrixField("version", as_is("2.0.0"), value="2.0.0"),
+            MatrixField("version", as_is("2.0.0"), value="2.0.0", constant=True),
             MatrixField("database", as_is(refused), error="ConnectionRefusedError"),
         ),
         503,
@@ -282,18 +284,31 @@ def create_app(field_set: str, database: str, store: str | None, prefix: str) ->
     def items() -> str:
         return str(db.session.execute(text("SELECT name FROM services")).scalar_one())
 
+    # Every change event of the process, as [route, key, old, new]: recorded by a sync listener
+    # on one route and an async one on the other.
+    events: list[list[str | None]] = []
+
+    def record(event: ChangeEvent) -> None:
+        events.append([event.route, event.key, event.old, event.new])
+
+    async def record_async(event: ChangeEvent) -> None:
+        await anyio.sleep(0)
+        record(event)
+
     @app.get("/matrix/stats")
     def stats() -> Response:
         return jsonify(
             pid=os.getpid(),
+            events=events,
             threads=proc_status("Threads"),
             rss_kib=proc_status("VmRSS"),
             checked_out=db.engine.pool.checkedout(),  # type: ignore[attr-defined]
             sessions=len(db.session.registry.registry),  # type: ignore[attr-defined]
         )
 
-    for route in FIELD_SETS[field_set]:
+    for number, route in enumerate(FIELD_SETS[field_set]):
         status = FlaskStatus(app, url=route.url, is_authorized=has_token)
+        status.on_change(record_async if number % 2 else record)
         for item in route.fields:
             status.add_field(item.key, item.make(db), **item.options)
     return app

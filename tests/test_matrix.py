@@ -10,6 +10,9 @@ phase, and then stops the server with SIGTERM. It holds when:
 - a healthy field never reads failing or stale, a failing one always reads its error, and
   every answer has its route's status code and ``status``;
 - nothing answers 500, app routes included, and every request gets an answer;
+- each field that is not a constant has one change event, its first state (``old`` None; its
+  check's threshold holds the flaky field's failures back), and each route one, its
+  ``status``: in a store cell as well, where the store announces them once for the fleet;
 - after each phase no pooled connection is left checked out and no scoped session is left;
 - after each phase the worker runs at most ``max_workers`` + hung fields + 10 threads, and its
   memory grew by at most 20 MB during the phase;
@@ -457,6 +460,24 @@ def check_after_phase(
     return now
 
 
+def event_problems(cell: Cell, events: list[list[str | None]]) -> list[str]:
+    """What is wrong with the change events the worker announced, after every phase."""
+    problems = []
+    for route in cell.routes:
+        expected: dict[str | None, list[list[str | None]]] = {
+            item.key: [[None, "ok" if item.healthy else "failing"]]
+            for item in route.fields
+            if not item.constant
+        }
+        expected[None] = [[None, route.status]]
+        for key, changes in expected.items():
+            seen = [[old, new] for url, k, old, new in events if (url, k) == (route.url, key)]
+            if seen != changes:
+                what = "the route" if key is None else f"field {key!r}"
+                problems.append(f"events: {route.url} {what} announced {seen}, not {changes}")
+    return problems
+
+
 def stop(server: ServerProcess, findings: Findings) -> None:
     """SIGTERM; the exit must be quick, with a clean status, and the log show no traceback."""
     logged_before = len(server.log())
@@ -529,6 +550,7 @@ def run_cell(cell: Cell, directory: Path, redis_url: str | None) -> list[str]:
         for phase in PHASES:
             probe_during(server, phase.probes(cell.routes), phase.seconds, findings)
             before = check_after_phase(server, cell, phase, before, findings)
+        findings.notes += event_problems(cell, stats(server)["events"])
     except Exception as exc:  # this cell's failure, reported with it, not the other cells'
         findings.note(f"the cell stopped early: {exc!r}")
     finally:
