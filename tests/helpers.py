@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import socketserver
+import ssl
 import subprocess
 import sys
 import threading
@@ -333,6 +334,31 @@ def serving_in_thread(server: socketserver.TCPServer) -> Iterator[int]:
         server.shutdown()
         thread.join(10)
         server.server_close()
+
+
+class TlsServer(socketserver.ThreadingTCPServer):
+    """A TLS server on 127.0.0.1 that completes the handshake with each client (``context``
+    holds its certificate), then waits for the client to close. Serve it with
+    :func:`serving_in_thread`."""
+
+    daemon_threads = False
+    block_on_close = True  # server_close() joins the connections' threads
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self.context = context
+        super().__init__(("127.0.0.1", 0), _TlsHandshake)
+
+
+class _TlsHandshake(socketserver.BaseRequestHandler):
+    server: TlsServer
+
+    def handle(self) -> None:
+        self.request.settimeout(REQUEST_TIMEOUT)
+        try:
+            with self.server.context.wrap_socket(self.request, server_side=True) as tls:
+                tls.recv(1)
+        except OSError:  # ssl.SSLError too: the client refused the certificate, or left
+            pass
 
 
 #: The header :func:`token_required` asks for, with its value.
