@@ -215,6 +215,22 @@ def test_expired_certificate_fails_as_expired(
 # -- handshakes that fail ----------------------------------------------------------------
 
 
+def test_certificate_not_valid_yet_fails(
+    checked_app: StatusApp, ca: trustme.CA, ca_file: Path
+) -> None:
+    now = datetime.now(timezone.utc)
+    early = certificate(ca, not_before=now + timedelta(days=2), not_after=now + timedelta(days=90))
+    with tls_server(early) as port:
+        checked_app.status.add_field(
+            "certificate", checks.tls_certificate("127.0.0.1", port, ca_file=ca_file)
+        )
+        assert_down(
+            checked_app,
+            f"CheckFailed: the certificate of 127.0.0.1:{port} is not valid yet: "
+            "certificate is not yet valid",
+        )
+
+
 def test_unknown_ca_without_ca_file_says_so(checked_app: StatusApp, ca: trustme.CA) -> None:
     with tls_server(certificate(ca, not_after=expiring_in(90))) as port:
         checked_app.status.add_field("certificate", checks.tls_certificate("127.0.0.1", port))
