@@ -19,11 +19,14 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import abort, request
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
+
+if TYPE_CHECKING:
+    import trustme
 
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -337,15 +340,15 @@ def serving_in_thread(server: socketserver.TCPServer) -> Iterator[int]:
 
 
 class TlsServer(socketserver.ThreadingTCPServer):
-    """A TLS server on 127.0.0.1 that completes the handshake with each client (``context``
-    holds its certificate), then waits for the client to close. Serve it with
-    :func:`serving_in_thread`."""
+    """A TLS server on 127.0.0.1 presenting ``certificate``: it completes the handshake with
+    each client, then waits for the client to close. Serve it with :func:`serving_in_thread`."""
 
     daemon_threads = False
     block_on_close = True  # server_close() joins the connections' threads
 
-    def __init__(self, context: ssl.SSLContext) -> None:
-        self.context = context
+    def __init__(self, certificate: trustme.LeafCert) -> None:
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        certificate.configure_cert(self.context)
         super().__init__(("127.0.0.1", 0), _TlsHandshake)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -54,13 +53,9 @@ def certificate(
     return ca.issue_cert(*(names or LOCAL_NAMES), not_before=start, not_after=not_after)
 
 
-@contextlib.contextmanager
-def tls_server(leaf: trustme.LeafCert) -> Iterator[int]:
-    """A TLS server on 127.0.0.1 presenting ``leaf``: yields its port."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    leaf.configure_cert(context)
-    with serving_in_thread(TlsServer(context)) as port:
-        yield port
+def tls_server(leaf: trustme.LeafCert) -> contextlib.AbstractContextManager[int]:
+    """A TLS server on 127.0.0.1 presenting ``leaf``, serving while in the block: its port."""
+    return serving_in_thread(TlsServer(leaf))
 
 
 def assert_down(checked_app: StatusApp, error: str) -> None:
