@@ -19,14 +19,11 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from flask import abort, request
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
-
-if TYPE_CHECKING:
-    import trustme
 
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -339,6 +336,12 @@ def serving_in_thread(server: socketserver.TCPServer) -> Iterator[int]:
         server.server_close()
 
 
+class Certificate(Protocol):
+    """A certificate with its chain and key, as a server presents it: a ``trustme.LeafCert``."""
+
+    def configure_cert(self, context: ssl.SSLContext) -> None: ...
+
+
 class TlsServer(socketserver.ThreadingTCPServer):
     """A TLS server on 127.0.0.1 presenting ``certificate``: it completes the handshake with
     each client, then waits for the client to close. Serve it with :func:`serving_in_thread`."""
@@ -346,7 +349,7 @@ class TlsServer(socketserver.ThreadingTCPServer):
     daemon_threads = False
     block_on_close = True  # server_close() joins the connections' threads
 
-    def __init__(self, certificate: trustme.LeafCert) -> None:
+    def __init__(self, certificate: Certificate) -> None:
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         certificate.configure_cert(self.context)
         super().__init__(("127.0.0.1", 0), _TlsHandshake)
@@ -359,7 +362,7 @@ class _TlsHandshake(socketserver.BaseRequestHandler):
         self.request.settimeout(REQUEST_TIMEOUT)
         try:
             with self.server.context.wrap_socket(self.request, server_side=True) as tls:
-                tls.recv(1)
+                tls.recv(1)  # until the client closes: it may still send its last records
         except OSError:  # ssl.SSLError too: the client refused the certificate, or left
             pass
 

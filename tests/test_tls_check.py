@@ -4,10 +4,13 @@ the test (trustme): days left, degraded and failing expiry, and each way a hands
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,9 @@ import trustme
 from asgiref.wsgi import WsgiToAsgi
 from conftest import StatusApp
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from helpers import TlsServer, serving_in_thread
 
 from flask_status import Degraded, checks
@@ -197,6 +203,102 @@ def test_expired_certificate_fails_as_expired(
         ca, not_before=now - timedelta(days=90), not_after=now - timedelta(days=2)
     )
     with tls_server(expired) as port:
+        checked_app.status.add_field(
+            "certificate", checks.tls_certificate("127.0.0.1", port, ca_file=ca_file)
+        )
+        assert_down(
+            checked_app,
+            f"CheckFailed: the certificate of 127.0.0.1:{port} has expired: "
+            "certificate has expired",
+        )
+
+
+@dataclass(frozen=True)
+class ChainFiles:
+    """A certificate chain and its key in PEM files, presented as a trustme.LeafCert is."""
+
+    chain: Path
+    key: Path
+
+    def configure_cert(self, context: ssl.SSLContext) -> None:
+        context.load_cert_chain(self.chain, self.key)
+
+
+def signed(
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: x509.Name,
+    issuer_key: Any,
+    not_after: datetime,
+    *,
+    san: str | None = None,
+) -> x509.Certificate:
+    """A certificate of ``subject`` for ``key``, signed by ``issuer``: a CA without ``san``,
+    else a server certificate for that IP address. With the extensions a strict verifier
+    (Python 3.13's default) asks for."""
+    is_ca = san is None
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_after - timedelta(days=365))
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), False
+        )
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=not is_ca,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=is_ca,
+                crl_sign=is_ca,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+    )
+    if san is not None:
+        address = x509.IPAddress(ipaddress.ip_address(san))
+        builder = builder.add_extension(x509.SubjectAlternativeName([address]), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def test_expired_intermediate_fails_as_expired(
+    checked_app: StatusApp, ca: trustme.CA, ca_file: Path, tmp_path: Path
+) -> None:
+    """The server's own certificate has 90 days left, but the CA certificate between it and
+    the trusted root expired yesterday."""
+    root_key = serialization.load_pem_private_key(ca.private_key_pem.bytes(), None)
+    root = x509.load_pem_x509_certificate(ca.cert_pem.bytes())
+    intermediate_key = ec.generate_private_key(ec.SECP256R1())
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    yesterday = datetime.now(timezone.utc) - timedelta(days=1)
+    intermediate = signed("Intermediate CA", intermediate_key, root.subject, root_key, yesterday)
+    server = signed(
+        "server",
+        server_key,
+        intermediate.subject,
+        intermediate_key,
+        expiring_in(90),
+        san="127.0.0.1",
+    )
+    files = ChainFiles(tmp_path / "chain.pem", tmp_path / "key.pem")
+    pem = serialization.Encoding.PEM
+    files.chain.write_bytes(server.public_bytes(pem) + intermediate.public_bytes(pem))
+    files.key.write_bytes(
+        server_key.private_bytes(
+            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    with serving_in_thread(TlsServer(files)) as port:
         checked_app.status.add_field(
             "certificate", checks.tls_certificate("127.0.0.1", port, ca_file=ca_file)
         )
