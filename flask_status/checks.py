@@ -11,6 +11,7 @@ without any of them::
     status.add_field("cache", checks.redis(redis_client))
     status.add_field("payments", checks.http("https://payments.internal/health"))
     status.add_field("queue", checks.tcp("rabbitmq", 5672))
+    status.add_field("certificate", checks.tls_certificate("payments.example.com"))
     status.add_field("disk", checks.disk("/var/lib/app", min_free=1 << 30))
 """
 
@@ -18,20 +19,24 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import os
 import re
 import shutil
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
+from anyio.streams.tls import TLSAttribute, TLSStream
 
 from .extras import requires_extra
 from .fields import check_seconds
-from .outcome import describe
+from .outcome import Degraded, describe
 from .redact import Redactor, redact_url
 
 #: What a check reports on success.
@@ -316,19 +321,7 @@ def _status_codes(expect_status: Any) -> frozenset[int]:
 
 def tcp(host: str, port: int) -> AsyncCheck:
     """Open (and close) a TCP connection to ``host:port``; reports ``{"latency_ms": ...}``."""
-    if not isinstance(host, str):
-        raise TypeError(f"host must be a str, got {type(host).__name__}")
-    if not host:
-        raise ValueError("host must be a non-empty str")
-    if _not_a_host(host):
-        # Not echoed: a URL or user:password@host given by mistake holds a credential.
-        raise ValueError(
-            "host must be a host name or an IP address, not a URL nor user:password@host"
-        )
-    if isinstance(port, bool) or not isinstance(port, int):
-        raise TypeError(f"port must be an int, got {type(port).__name__}")
-    if not 1 <= port <= 65535:
-        raise ValueError(f"port must be between 1 and 65535, got {port}")
+    _check_address(host, port)
 
     async def check_tcp() -> Observed:
         started = time.perf_counter()
@@ -343,6 +336,22 @@ def tcp(host: str, port: int) -> AsyncCheck:
     return check_tcp
 
 
+def _check_address(host: Any, port: Any) -> None:
+    if not isinstance(host, str):
+        raise TypeError(f"host must be a str, got {type(host).__name__}")
+    if not host:
+        raise ValueError("host must be a non-empty str")
+    if _not_a_host(host):
+        # Not echoed: a URL or user:password@host given by mistake holds a credential.
+        raise ValueError(
+            "host must be a host name or an IP address, not a URL nor user:password@host"
+        )
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise TypeError(f"port must be an int, got {type(port).__name__}")
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port must be between 1 and 65535, got {port}")
+
+
 def _not_a_host(host: str) -> bool:
     if any(char in host for char in "@/?#") or any(char.isspace() for char in host):
         return True
@@ -353,6 +362,161 @@ def _not_a_host(host: str) -> bool:
     except ValueError:
         return True
     return False
+
+
+_SECONDS_PER_DAY = 86400
+
+#: What a failed verification says of the certificate, by OpenSSL's ``X509_V_ERR_*`` code.
+_UNTRUSTED = "is not signed by a trusted CA"
+_VERIFY_FAILURES = {
+    9: "is not valid yet",  # CERT_NOT_YET_VALID
+    10: "has expired",  # CERT_HAS_EXPIRED
+    18: _UNTRUSTED,  # DEPTH_ZERO_SELF_SIGNED_CERT
+    19: _UNTRUSTED,  # SELF_SIGNED_CERT_IN_CHAIN
+    20: _UNTRUSTED,  # UNABLE_TO_GET_ISSUER_CERT_LOCALLY
+    21: _UNTRUSTED,  # UNABLE_TO_VERIFY_LEAF_SIGNATURE
+    62: "is issued for another name",  # HOSTNAME_MISMATCH
+    64: "is issued for another name",  # IP_ADDRESS_MISMATCH
+}
+
+#: How a certificate's names are abbreviated, as ``openssl x509`` prints them.
+_NAME_ATTRIBUTES = {
+    "commonName": "CN",
+    "organizationName": "O",
+    "organizationalUnitName": "OU",
+    "countryName": "C",
+    "stateOrProvinceName": "ST",
+    "localityName": "L",
+}
+
+
+def tls_certificate(
+    host: str,
+    port: int = 443,
+    *,
+    warn_days: int = 21,
+    fail_days: int = 7,
+    ca_file: str | os.PathLike[str] | None = None,
+    timeout: float | None = None,
+) -> AsyncCheck:
+    """Connect to ``host:port``, verify its TLS certificate and report when it expires.
+
+    The certificate must verify against the system's trust store, or against the CA
+    certificates of the PEM file ``ca_file`` alone, and name ``host``. Reports
+    ``{"days_left": ..., "expires_at": ..., "issuer": ..., "subject": ..., "latency_ms": ...}``;
+    raises :class:`~flask_status.Degraded` with fewer than ``warn_days`` whole days left, and
+    fails with fewer than ``fail_days``, or when the handshake fails (an expired certificate
+    does). ``timeout`` (seconds) bounds connecting and the handshake together; left at
+    ``None`` the field's timeout alone bounds them.
+    """
+    _check_address(host, port)
+    _check_days("warn_days", warn_days)
+    _check_days("fail_days", fail_days)
+    if warn_days <= fail_days:
+        raise ValueError(
+            f"warn_days must be greater than fail_days, got warn_days={warn_days} "
+            f"and fail_days={fail_days}"
+        )
+    seconds = None if timeout is None else check_seconds("timeout", timeout)
+    context = _verifying_context(ca_file)
+    trusted = (
+        "trusting the system's CAs; a private CA needs ca_file="
+        if ca_file is None
+        else f"trusting ca_file {os.fspath(ca_file)}"
+    )
+    target = f"{host}:{port}"
+
+    async def check_tls_certificate() -> Observed:
+        started = time.perf_counter()
+        certificate = await _peer_certificate(host, port, context, seconds, trusted)
+        latency_ms = _elapsed_ms(started)
+        expires = ssl.cert_time_to_seconds(str(certificate["notAfter"]))
+        days_left = math.floor((expires - time.time()) / _SECONDS_PER_DAY)
+        expires_at = datetime.fromtimestamp(expires, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        observed = {
+            "days_left": days_left,
+            "expires_at": expires_at,
+            "issuer": _certificate_name(certificate.get("issuer", ())),
+            "subject": _certificate_name(certificate.get("subject", ())),
+            "latency_ms": latency_ms,
+        }
+        expiry = f"the certificate of {target} expires in {_days(days_left)} ({expires_at})"
+        if days_left < fail_days:
+            raise CheckFailed(f"{expiry}, under fail_days {fail_days}")
+        if days_left < warn_days:
+            raise Degraded(f"{expiry}, under warn_days {warn_days}", observed)
+        return observed
+
+    return check_tls_certificate
+
+
+async def _peer_certificate(
+    host: str, port: int, context: ssl.SSLContext, seconds: float | None, trusted: str
+) -> dict[str, Any]:
+    """Connect, verify the certificate in the handshake, and return it as ``getpeercert()``
+    does; a failure raises :class:`CheckFailed` saying which step failed and why."""
+    target = f"{host}:{port}"
+    step = f"cannot connect to {target}"
+    try:
+        with anyio.fail_after(seconds) as deadline:
+            stream = await anyio.connect_tcp(host, port)
+            step = f"TLS handshake with {target} failed"
+            try:
+                tls = await TLSStream.wrap(stream, hostname=host, ssl_context=context)
+            except BaseException:
+                await anyio.aclose_forcefully(stream)
+                raise
+    except ssl.SSLCertVerificationError as exc:
+        failure = _VERIFY_FAILURES.get(exc.verify_code)
+        if failure is None:
+            raise CheckFailed(f"{step}: {_reason(exc)}") from exc
+        text = f"the certificate of {target} {failure}: {exc.verify_message}"
+        raise CheckFailed(f"{text} ({trusted})" if failure == _UNTRUSTED else text) from exc
+    except (OSError, anyio.BrokenResourceError) as exc:  # ssl.SSLError is an OSError
+        if isinstance(exc, TimeoutError) and deadline.cancelled_caught:
+            raise CheckFailed(f"{step}: no answer within {seconds:g}s") from None
+        raise CheckFailed(f"{step}: {_reason(exc)}") from exc
+    certificate = tls.extra(TLSAttribute.peer_certificate)
+    await anyio.aclose_forcefully(tls)
+    if not certificate:  # typed optional, yet a verified handshake always has one
+        raise CheckFailed(f"{target} presented no certificate")
+    return certificate
+
+
+def _check_days(name: str, days: Any) -> None:
+    if isinstance(days, bool) or not isinstance(days, int):
+        raise TypeError(f"{name} must be an int number of days, got {type(days).__name__}")
+    if days < 0:
+        raise ValueError(f"{name} must be >= 0, got {days}")
+
+
+def _verifying_context(ca_file: Any) -> ssl.SSLContext:
+    """A client context that verifies the certificate and its host name, trusting the
+    system's CAs or, given ``ca_file``, that file's alone. Loaded once, at setup."""
+    if ca_file is None:
+        return ssl.create_default_context()
+    if not isinstance(ca_file, (str, os.PathLike)):
+        raise TypeError(f"ca_file must be a str or a path, got {type(ca_file).__name__}")
+    try:
+        return ssl.create_default_context(cafile=os.fspath(ca_file))
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise ValueError(
+            f"ca_file must be a PEM file of CA certificates, {os.fspath(ca_file)!r}: "
+            f"{describe(exc)}"
+        ) from exc
+
+
+def _certificate_name(name: Any) -> str:
+    """A certificate's subject or issuer as ``openssl x509`` prints it: ``C=US, O=..., CN=...``."""
+    return ", ".join(
+        f"{_NAME_ATTRIBUTES.get(attribute, attribute)}={value}"
+        for relative_name in name
+        for attribute, value in relative_name
+    )
+
+
+def _days(days: int) -> str:
+    return "1 day" if days == 1 else f"{days} days"
 
 
 # -- local resources ---------------------------------------------------------------------

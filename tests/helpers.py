@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import socketserver
+import ssl
 import subprocess
 import sys
 import threading
@@ -18,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from flask import abort, request
 from flask.testing import FlaskClient
@@ -333,6 +334,37 @@ def serving_in_thread(server: socketserver.TCPServer) -> Iterator[int]:
         server.shutdown()
         thread.join(10)
         server.server_close()
+
+
+class Certificate(Protocol):
+    """A certificate with its chain and key, as a server presents it: a ``trustme.LeafCert``."""
+
+    def configure_cert(self, context: ssl.SSLContext) -> None: ...
+
+
+class TlsServer(socketserver.ThreadingTCPServer):
+    """A TLS server on 127.0.0.1 presenting ``certificate``: it completes the handshake with
+    each client, then waits for the client to close. Serve it with :func:`serving_in_thread`."""
+
+    daemon_threads = False
+    block_on_close = True  # server_close() joins the connections' threads
+
+    def __init__(self, certificate: Certificate) -> None:
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        certificate.configure_cert(self.context)
+        super().__init__(("127.0.0.1", 0), _TlsHandshake)
+
+
+class _TlsHandshake(socketserver.BaseRequestHandler):
+    server: TlsServer
+
+    def handle(self) -> None:
+        self.request.settimeout(REQUEST_TIMEOUT)
+        try:
+            with self.server.context.wrap_socket(self.request, server_side=True) as tls:
+                tls.recv(1)  # until the client closes: it may still send its last records
+        except OSError:  # ssl.SSLError too: the client refused the certificate, or left
+            pass
 
 
 #: The header :func:`token_required` asks for, with its value.

@@ -44,6 +44,12 @@ FIELD_SET_ENV = "MATRIX_FIELD_SET"
 DATABASE_ENV = "MATRIX_DATABASE"
 STORE_ENV = "MATRIX_STORE"
 PREFIX_ENV = "MATRIX_PREFIX"
+#: The local TLS server the ``tls`` field checks (the matrix starts it): its port, and the PEM
+#: file of the CA that issued its certificate.
+TLS_PORT_ENV = "MATRIX_TLS_PORT"
+TLS_CA_ENV = "MATRIX_TLS_CA"
+#: Whole days that certificate has left.
+TLS_DAYS_LEFT = 90
 
 
 @dataclass(frozen=True)
@@ -146,6 +152,16 @@ def session_query(db: SQLAlchemy) -> Callable[[], str]:
     return check
 
 
+def local_tls_certificate(db: SQLAlchemy) -> Callable[[], Any]:
+    """``checks.tls_certificate`` of the local TLS server named by the environment."""
+    port = int(os.environ[TLS_PORT_ENV])
+    return checks.tls_certificate("127.0.0.1", port, ca_file=os.environ[TLS_CA_ENV])
+
+
+def has_days_left(value: Any) -> bool:
+    return isinstance(value, dict) and value.get("days_left") == TLS_DAYS_LEFT
+
+
 def as_is(value: Any) -> Callable[[SQLAlchemy], Any]:
     """A field value (a constant or a check) that does not need the app's database."""
     return lambda db: value
@@ -158,8 +174,9 @@ def has_latency(value: Any) -> bool:
 # -- field sets -----------------------------------------------------------------------------
 
 #: A field set with a field of every kind: constant, sync, async, hung, failing, background
-#: (``interval``, ``wait_first``), thresholds, ``cache_ttl``, ``depends_on``, and the database
-#: through Flask-SQLAlchemy; the history and ``show_details`` of the route apply to them all.
+#: (``interval``, ``wait_first``), thresholds, ``cache_ttl``, ``depends_on``, the database
+#: through Flask-SQLAlchemy, and a TLS handshake with a local server; the history and
+#: ``show_details`` of the route apply to them all.
 EVERY_KIND = (
     MatrixRoute(
         "/healthz",
@@ -186,6 +203,10 @@ EVERY_KIND = (
             ),
             MatrixField("database", checks.sqlalchemy, {"interval": 1}, value=has_latency),
             MatrixField("session", session_query, value=SERVICE),
+            # A network check on the event loop, run at most once a second per route.
+            MatrixField(
+                "tls", local_tls_certificate, {"cache_ttl": 1, "timeout": 3}, value=has_days_left
+            ),
             MatrixField(
                 "hung",
                 as_is(hung),

@@ -328,9 +328,11 @@ def test_missing_extra_names_it(
 
 def test_modules_import_without_optional_packages() -> None:
     blocked = ["sqlalchemy", "redis", "httpx", "prometheus_client", "flask_sqlalchemy"]
+    blocked += ["cryptography", "trustme"]  # tls_certificate needs neither: ssl does it all
     code = (
         f"import sys; sys.modules.update(dict.fromkeys({blocked!r}));"
         "import flask_status.checks, flask_status.probe, flask_status.__main__;"
-        "flask_status.checks.tcp('127.0.0.1', 1); flask_status.checks.disk('/', 0)"
+        "flask_status.checks.tcp('127.0.0.1', 1); flask_status.checks.disk('/', 0);"
+        "flask_status.checks.tls_certificate('127.0.0.1')"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -2,7 +2,8 @@
 
 One app (``matrix_fields.py``), served by every server form of the README (its commands, with
 one worker process), with and without a real redis-server store, for each field set; each
-combination is a cell. A cell starts its server, waits for the background fields' first
+combination is a cell. A TLS server of the test's own, on 127.0.0.1, serves every cell's
+``tls`` field. A cell starts its server, waits for the background fields' first
 results, then probes every kind of answer (details, anonymous, per field, ``?verbose``,
 health+json, the page, a failing route, the app's own routes) from a few clients for each
 phase, and then stops the server with SIGTERM. It holds when:
@@ -38,12 +39,14 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import matrix_fields
 import pytest
-from helpers import TESTS_DIR, Reply, ServerProcess
+import trustme
+from helpers import TESTS_DIR, Reply, ServerProcess, TlsServer, serving_in_thread
 from matrix_fields import FIELD_SETS, MatrixField, MatrixRoute
 from test_docs import BIN, DOCUMENTED_PORT, README, server_commands
 
@@ -528,9 +531,12 @@ def tracebacks(log: str) -> list[str]:
     return found
 
 
-def run_cell(cell: Cell, directory: Path, redis_url: str | None) -> list[str]:
+def run_cell(
+    cell: Cell, directory: Path, redis_url: str | None, tls_env: Mapping[str, str]
+) -> list[str]:
     """Serve the cell, probe it phase by phase, stop it: the problems seen, as lines."""
     env = {
+        **tls_env,
         matrix_fields.FIELD_SET_ENV: cell.field_set,
         matrix_fields.DATABASE_ENV: str(directory / "matrix.db"),
         matrix_fields.STORE_ENV: redis_url or "",
@@ -577,12 +583,24 @@ def matrix(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     if any(STORES[cell.store] for cell in selected):
         redis_url = f"redis://127.0.0.1:{request.getfixturevalue('redis_port')}/0"
 
-    def run(cell: Cell) -> list[str]:
-        directory = tmp_path_factory.mktemp(cell.id.replace("/", "_"))
-        return run_cell(cell, directory, redis_url if STORES[cell.store] else None)
+    tls_ca = trustme.CA()
+    tls_ca_file = tmp_path_factory.mktemp("tls") / "ca.pem"
+    tls_ca.cert_pem.write_to_path(str(tls_ca_file))
+    expires = datetime.now(timezone.utc) + timedelta(days=matrix_fields.TLS_DAYS_LEFT, hours=12)
+    certificate = tls_ca.issue_cert("127.0.0.1", not_after=expires)
 
-    with ThreadPoolExecutor(PARALLEL_CELLS) as pool:
-        return Problems(zip(selected, pool.map(run, selected), strict=True))
+    with serving_in_thread(TlsServer(certificate)) as tls_port:
+        tls_env = {
+            matrix_fields.TLS_PORT_ENV: str(tls_port),
+            matrix_fields.TLS_CA_ENV: str(tls_ca_file),
+        }
+
+        def run(cell: Cell) -> list[str]:
+            directory = tmp_path_factory.mktemp(cell.id.replace("/", "_"))
+            return run_cell(cell, directory, redis_url if STORES[cell.store] else None, tls_env)
+
+        with ThreadPoolExecutor(PARALLEL_CELLS) as pool:
+            return Problems(zip(selected, pool.map(run, selected), strict=True))
 
 
 def has_redis_server() -> bool:
