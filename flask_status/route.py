@@ -116,6 +116,7 @@ class StatusRoute:
             settings.timeout,
             settings.cache_ttl,
             settings.max_workers,
+            settings.cache_ttl_failure,
         )
         if settings.store is not None:
             namespace = f"{app.import_name}:{settings.url}"
@@ -305,7 +306,7 @@ class StatusRoute:
             lambda outcomes: (
                 pending.state
                 or self._gated(
-                    aggregate((critical[key], outcome.ok) for key, outcome in outcomes.items()),
+                    aggregate((critical[key], outcome.state) for key, outcome in outcomes.items()),
                     outcomes,
                 )
             ),
