@@ -41,7 +41,7 @@ def invalid_values(outcomes: Mapping[str, Outcome], encode: Encode) -> dict[str,
     for key, outcome in outcomes.items():
         error = unreportable(outcome.value, encode) if outcome.ok else None
         if error is not None:
-            failed[key] = replace(outcome, value=None, error=error)
+            failed[key] = replace(outcome, value=None, error=error, degraded=None)
     return failed
 
 

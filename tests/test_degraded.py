@@ -281,3 +281,15 @@ CRITICAL, OPTIONAL = True, False
 def test_aggregate(fields: list[tuple[bool, State]], health: Health) -> None:
     assert aggregate(fields) is health
     assert aggregate(reversed(fields)) is health  # order does not matter
+
+
+def test_a_degraded_value_changed_since_its_run_fails_without_its_reason() -> None:
+    value: dict[str, Any] = {"lag_s": 12}
+    app = Flask(__name__)
+    FlaskStatus(app).add_field("lag", lambda: Degraded("slow", value=value), cache_ttl=60)
+    client = app.test_client()
+    assert client.get(URL).get_json()["lag"] == {"value": {"lag_s": 12}, "degraded": "slow"}
+    value["since"] = object()  # the check goes on mutating what it returned
+    entry = client.get(URL).get_json()["lag"]
+    assert list(entry) == ["error"]
+    assert entry["error"].startswith("returned a value that is not JSON-serializable")
