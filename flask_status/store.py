@@ -24,8 +24,7 @@ import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, cast, get_args
+from typing import Any, NamedTuple, cast, get_args
 
 import anyio
 from anyio.lowlevel import EventLoopToken, current_token
@@ -151,8 +150,7 @@ class RedisStore:
                 await pubsub.aclose()
 
 
-@dataclass(frozen=True)
-class Freshness:
+class Freshness(NamedTuple):  # a tuple: made per run, it must cost next to nothing
     """Seconds a stored result stays fresh: a good (or degraded) one, and a failed one."""
 
     ok: float
