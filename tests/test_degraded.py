@@ -9,6 +9,7 @@ the fields' states.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 import threading
 from collections.abc import Awaitable, Iterator
@@ -28,6 +29,7 @@ from flask_status.route import EXTENSION_KEY
 
 URL = "/api/status"
 HIDDEN_URL = "/hidden/status"
+RETRIED_URL = "/retried/status"
 SLOW = "replica lag 12s"
 
 # -- the app: a degraded check of every kind ------------------------------------------------
@@ -68,6 +70,13 @@ def healthy() -> str:
     return "ok"
 
 
+_refusals = itertools.count(1)
+
+
+def refused() -> Any:
+    raise ConnectionRefusedError(f"refused (run {next(_refusals)})")
+
+
 #: Each field's entry in the answer.
 EXPECTED = {
     "raises_sync": {"value": {"lag_s": 12}, "degraded": SLOW},
@@ -98,6 +107,9 @@ def create_app() -> Flask:
     hidden = FlaskStatus(app, url=HIDDEN_URL, expose_errors=False)
     hidden.add_field("raises_sync", raises_sync)
     hidden.add_field("not_json", not_json, critical=False)
+    retried = FlaskStatus(app, url=RETRIED_URL, cache_ttl_failure=60)
+    retried.add_field("payments", refused, critical=False)
+    retried.add_field("healthy", healthy)
     return app
 
 
@@ -293,3 +305,11 @@ def test_a_degraded_value_changed_since_its_run_fails_without_its_reason() -> No
     entry = client.get(URL).get_json()["lag"]
     assert list(entry) == ["error"]
     assert entry["error"].startswith("returned a value that is not JSON-serializable")
+
+
+def test_a_failure_is_reused_for_cache_ttl_failure_on_every_path(fetch: Fetch) -> None:
+    answers = [fetch(RETRIED_URL).json() for _ in range(3)]
+    errors = {answer["payments"]["error"] for answer in answers}
+    assert len(errors) == 1, errors  # one run's failure, reused
+    assert all(answer["healthy"] == "ok" for answer in answers)
+    assert all(list(answer.get("cached", {})) == ["payments"] for answer in answers[1:])
