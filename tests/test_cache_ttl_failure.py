@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from typing import Any
@@ -168,3 +169,42 @@ def test_a_bad_route_or_config_cache_ttl_failure_is_refused_naming_it() -> None:
     app.config["STATUS_CACHE_TTL_FAILURE"] = "soon"
     with pytest.raises(TypeError, match=r"^STATUS_CACHE_TTL_FAILURE must be"):
         FlaskStatus(app)
+
+
+class Slow:
+    """An async check taking 0.2 s, counting its runs; it fails while ``failing`` is set."""
+
+    def __init__(self, failing: bool) -> None:
+        self.failing = failing
+        self.runs = 0
+
+    async def __call__(self) -> str:
+        self.runs += 1
+        await asyncio.sleep(0.2)
+        if self.failing:
+            raise ConnectionError("down")
+        return "up"
+
+
+@pytest.mark.parametrize(("failing", "runs"), [(False, 2), (True, 1)])
+def test_a_good_run_that_requests_joined_runs_ahead_and_a_failed_one_not(
+    failing: bool, runs: int
+) -> None:
+    """Without a cache_ttl, a good result is not reused: probes that joined a run find the
+    next one in flight (run-ahead), while a failure is reused for cache_ttl_failure."""
+    app = Flask(__name__)
+    check = Slow(failing)
+    FlaskStatus(app, timeout=2).add_field("db", check, cache_ttl_failure=60)
+
+    def probe() -> None:
+        app.test_client().get(URL)
+
+    first = threading.Thread(target=probe)
+    first.start()
+    time.sleep(0.05)  # the run is in flight: the second probe joins it
+    second = threading.Thread(target=probe)
+    second.start()
+    first.join(5)
+    second.join(5)
+    time.sleep(0.5)  # a run ahead, if any, started and ended
+    assert check.runs == runs
