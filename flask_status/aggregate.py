@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 
+from .outcome import State
+
 
 class Health(enum.Enum):
     """Overall status of a status route."""
@@ -23,13 +25,18 @@ class Health(enum.Enum):
         return 200 if self in (Health.UP, Health.DEGRADED) else 503
 
 
-def aggregate(results: Iterable[tuple[bool, bool]]) -> Health:
-    """Combine ``(critical, ok)`` pairs: a critical failure is DOWN, any other failure DEGRADED."""
+def aggregate(states: Iterable[tuple[bool, State]]) -> Health:
+    """Combine fields' ``(critical, state)`` pairs: a critical field in any state but ok or
+    degraded is DOWN; a degraded field, or a non-critical one not ok, DEGRADED.
+
+    A skipped, starting or stale field counts as failing: the status is what it would be had
+    the field failed. A degraded one works: even a critical one makes the status DEGRADED only.
+    """
     health = Health.UP
-    for critical, ok in results:
-        if ok:
+    for critical, state in states:
+        if state == "ok":
             continue
-        if critical:
+        if critical and state != "degraded":
             return Health.DOWN
         health = Health.DEGRADED
     return health

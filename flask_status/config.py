@@ -55,6 +55,8 @@ class Settings:
     message: Mapping[str, Any] = field(default_factory=lambda: {"status": "OK"})
     timeout: float = DEFAULT_TIMEOUT
     cache_ttl: float = 0.0
+    #: ``None``: a failed result is reused as long as a good one (each field's ``cache_ttl``).
+    cache_ttl_failure: float | None = None
     expose_errors: bool = True
     max_workers: int = DEFAULT_MAX_WORKERS
     drain_file: str | None = None
@@ -75,6 +77,7 @@ VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "message": check_message,
     "timeout": check_seconds,
     "cache_ttl": lambda name, value: check_seconds(name, value, allow_zero=True),
+    "cache_ttl_failure": lambda name, value: check_seconds(name, value, allow_zero=True),
     "expose_errors": check_bool,
     "max_workers": check_count,
     "drain_file": check_drain_file,

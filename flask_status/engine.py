@@ -9,7 +9,7 @@ Runs are *single-flight*: a request that finds a field's check already running w
 run (up to the run's deadline) instead of starting another, so a hung check holds one thread
 however many probes arrive. The request that starts a run hosts it in a shielded scope, so a
 client that hangs up does not cancel a run others wait for; the run's own deadline bounds it.
-A finished run is reused for ``cache_ttl`` seconds.
+A finished run is reused for ``cache_ttl`` seconds, a failed one for ``cache_ttl_failure``.
 
 A field with an ``interval`` runs in the background instead (:meth:`Evaluator.run_every`), and
 a request only reads its latest result.
@@ -42,8 +42,17 @@ from .appcontext import await_in_app_context, empty_context, own_app_context
 from .fields import Field, Kind
 from .fork import reset_after_fork
 from .loop import run_sync, runs_ahead_host
-from .outcome import Encode, Outcome, describe, overran, timed_out, unreportable
-from .store import Sharing
+from .outcome import (
+    Degraded,
+    Encode,
+    Outcome,
+    describe,
+    one_line,
+    overran,
+    timed_out,
+    unreportable,
+)
+from .store import Freshness, Sharing
 from .thresholds import Streak, damp
 
 #: Seconds an async check may run past its deadline before it is reported as having outrun
@@ -81,6 +90,9 @@ class Run:
     error: BaseException | None = None  # what it raised, kept until logged
     outcome: Outcome | None = None  # final, once the run is over
     finished_at: float | None = None  # time.monotonic(); None while the check still runs
+    #: Seconds the finished run is reused for: its field's ``cache_ttl``, or its
+    #: ``cache_ttl_failure`` when the check failed.
+    fresh_for: float = 0.0
     thread_busy: bool = False  # a sync check abandoned at its deadline has not returned yet
     joined: int = 0  # requests that came while it ran, and waited for it
     #: When the run whose result this one took from the store began there (Unix time);
@@ -181,6 +193,7 @@ class Evaluator:
         default_timeout: float,
         default_cache_ttl: float,
         max_workers: int,
+        default_cache_ttl_failure: float | None = None,
     ) -> None:
         self.app = app
         self.logger = app.logger
@@ -189,6 +202,8 @@ class Evaluator:
         self.encode = encode
         self.default_timeout = default_timeout
         self.default_cache_ttl = default_cache_ttl
+        #: ``None``: a failed run is reused as long as a good one (each field's ``cache_ttl``).
+        self.default_cache_ttl_failure = default_cache_ttl_failure
         self.max_workers = max_workers
         #: Called with ``(field, outcome)`` once per finished run (not per request served by it).
         self.run_listeners: list[Callable[[Field, Outcome], object]] = []
@@ -331,7 +346,7 @@ class Evaluator:
         if run.finished_at is None:
             return True
         # A skip is no result of the check: once its parents recover, the check runs at once.
-        return now - run.finished_at < self._cache_ttl(item) and run.result().state != "skipped"
+        return now - run.finished_at < run.fresh_for and run.result().state != "skipped"
 
     def _start(self, state: FieldState, now: float, loop: EventLoopToken) -> Run:
         timeout = self._timeout(state.field)
@@ -543,7 +558,7 @@ class Evaluator:
             or not run.joined
             or item.interval is not None
             or item.depends_on  # it runs only after its parents, not on its own
-            or self._cache_ttl(item) > 0  # the cache serves these
+            or run.fresh_for > 0  # the cache serves these
             or self._state(item).latest is not run
             or run.thread_busy
             or outcome is None
@@ -575,24 +590,34 @@ class Evaluator:
             self.context_limiter,
         )
 
-    def _sharing_of(self, run: Run) -> tuple[float, float] | None:
-        """How long a shared result of this run stays fresh, and how long its lease lasts;
-        ``None`` for a run not shared across processes."""
+    def _sharing_of(self, run: Run) -> tuple[Freshness, float] | None:
+        """How long a shared result of this run stays fresh (by how it ended), and how long
+        its lease lasts; ``None`` for a run not shared across processes."""
         item = run.field
         if not self._shared(item):
             return None
-        fresh_for = item.interval if item.interval is not None else self._cache_ttl(item)
-        return fresh_for, run.timeout
+        return self._freshness(item), run.timeout
 
     def _shared(self, item: Field) -> bool:
         """Whether this field's results are shared with other processes (through a store)."""
-        return self.sharing is not None and (item.interval is not None or self._cache_ttl(item) > 0)
+        return self.sharing is not None and (
+            item.interval is not None or self._freshness(item).longest > 0
+        )
 
-    def _cache_ttl(self, item: Field) -> float:
-        return item.cache_ttl if item.cache_ttl is not None else self.default_cache_ttl
+    def _freshness(self, item: Field) -> Freshness:
+        """How long the field's results are reused: a background field's until its next run,
+        another's for its ``cache_ttl``, or ``cache_ttl_failure`` when its check failed."""
+        if item.interval is not None:
+            return Freshness(item.interval, item.interval)
+        ttl = item.cache_ttl if item.cache_ttl is not None else self.default_cache_ttl
+        if item.cache_ttl_failure is not None:
+            return Freshness(ttl, item.cache_ttl_failure)
+        if self.default_cache_ttl_failure is not None:
+            return Freshness(ttl, self.default_cache_ttl_failure)
+        return Freshness(ttl, ttl)
 
     async def _execute_shared(
-        self, run: Run, scope: anyio.CancelScope, fresh_for: float, lease_for: float
+        self, run: Run, scope: anyio.CancelScope, freshness: Freshness, lease_for: float
     ) -> None:
         """A result from the store, another process's, or this run's (then stored).
 
@@ -610,7 +635,7 @@ class Evaluator:
             await self._execute([run], scope)
             return run.produced if isinstance(run.produced, Outcome) else None
 
-        outcome = await self.sharing.run(run.field.key, execute, fresh_for, lease_for)
+        outcome = await self.sharing.run(run.field.key, execute, freshness, lease_for)
         if outcome is not None and outcome is not run.produced:  # another process's run
             run.produced = outcome
             run.began_elsewhere = outcome.measured_at - outcome.duration
@@ -625,6 +650,8 @@ class Evaluator:
             if scope.cancel_called:
                 raise  # the deadline: the scope catches it
             self._failed(run, exc, started)  # raised by the check itself: an error like others
+        except Degraded as exc:  # working, but not well: a result, not a failure
+            run.produced = self._checked(exc, started)
         except BaseException as exc:  # whatever a check raises belongs to its field
             self._failed(run, exc, started)
         else:
@@ -640,6 +667,8 @@ class Evaluator:
                 with own_app_context(self.app):
                     try:
                         value = run.field.value()
+                    except Degraded as exc:  # working, but not well: a result, not a failure
+                        run.produced = self._checked(exc, started)
                     except BaseException as exc:  # whatever a check raises is its field's
                         self._failed(run, exc, started)
                     else:
@@ -653,10 +682,18 @@ class Evaluator:
                 run.thread_busy = False
 
     def _checked(self, value: Any, started: float) -> Outcome:
-        """A returned value as its outcome: checked and sized once, here, not per request."""
+        """A returned value as its outcome: checked and sized once, here, not per request.
+
+        A :class:`Degraded` (returned or raised) is its value, with its reason.
+        """
+        reason = None
+        if isinstance(value, Degraded):
+            reason, value = one_line(value.reason), value.value
         error = unreportable(value, self.encode)
         duration = time.perf_counter() - started
-        return Outcome(None if error else value, error, duration, time.time())
+        if error is not None:
+            return Outcome(None, error, duration, time.time())
+        return Outcome(value, None, duration, time.time(), degraded=reason)
 
     @staticmethod
     def _failed(run: Run, exc: BaseException, started: float) -> None:
@@ -678,6 +715,9 @@ class Evaluator:
         # A result shared by another process is as old as it was when measured there.
         age = max(0.0, time.time() - outcome.measured_at)
         run.finished_at, run.produced = time.monotonic() - age, None
+        # By how the check ended, not by what thresholds show: a failure held back as healthy
+        # is retried as soon as any other failure.
+        run.fresh_for = self._freshness(run.field).of(outcome)
         state = self._state(run.field)
         if run.field.interval is not None:
             state.last_background = run

@@ -60,6 +60,7 @@ class FlaskStatus:
         *,
         timeout: float | None = None,
         cache_ttl: float | None = None,
+        cache_ttl_failure: float | None = None,
         expose_errors: bool | None = None,
         max_workers: int | None = None,
         endpoint: str | None = None,
@@ -79,6 +80,7 @@ class FlaskStatus:
                 "message": message,
                 "timeout": timeout,
                 "cache_ttl": cache_ttl,
+                "cache_ttl_failure": cache_ttl_failure,
                 "expose_errors": expose_errors,
                 "max_workers": max_workers,
                 "drain_file": drain_file,
@@ -220,6 +222,7 @@ class FlaskStatus:
         timeout: float | None = None,
         critical: bool = True,
         cache_ttl: float | None = None,
+        cache_ttl_failure: float | None = None,
         single_flight: bool = True,
         interval: float | None = None,
         wait_first: bool = False,
@@ -229,8 +232,10 @@ class FlaskStatus:
     ) -> None:
         """Add ``key`` to the payload: a JSON-serializable constant, or a callable run per request.
 
-        A callable may be sync or async. ``timeout`` and ``cache_ttl`` (seconds) override the
-        instance defaults; a failing non-critical field makes the status DEGRADED, not DOWN.
+        A callable may be sync or async. ``timeout``, ``cache_ttl`` and ``cache_ttl_failure``
+        (seconds; a failed result is reused this long instead) override the instance defaults;
+        a failing non-critical field makes the status DEGRADED, not DOWN, and a check that
+        raises or returns :class:`Degraded` at worst DEGRADED.
         ``single_flight=False`` gives each request a run of its own (seeing its own request),
         instead of sharing the run in flight. ``interval`` runs the check in the background
         every that many seconds instead of on request (``wait_first``: a request before the
@@ -247,6 +252,7 @@ class FlaskStatus:
             critical=critical,
             timeout=timeout,
             cache_ttl=cache_ttl,
+            cache_ttl_failure=cache_ttl_failure,
             single_flight=single_flight,
             interval=interval,
             wait_first=wait_first,

@@ -47,7 +47,8 @@ class Kind(enum.Enum):
 class FieldOptions:
     """How a field runs: every option of ``add_field`` but its key and value, validated.
 
-    ``timeout`` and ``cache_ttl`` of ``None`` mean "use the instance default".
+    ``timeout``, ``cache_ttl`` and ``cache_ttl_failure`` of ``None`` mean "use the instance
+    default".
     """
 
     #: Whether a failure makes the status DOWN (else DEGRADED).
@@ -56,6 +57,8 @@ class FieldOptions:
     timeout: float | None = None
     #: Seconds a finished result is reused; ``None``: the instance's default.
     cache_ttl: float | None = None
+    #: Seconds a failed result is reused; ``None``: the instance's default, else ``cache_ttl``.
+    cache_ttl_failure: float | None = None
     #: Whether concurrent requests share one run of the check (and so its request context).
     single_flight: bool = True
     #: Seconds between background runs; ``None``: the check runs on request.
@@ -76,13 +79,23 @@ class FieldOptions:
         check_count("failure_threshold", self.failure_threshold)
         check_count("success_threshold", self.success_threshold)
         # Normalised to float here, once: frozen, so through object.__setattr__.
-        for name, allow_zero in (("timeout", False), ("cache_ttl", True), ("interval", False)):
+        for name, allow_zero in (
+            ("timeout", False),
+            ("cache_ttl", True),
+            ("cache_ttl_failure", True),
+            ("interval", False),
+        ):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, check_seconds(name, value, allow_zero=allow_zero))
         if self.wait_first and self.interval is None:
             raise ValueError("wait_first applies only to a background check: give an interval")
         object.__setattr__(self, "depends_on", check_depends_on(self.depends_on))
+        if self.cache_ttl_failure is not None and self.interval is not None:
+            raise ValueError(
+                "cache_ttl_failure applies only to a check run on request: a background check "
+                "(with an interval) runs every interval, whatever its result"
+            )
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)

@@ -28,6 +28,7 @@ from .outcome import Encode, Outcome
 from .render import (
     HEALTH_JSON,
     HIDDEN_ERROR,
+    HIDDEN_REASON,
     health_json_payload,
     hide_errors,
     invalid_values,
@@ -164,7 +165,7 @@ class Context:
         entries = self.history.recent(key)
         if self.expose_errors:
             return entries
-        return [entry if entry.ok else _hidden(entry) for entry in entries]
+        return [entry if entry.text is None else _hidden(entry) for entry in entries]
 
 
 @dataclass(frozen=True)
@@ -237,9 +238,10 @@ class Page(Form):
             rows = [
                 page.Row(
                     key=key,
-                    ok=outcome.ok,
+                    state=outcome.state,
                     critical=critical[key],
                     text=_text(outcome, context.encode),
+                    reason=outcome.degraded,
                     duration=outcome.duration if outcome.measured_at else None,
                     measured_at=outcome.measured_at or None,
                     cached=context.cached(key),
@@ -280,11 +282,15 @@ def verbose_payload(
 def verbose_check(
     outcome: Outcome, critical: bool, cached: bool, history: list[Entry]
 ) -> dict[str, Any]:
-    """One check under ``?verbose``; a constant has no duration and no time (``null``)."""
+    """One check under ``?verbose``: its state as ``status`` (``ok``, ``degraded``,
+    ``failing``, ``skipped``, ``starting`` or ``stale``), its value (and a degraded one's
+    ``degraded`` reason) or its error; a constant has no duration and no time (``null``)."""
     measured = outcome.measured_at > 0
-    check: dict[str, Any] = {"status": "ok" if outcome.ok else "failing"}
+    check: dict[str, Any] = {"status": outcome.state}
     if outcome.ok:
         check["value"] = outcome.value
+        if outcome.degraded is not None:
+            check["degraded"] = outcome.degraded
     else:
         check["error"] = outcome.error
     check["critical"] = critical
@@ -296,14 +302,15 @@ def verbose_check(
 
 
 def history_entry(entry: Entry) -> dict[str, Any]:
-    """One past run: ``status``, ``duration_ms``, ``measured_at``, and ``error`` if it failed."""
+    """One past run: ``status`` (its state), ``duration_ms``, ``measured_at``, and ``error``
+    if it failed (``degraded``, the reason, if it was degraded)."""
     item: dict[str, Any] = {
-        "status": "ok" if entry.ok else "failing",
+        "status": entry.state,
         "duration_ms": _ms(entry.duration),
         "measured_at": iso_time(entry.measured_at),
     }
-    if not entry.ok:
-        item["error"] = entry.error
+    if entry.text is not None:
+        item["degraded" if entry.ok else "error"] = entry.text
     return item
 
 
@@ -320,4 +327,5 @@ def _text(outcome: Outcome, encode: Encode) -> str:
 
 
 def _hidden(entry: Entry) -> Entry:
-    return Entry(entry.ok, entry.duration, entry.measured_at, HIDDEN_ERROR)
+    hidden = HIDDEN_REASON if entry.ok else HIDDEN_ERROR
+    return Entry(entry.state, entry.duration, entry.measured_at, hidden)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .fields import Field
-from .outcome import Outcome, one_line
+from .outcome import Outcome, State, one_line
 
 #: Runs kept per field unless ``history_size`` / ``STATUS_HISTORY_SIZE`` says otherwise.
 DEFAULT_HISTORY_SIZE = 60
@@ -35,10 +35,16 @@ def check_history_size(name: str, value: Any) -> int:
 class Entry:
     """One finished run of a field's check."""
 
-    ok: bool
+    state: State  # "ok", "degraded", "failing" or "skipped"
     duration: float  # seconds
     measured_at: float  # Unix time the run finished
-    error: str | None = None  # short text; None when ``ok``
+    #: Short text: the error, or a degraded run's reason; None for a healthy run.
+    text: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the run worked (degraded included)."""
+        return self.state == "ok" or self.state == "degraded"
 
 
 class History:
@@ -58,8 +64,10 @@ class History:
         """Add a finished run of ``field`` (an ``Evaluator.run_listeners`` callback)."""
         if not self.size:
             return
-        error = None if outcome.error is None else one_line(outcome.error, ERROR_CHARS)
-        entry = Entry(outcome.ok, outcome.duration, outcome.measured_at, error)
+        text = outcome.error if outcome.error is not None else outcome.degraded
+        if text is not None:
+            text = one_line(text, ERROR_CHARS)
+        entry = Entry(outcome.state, outcome.duration, outcome.measured_at, text)
         with self._lock:
             kept = self._entries.get(field.key)
             if kept is None or kept[0] is not field:

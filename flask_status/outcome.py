@@ -36,6 +36,8 @@ class Degraded(Exception):
     """
 
     def __init__(self, reason: str, value: Any = None) -> None:
+        if not isinstance(reason, str) or not reason.strip():
+            raise TypeError(f"Degraded needs a reason (a non-empty str), got {reason!r:.40}")
         super().__init__(reason)
         self.reason = reason
         self.value = value

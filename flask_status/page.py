@@ -16,6 +16,7 @@ from markupsafe import Markup, escape
 
 from .aggregate import Health
 from .history import Entry
+from .outcome import State
 from .render import iso_time
 
 #: Seconds between reloads of the page.
@@ -40,13 +41,19 @@ class Row:
     """One check as the page shows it."""
 
     key: str
-    ok: bool
+    state: State
     critical: bool
     text: str  # the value (a str as is, anything else as JSON) or the error
     duration: float | None  # seconds; None for a constant
     measured_at: float | None  # Unix time; None for a constant
     cached: bool
     history: Sequence[Entry] = field(default_factory=tuple)
+    reason: str | None = None  # why a degraded check is degraded
+
+    @property
+    def ok(self) -> bool:
+        """Whether the check works (degraded included)."""
+        return self.state == "ok" or self.state == "degraded"
 
 
 def status_page(
@@ -58,7 +65,7 @@ def status_page(
     refresh: int = REFRESH_SECONDS,
 ) -> str:
     """The page of ``app_name``: the overall status and its reason, ``about`` (the message's
-    entries), one row per check, failing checks first.
+    entries), one row per check, failing checks first, then degraded ones.
 
     ``rows`` is ``None`` for a caller who may not see details: the page then names no check.
     """
@@ -93,9 +100,10 @@ def status_page(
 
 
 def _failing_first(row: Row) -> int:
-    """Critical failures, then other failures, then the rest; ``sorted`` keeps each in order."""
+    """Critical failures, other failures, degraded checks, then the rest; ``sorted`` keeps
+    each in order."""
     if row.ok:
-        return 2
+        return 3 if row.state == "ok" else 2
     return 0 if row.critical else 1
 
 
@@ -110,23 +118,27 @@ def _reason(health: Health, rows: Sequence[Row] | None) -> Markup:
         no_checks = _NOT_RUN_YET if health is Health.STARTING else _NO_CHECKS
         return reason + no_checks
     failing = [row for row in rows if not row.ok]
-    if not failing:
+    degraded = [row.key for row in rows if row.state == "degraded"]
+    if not failing and not degraded:
         return reason + Markup("Every check passes.")
     critical = [row.key for row in failing if row.critical]
     other = [row.key for row in failing if not row.critical]
     groups = [
-        Markup("{} ({})").format(_names(keys), kind)
+        Markup("{} ({})").format(_names(keys, "failing"), kind)
         for keys, kind in ((critical, "critical"), (other, "non-critical"))
         if keys
     ]
-    return reason + Markup("Failing: {}. {} of {} checks pass.").format(
-        Markup("; ").join(groups), len(rows) - len(failing), len(rows)
-    )
+    if groups:
+        reason += Markup("Failing: {}. ").format(Markup("; ").join(groups))
+    if degraded:
+        reason += Markup("Degraded: {}. ").format(_names(degraded, "degraded"))
+    passing = len(rows) - len(failing) - len(degraded)
+    return reason + Markup("{} of {} checks pass.").format(passing, len(rows))
 
 
-def _names(keys: Sequence[str]) -> Markup:
+def _names(keys: Sequence[str], state: str) -> Markup:
     return Markup(", ").join(
-        Markup('<strong class="failing-check">{}</strong>').format(key) for key in keys
+        Markup('<strong class="{}-check">{}</strong>').format(state, key) for key in keys
     )
 
 
@@ -160,17 +172,26 @@ def _table(rows: Sequence[Row], now: float) -> str:
 
 
 def _row(row: Row, now: float, longest: float) -> str:
-    state = "ok" if row.ok else "failing"
-    badge = "ok" if row.ok else ("bad" if row.critical else "warn")  # as the overall colors
+    state = row.state
+    # As the overall colors: what the state makes of the route.
+    if state == "ok":
+        badge = "ok"
+    elif state == "degraded" or not row.critical:
+        badge = "warn"
+    else:
+        badge = "bad"
     name = escape(row.key)
     if not row.critical:
         name += Markup(' <span class="tag">non-critical</span>')
     result_class = "value" if row.ok else "error"
+    reason = ""
+    if row.reason is not None:
+        reason = f'<div class="reason">{escape(_cut(row.reason))}</div>'
     return (
         f'<tr class="check {state}" data-check="{escape(row.key)}">'
         f'<th scope="row" class="name">{name}</th>'
         f'<td class="state"><span class="badge {badge}">{state}</span></td>'
-        f'<td class="result {result_class}"><code>{escape(_cut(row.text))}</code></td>'
+        f'<td class="result {result_class}"><code>{escape(_cut(row.text))}</code>{reason}</td>'
         f'<td class="duration">{escape(_duration(row.duration))}</td>'
         f'<td class="measured">{_measured(row, now)}</td>'
         f'<td class="recent">{_strip(row.history, longest)}</td>'
@@ -197,11 +218,11 @@ def _strip(history: Sequence[Entry], longest: float) -> Markup:
     history = history[-STRIP_RUNS:]
     cells = []
     for entry in history:
-        state = "ok" if entry.ok else "failed"
+        state = _RUN_CLASS.get(entry.state, entry.state)
         tip = f"{state} \N{MIDDLE DOT} {_duration(entry.duration)} \N{MIDDLE DOT} "
         tip += iso_time(entry.measured_at)
-        if entry.error:
-            tip += f" \N{MIDDLE DOT} {entry.error}"
+        if entry.text:
+            tip += f" \N{MIDDLE DOT} {entry.text}"
         height = 30 + round(70 * entry.duration / longest)  # a percentage: only numbers here
         cells.append(
             Markup('<span class="run {}" style="height:{}%" title="{}"></span>').format(
@@ -209,6 +230,10 @@ def _strip(history: Sequence[Entry], longest: float) -> Markup:
             )
         )
     return Markup('<span class="strip">{}</span>').format(Markup("").join(cells))
+
+
+#: A run's class and label in the strip, by its state where they differ: how the run ended.
+_RUN_CLASS = {"failing": "failed"}
 
 
 def _cut(text: str) -> str:
@@ -247,7 +272,7 @@ _NO_CHECKS = Markup("This route has no checks.")
 #: The reason, for a caller who may not see which check fails.
 _WITHOUT_DETAILS = {
     Health.UP: Markup("Every check passes."),
-    Health.DEGRADED: Markup("A non-critical check fails."),
+    Health.DEGRADED: Markup("A non-critical check fails, or a check is degraded."),
     Health.DOWN: Markup("A critical check fails."),
 }
 
@@ -279,6 +304,7 @@ tbody th { font-weight: 600; white-space: nowrap; }
 .result code { font: .85rem/1.4 ui-monospace, SFMono-Regular, Menlo, monospace;
   white-space: pre-wrap; word-break: break-word; }
 .result.error code { color: var(--bad); }
+.reason { color: var(--warn); font-size: .85rem; }
 .duration, .measured { white-space: nowrap; font-variant-numeric: tabular-nums; }
 th.duration, td.duration { text-align: right; }
 .age, .constant, .none, footer, .hidden-details { color: var(--muted); }
@@ -286,6 +312,7 @@ th.duration, td.duration { text-align: right; }
   border-radius: .3rem; padding: 0 .3rem; }
 .strip { display: inline-flex; align-items: flex-end; gap: 1px; height: 22px; }
 .run { display: inline-block; width: 5px; min-height: 30%; border-radius: 1px; }
-.run.ok { background: var(--ok); } .run.failed { background: var(--bad); }
+.run.ok { background: var(--ok); } .run.degraded { background: var(--warn); }
+.run.failed, .run.skipped { background: var(--bad); }
 footer { margin-top: 1.25rem; font-size: .85rem; }
 """

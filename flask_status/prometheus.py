@@ -5,9 +5,12 @@
     instrument(status)  # into prometheus_client's global REGISTRY
 
 gives, per field, ``flask_status_check_up{check="database",route="/api/status"}`` (1 when
-the check passed at its last evaluation, else 0) and ``flask_status_check_duration_seconds``
-(how long it ran; 0 for constants). The ``route`` label tells the FlaskStatus instances that
-share a registry apart: all of them feed the same two metrics.
+the check worked at its last evaluation, degraded included, else 0),
+``flask_status_check_state{check=...,route=...,state="degraded"}`` (one series per state, 1
+for the field's state and 0 for the others, as a StateSet) and
+``flask_status_check_duration_seconds`` (how long it ran; 0 for constants). The ``route``
+label tells the FlaskStatus instances that share a registry apart: all of them feed the same
+metrics.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Iterable, Mapping
+from typing import get_args
 
 from .extension import FlaskStatus
 from .extras import requires_extra
-from .outcome import Outcome
+from .outcome import Outcome, State
 
 with requires_extra("flask_status.prometheus", "prometheus"):
     from prometheus_client import REGISTRY, CollectorRegistry
@@ -27,7 +31,10 @@ with requires_extra("flask_status.prometheus", "prometheus"):
 
 UP = "flask_status_check_up"
 DURATION = "flask_status_check_duration_seconds"
+STATE = "flask_status_check_state"
 LABELS = ("check", "route")
+#: Every state a field can be in: each has a series of ``flask_status_check_state``.
+STATES: tuple[State, ...] = get_args(State)
 
 
 class StatusCollector(Collector):
@@ -35,8 +42,8 @@ class StatusCollector(Collector):
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        # route -> check -> (up, duration): replaced whole, so a scrape sees one evaluation.
-        self._latest: dict[str, dict[str, tuple[float, float]]] = {}
+        # route -> check -> (state, duration): replaced whole, so a scrape sees one evaluation.
+        self._latest: dict[str, dict[str, tuple[State, float]]] = {}
 
     def add_route(self, route: str) -> None:
         with self._lock:
@@ -48,33 +55,41 @@ class StatusCollector(Collector):
             self._latest[route] = {}
 
     def update(self, route: str, outcomes: Mapping[str, Outcome]) -> None:
-        checks = {
-            key: (1.0 if outcome.ok else 0.0, outcome.duration) for key, outcome in outcomes.items()
-        }
+        checks = {key: (outcome.state, outcome.duration) for key, outcome in outcomes.items()}
         with self._lock:
             # Merge: a request for one field (``<url>/<field>``, ``?exclude=``) leaves the
             # other fields' gauges at their last evaluation.
             self._latest.setdefault(route, {}).update(checks)
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        up, duration = _families()
+        up, state, duration = _families()
         with self._lock:
             latest = list(self._latest.items())
         for route, checks in latest:
-            for check, (ok, seconds) in checks.items():
-                up.add_metric([check, route], ok)
+            for check, (current, seconds) in checks.items():
+                up.add_metric([check, route], 1.0 if current in ("ok", "degraded") else 0.0)
+                for name in STATES:
+                    state.add_metric([check, route, name], 1.0 if name == current else 0.0)
                 duration.add_metric([check, route], seconds)
-        return [up, duration]
+        return [up, state, duration]
 
     def describe(self) -> Iterable[GaugeMetricFamily]:
         # Lets every registry (not only auto-describing ones) refuse clashing metric names.
         return _families()
 
 
-def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
     return (
         GaugeMetricFamily(
-            UP, "1 if the check passed at its last evaluation, else 0.", labels=LABELS
+            UP,
+            "1 if the check worked (degraded included) at its last evaluation, else 0.",
+            labels=LABELS,
+        ),
+        GaugeMetricFamily(
+            STATE,
+            "1 for the check's state at its last evaluation (ok, degraded, failing, skipped, "
+            "starting, stale), 0 for the others.",
+            labels=(*LABELS, "state"),
         ),
         GaugeMetricFamily(DURATION, "Seconds the check ran at its last evaluation.", labels=LABELS),
     )

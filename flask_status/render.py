@@ -17,6 +17,9 @@ from .outcome import Encode, Outcome, unreportable
 #: Error text shown for every failing field when ``expose_errors`` is off.
 HIDDEN_ERROR = "check failed"
 
+#: Reason shown for every degraded field when ``expose_errors`` is off.
+HIDDEN_REASON = "check degraded"
+
 HEALTH_JSON = "application/health+json"
 
 _HEALTH_JSON_STATUS = {
@@ -38,12 +41,13 @@ def invalid_values(outcomes: Mapping[str, Outcome], encode: Encode) -> dict[str,
     for key, outcome in outcomes.items():
         error = unreportable(outcome.value, encode) if outcome.ok else None
         if error is not None:
-            failed[key] = replace(outcome, value=None, error=error)
+            failed[key] = replace(outcome, value=None, error=error, degraded=None)
     return failed
 
 
 def hide_errors(outcomes: Mapping[str, Outcome]) -> dict[str, Outcome]:
-    """Replace every error text with :data:`HIDDEN_ERROR` (the log keeps the real one)."""
+    """Replace every error text with :data:`HIDDEN_ERROR`, and every degraded reason with
+    :data:`HIDDEN_REASON` (the log keeps the real error)."""
     return {key: _hidden(outcome) for key, outcome in outcomes.items()}
 
 
@@ -51,23 +55,28 @@ def _hidden(outcome: Outcome) -> Outcome:
     if outcome.note is not None and "error" in outcome.note[1]:
         state, details = outcome.note
         outcome = replace(outcome, note=(state, {**details, "error": HIDDEN_ERROR}))
+    if outcome.degraded is not None:
+        return replace(outcome, degraded=HIDDEN_REASON)
     return outcome if outcome.ok else replace(outcome, error=HIDDEN_ERROR)
 
 
 def field_entry(outcome: Outcome) -> Any:
     """A field's entry: its value, or ``{"error": ...}``.
 
+    A degraded field shows its value with the reason: ``{"value": ..., "degraded": "..."}``.
     A field held back by its thresholds says so inside its own entry: ``{"value": ...,
     "failing": {...}}`` while its check fails but not yet for long enough, ``{"error": ...,
     "recovering": {...}}`` while it recovers.
     """
-    if outcome.note is None:
+    if outcome.note is None and outcome.degraded is None:
         return outcome.value if outcome.ok else {"error": outcome.error}
-    state, details = outcome.note
-    shown = {**details, "since": iso_time(details["since"])}
-    if outcome.ok:
-        return {"value": outcome.value, state: shown}
-    return {"error": outcome.error, state: shown}
+    entry: dict[str, Any] = {"value": outcome.value} if outcome.ok else {"error": outcome.error}
+    if outcome.degraded is not None:
+        entry["degraded"] = outcome.degraded
+    if outcome.note is not None:
+        state, details = outcome.note
+        entry[state] = {**details, "since": iso_time(details["since"])}
+    return entry
 
 
 def note_text(outcome: Outcome) -> str | None:
@@ -118,10 +127,15 @@ def health_json_payload(
     if isinstance(description, str):
         body["description"] = description
     failing = [key for key, outcome in outcomes.items() if not outcome.ok]
+    degraded = [key for key, outcome in outcomes.items() if outcome.degraded is not None]
     if health in (Health.STARTING, Health.DRAINING):
         body["output"] = health.value.lower()
-    elif failing:
-        body["output"] = "failing: " + ", ".join(failing)
+    elif failing or degraded:
+        body["output"] = "; ".join(
+            f"{state}: {', '.join(keys)}"
+            for state, keys in (("failing", failing), ("degraded", degraded))
+            if keys
+        )
     body["checks"] = {
         key: [_health_json_check(outcome, critical[key])] for key, outcome in outcomes.items()
     }
@@ -129,8 +143,12 @@ def health_json_payload(
 
 
 def _health_json_check(outcome: Outcome, critical: bool) -> dict[str, Any]:
-    if outcome.ok:
-        check: dict[str, Any] = {"status": "pass"}
+    """A check's object: ``pass``, ``warn`` when degraded or failing but not critical, else
+    ``fail`` (a skipped, starting or stale field counts as failing); ``output`` says why."""
+    if outcome.degraded is not None:
+        check: dict[str, Any] = {"status": "warn", "output": outcome.degraded}
+    elif outcome.ok:
+        check = {"status": "pass"}
     else:
         check = {"status": "fail" if critical else "warn", "output": outcome.error}
     note = note_text(outcome)

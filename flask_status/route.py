@@ -127,6 +127,7 @@ class StatusRoute:
             settings.timeout,
             settings.cache_ttl,
             settings.max_workers,
+            settings.cache_ttl_failure,
         )
         if settings.store is not None:
             namespace = f"{app.import_name}:{settings.url}"
@@ -431,7 +432,7 @@ def _health(
     """The overall status of ``outcomes``, each critical or not as ``critical`` says; the
     ``uncounted`` ones (parents shown only for ``?verbose``) do not count."""
     return aggregate(
-        (critical[key], outcome.ok) for key, outcome in outcomes.items() if key not in uncounted
+        (critical[key], outcome.state) for key, outcome in outcomes.items() if key not in uncounted
     )
 
 

@@ -1,9 +1,11 @@
 """Sharing check results across processes (gunicorn workers, pods) through Redis.
 
-For a field with a ``cache_ttl`` or an ``interval``, a fresh result in the store serves every
-process; when there is none, one process takes a lease (``SET NX PX``) and runs the check,
-and the others wait for its result (notified through pub/sub, up to the field's deadline). A
-lease expires, so a process that dies mid-check blocks nobody for longer than the lease.
+For a field with a ``cache_ttl`` (or ``cache_ttl_failure``) or an ``interval``, a fresh result
+in the store serves every process; when there is none, one process takes a lease (``SET NX
+PX``) and runs the check, and the others wait for its result (notified through pub/sub, up to
+the field's deadline). A lease expires, so a process that dies mid-check blocks nobody for
+longer than the lease. How long a result stays fresh depends on how it ended: a failed one is
+kept for ``cache_ttl_failure``.
 Values are JSON outcomes, size-limited; nothing stored is ever executed.
 
 The store is a dependency too: when it is down or slow, every process evaluates locally, as
@@ -22,7 +24,7 @@ import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, cast, get_args
+from typing import Any, NamedTuple, cast, get_args
 
 import anyio
 from anyio.lowlevel import EventLoopToken, current_token
@@ -168,6 +170,20 @@ class RedisStore:
                 await pubsub.aclose()
 
 
+class Freshness(NamedTuple):  # a tuple: made per run, it must cost next to nothing
+    """Seconds a stored result stays fresh: a good (or degraded) one, and a failed one."""
+
+    ok: float
+    failed: float
+
+    @property
+    def longest(self) -> float:
+        return max(self.ok, self.failed)
+
+    def of(self, outcome: Outcome) -> float:
+        return self.ok if outcome.ok else self.failed
+
+
 class Sharing:
     """One status route's use of a store: its key namespace, and whether the store answers."""
 
@@ -203,7 +219,7 @@ class Sharing:
         self,
         field_key: str,
         execute: Callable[[], Awaitable[Outcome | None]],
-        fresh_for: float,
+        freshness: Freshness,
         lease_for: float,
     ) -> Outcome | None:
         """A fresh stored outcome new to this process, another process's, or ``execute()``'s
@@ -216,7 +232,7 @@ class Sharing:
         key = self.key(field_key)
 
         def accept(data: bytes | None) -> Outcome | None:
-            return self._accept(key, data, fresh_for)
+            return self._accept(key, data, freshness)
 
         left = anyio.current_effective_deadline() - anyio.current_time()
         try:
@@ -248,7 +264,9 @@ class Sharing:
         if outcome is not None:
             try:
                 with anyio.fail_after(self.store.timeout):
-                    await self.store.put(key, outcome, fresh_for, token)
+                    # Kept as long as it stays fresh: a good result of a field without a
+                    # ``cache_ttl`` (but a ``cache_ttl_failure``) only reaches the waiters.
+                    await self.store.put(key, outcome, freshness.of(outcome), token)
             except Exception as exc:
                 self._failed(exc)
         return outcome
@@ -261,13 +279,15 @@ class Sharing:
             self._taken[key] = outcome.measured_at  # read back later, it is not news
         return outcome
 
-    def _accept(self, key: str, data: bytes | None, fresh_for: float) -> Outcome | None:
-        """The stored outcome in ``data`` if it is news: well-formed, fresh, and measured after
-        the last one this process took. A malformed or stale entry is logged (once per key)."""
+    def _accept(self, key: str, data: bytes | None, freshness: Freshness) -> Outcome | None:
+        """The stored outcome in ``data`` if it is news: well-formed, fresh (as a good or as a
+        failed result), and measured after the last one this process took. A malformed or
+        stale entry is logged (once per key)."""
         if data is None:
             return None
         try:
-            outcome = _decode(data, fresh_for + self.store.timeout)
+            outcome = _decode(data, freshness.longest + self.store.timeout)
+            _check_age(outcome, freshness.of(outcome) + self.store.timeout)
         except ValueError as exc:
             log = self.logger.debug if key in self._ignoring else self.logger.warning
             self._ignoring.add(key)
@@ -360,6 +380,12 @@ def _decode(data: bytes | str, max_age: float) -> Outcome:
         error_kind=cast("ErrorKind | None", error_kind),  # checked to be one above
         degraded=degraded,
     )
+
+
+def _check_age(outcome: Outcome, max_age: float) -> None:
+    """Raise ``ValueError`` if ``outcome`` was measured more than ``max_age`` seconds ago."""
+    if outcome.measured_at < time.time() - max_age - CLOCK_SKEW:
+        raise ValueError(f"measured_at is not within the last {max_age:g}s: {outcome.measured_at}")
 
 
 def _number_within(number: Any, lowest: float, highest: float) -> bool:

@@ -27,7 +27,7 @@ from flask import Flask, Request, Response, g, jsonify, request
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import text
 
-from flask_status import ChangeEvent, FlaskStatus, checks
+from flask_status import ChangeEvent, Degraded, FlaskStatus, checks
 from flask_status.store import RedisStore
 
 #: The header and value that let a caller read the details (``is_authorized``).
@@ -38,6 +38,8 @@ MAX_WORKERS = 4
 HUNG_SECONDS = 60.0
 #: What ``/items`` and the ``session`` field read from the database.
 SERVICE = "sqlite"
+#: The reason the degraded fields give.
+LAGGING = "replica lag 12s"
 #: The environment the matrix gives each server: the field set, the SQLite file, the Redis URL
 #: (empty: no store) and the store's key prefix.
 FIELD_SET_ENV = "MATRIX_FIELD_SET"
@@ -56,9 +58,10 @@ TLS_DAYS_LEFT = 90
 class MatrixField:
     """One field: how to make its value, its ``add_field`` options, what it must read.
 
-    A healthy field reads ``value`` (or, when ``value`` is callable, a value it accepts); a
-    failing field reads an error starting with ``error``. A field that is no ``constant`` has
-    one change event per process: its first state, which it keeps.
+    A healthy field reads ``value`` (or, when ``value`` is callable, a value it accepts), with
+    the reason ``degraded`` when it is degraded; a failing field reads an error starting with
+    ``error``. A field that is no ``constant`` has one change event per process: its first
+    state, which it keeps.
     """
 
     key: str
@@ -67,10 +70,23 @@ class MatrixField:
     value: Any = None
     error: str | None = None
     constant: bool = False
+    degraded: str | None = None
 
     @property
     def healthy(self) -> bool:
+        """Working: no error (degraded included)."""
         return self.error is None
+
+    @property
+    def state(self) -> str:
+        """The state ``?verbose`` and the page show for it."""
+        if self.error is not None:
+            return "failing"
+        return "ok" if self.degraded is None else "degraded"
+
+    @property
+    def critical(self) -> bool:
+        return bool(self.options.get("critical", True))
 
     @property
     def hangs(self) -> bool:
@@ -119,6 +135,15 @@ def blocking_sleep(seconds: float) -> None:
         get_original("time", "sleep")(seconds)
     else:
         time.sleep(seconds)
+
+
+def lagging() -> Any:
+    raise Degraded(LAGGING, value=12)
+
+
+async def lagging_async() -> Any:
+    await anyio.sleep(0.005)
+    return Degraded(LAGGING, value=12)
 
 
 def hung() -> str:
@@ -173,10 +198,11 @@ def has_latency(value: Any) -> bool:
 
 # -- field sets -----------------------------------------------------------------------------
 
-#: A field set with a field of every kind: constant, sync, async, hung, failing, background
-#: (``interval``, ``wait_first``), thresholds, ``cache_ttl``, ``depends_on``, the database
-#: through Flask-SQLAlchemy, and a TLS handshake with a local server; the history and
-#: ``show_details`` of the route apply to them all.
+#: A field set with a field of every kind: constant, sync, async, hung, failing, degraded
+#: (critical: the route stays DEGRADED), background (``interval``, ``wait_first``), thresholds,
+#: ``cache_ttl``, ``cache_ttl_failure``, ``depends_on``, the database through Flask-SQLAlchemy,
+#: and a TLS handshake with a local server; the history and ``show_details`` of the route apply
+#: to them all.
 EVERY_KIND = (
     MatrixRoute(
         "/healthz",
@@ -232,6 +258,22 @@ EVERY_KIND = (
                 as_is(ok),
                 {"depends_on": "failing", "critical": False},
                 error="skipped: failing is failing",
+            ),
+            # No cache_ttl but a cache_ttl_failure: shared through a store for its failures.
+            MatrixField(
+                "retried",
+                as_is(refused),
+                {"critical": False, "cache_ttl_failure": 1},
+                error="ConnectionRefusedError",
+            ),
+            MatrixField("replica", as_is(lagging), value=12, degraded=LAGGING),
+            MatrixField("replica_async", as_is(lagging_async), value=12, degraded=LAGGING),
+            MatrixField(
+                "replica_background",
+                as_is(lagging),
+                {"interval": 1, "timeout": 0.5},
+                value=12,
+                degraded=LAGGING,
             ),
         ),
         200,

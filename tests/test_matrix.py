@@ -8,8 +8,9 @@ results, then probes every kind of answer (details, anonymous, per field, ``?ver
 health+json, the page, a failing route, the app's own routes) from a few clients for each
 phase, and then stops the server with SIGTERM. It holds when:
 
-- a healthy field never reads failing or stale, a failing one always reads its error, and
-  every answer has its route's status code and ``status``;
+- a healthy field never reads failing or stale, a failing one always reads its error, a
+  degraded one its value and reason; every answer has its route's status code and ``status``,
+  and ``?verbose``, health+json and the page give each field its state;
 - nothing answers 500, app routes included, and every request gets an answer;
 - each field that is not a constant has one change event, its first state (``old`` None; its
   check's threshold holds the flaky field's failures back), and each route one, its
@@ -170,10 +171,15 @@ def entry_problems(item: MatrixField, entry: Any) -> list[Seen]:
     problems = error_problems(item, entry.get("error") if isinstance(entry, dict) else None, entry)
     if problems or not item.healthy:
         return problems
-    # Thresholds may hold a failed run back: the last good value then comes with "failing".
-    value = entry["value"] if isinstance(entry, dict) and "failing" in entry else entry
+    # Thresholds may hold a failed run back: the last good value then comes with "failing";
+    # a degraded value comes with its reason.
+    wrapped = isinstance(entry, dict) and ("failing" in entry or "degraded" in entry)
+    value = entry["value"] if wrapped else entry
     if not item.reads_value(value):
         return [(f"field {item.key!r} (healthy) reads a wrong value", repr(entry))]
+    reason = entry.get("degraded") if wrapped else None
+    if reason != item.degraded:
+        return [(f"field {item.key!r} reads degraded {reason!r}, not {item.degraded!r}", "")]
     return []
 
 
@@ -224,10 +230,10 @@ def anonymous_probe(route: MatrixRoute) -> Probe:
 
 
 def field_probe(route: MatrixRoute, item: MatrixField) -> Probe:
-    failing_critical = not item.healthy and item.options.get("critical", True)
-    code, status = (
-        (503, "DOWN") if failing_critical else (200, "OK" if item.healthy else "DEGRADED")
-    )
+    if item.state == "failing":
+        code, status = (503, "DOWN") if item.critical else (200, "DEGRADED")
+    else:
+        code, status = 200, "OK" if item.state == "ok" else "DEGRADED"
 
     def verify(reply: Reply) -> list[Seen]:
         problems = status_problems(reply, code, status)
@@ -249,6 +255,8 @@ def verbose_probe(route: MatrixRoute) -> Probe:
                 problems.append((f"field {item.key!r} has no history", repr(entry)))
             else:
                 problems += error_problems(item, entry.get("error"), entry)
+                if entry.get("status") != item.state:
+                    problems.append((f"field {item.key!r} reads {entry.get('status')}", ""))
         return problems
 
     path = f"{route.url}?verbose"
@@ -267,7 +275,7 @@ def health_json_probe(route: MatrixRoute) -> Probe:
         problems: list[Seen] = []
         for item in route.fields:
             (check, *_) = document.get("checks", {}).get(item.key) or [{}]
-            if (check.get("status") == "pass") != item.healthy:
+            if check.get("status") != health_json_status(item):
                 problems.append((f"field {item.key!r} reads {check.get('status')}", repr(check)))
         return problems
 
@@ -275,12 +283,29 @@ def health_json_probe(route: MatrixRoute) -> Probe:
     return Probe(f"{route.url} (health+json)", route.url, verify, headers)
 
 
+def health_json_status(item: MatrixField) -> str:
+    """A field's check status in health+json: ``warn`` when degraded or failing but not
+    critical."""
+    if item.state == "ok":
+        return "pass"
+    return "fail" if item.state == "failing" and item.critical else "warn"
+
+
+#: A row of the status page: its state (class) and field.
+PAGE_ROW = re.compile(r'<tr class="check (\w+)" data-check="(\w+)"')
+
+
 def page_probe(route: MatrixRoute) -> Probe:
     def verify(reply: Reply) -> list[Seen]:
         content_type = reply.headers.get("content-type", "")
         if reply.status != route.code or not content_type.startswith("text/html"):
             return [(f"page answered {reply.status}", content_type)]
-        return []
+        rows = {key: state for state, key in PAGE_ROW.findall(reply.body.decode(errors="replace"))}
+        return [
+            (f"page row of {item.key!r} is {rows.get(item.key)}", "")
+            for item in route.fields
+            if rows.get(item.key) != item.state
+        ]
 
     path = f"{route.url}?format=html"
     return Probe(path, path, verify, matrix_fields.TOKEN)

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from clients import Answer, MakeClient
+from clients import Answer, Gate, MakeClient
 from flask import Flask
 from helpers import TOKEN, sleeping, token_required
 
-from flask_status import FlaskStatus, lifecycle
+from flask_status import Degraded, FlaskStatus, lifecycle
 from flask_status.page import CONTENT_SECURITY_POLICY, MAX_TEXT_CHARS, STRIP_RUNS
 
 pytest_plugins = ["reliability_fixtures"]
@@ -137,6 +137,37 @@ def test_the_page_leads_with_the_reason_and_lists_failing_checks_first(
     assert body.index('id="reason"') < body.index("<table")  # the reason before the checks
     # Critical failures, then the others, then the checks that pass: each group as added.
     assert rows(answer) == ["queue", "cache", "mail", "search", "version", "database"]
+
+
+def test_degraded_checks_come_after_failing_ones_with_their_reason_and_a_class_per_state(
+    make_client: MakeClient, gate: Gate
+) -> None:
+    app = Flask(__name__)
+    status = FlaskStatus(app)
+    status.add_field("version", "2.0")
+    status.add_field("replica", lambda: Degraded("lag 12s", value=12))
+    status.add_field("mail", refused, critical=False)
+    status.add_field("queue", gate.wait, interval=60, critical=False)  # no result yet
+
+    answer = make_client(app).get(PAGE)
+
+    assert answer.status == 200
+    assert reason(answer) == (
+        "Failing: mail, queue (non-critical). Degraded: replica. 1 of 4 checks pass."
+    )
+    assert rows(answer) == ["mail", "queue", "replica", "version"]
+    body = answer.body.decode()
+    states = dict(re.findall(r'<tr class="check (\w+)" data-check="(\w+)"', body))
+    assert states == {
+        "failing": "mail",
+        "starting": "queue",
+        "degraded": "replica",
+        "ok": "version",
+    }
+    assert '<span class="badge warn">degraded</span>' in body
+    assert '<span class="badge warn">starting</span>' in body  # not critical
+    assert '<code>12</code><div class="reason">lag 12s</div>' in body
+    assert '<strong class="degraded-check">replica</strong>' in body
 
 
 def test_the_reason_of_a_healthy_route(make_client: MakeClient) -> None:
@@ -367,7 +398,7 @@ def test_a_caller_without_details_gets_no_rows(make_client: MakeClient) -> None:
     assert anonymous.status == admin.status == 200
     assert rows(anonymous) == [] and b"<table" not in anonymous.body
     assert b"not shown" in anonymous.body
-    assert reason(anonymous) == "A non-critical check fails."  # but not which
+    assert reason(anonymous) == "A non-critical check fails, or a check is degraded."  # not which
     assert rows(admin) == ["mail", "version", "database"]
 
 

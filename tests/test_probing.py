@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from flask_status import FlaskStatus
+from flask_status import Degraded, FlaskStatus
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -115,6 +115,20 @@ def test_health_json_format() -> None:
     (mail,) = checks["mail"]
     assert mail["status"] == "warn"
     assert mail["output"] == "ConnectionRefusedError: smtp refused"
+
+
+def test_health_json_a_degraded_check_warns_even_when_critical() -> None:
+    app = Flask(__name__)
+    status = FlaskStatus(app, expose_errors=False)
+    status.add_field("replica", lambda: Degraded("lag 12s", value=12))
+    status.add_field("mail", lambda: 1 / 0, critical=False)
+    response = app.test_client().get("/api/status", headers={"Accept": "application/health+json"})
+    assert response.status_code == 200
+    body = response.get_json(force=True)
+    assert (body["status"], body["output"]) == ("warn", "failing: mail; degraded: replica")
+    (replica,) = body["checks"]["replica"]
+    assert (replica["status"], replica["observedValue"]) == ("warn", 12)
+    assert replica["output"] == "check degraded"  # hidden like errors
 
 
 def test_health_json_critical_failure_is_fail_and_503() -> None:

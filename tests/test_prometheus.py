@@ -13,8 +13,16 @@ from flask import Flask, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from flask_status import FlaskStatus
-from flask_status.prometheus import DURATION, UP, instrument
+from flask_status import Degraded, FlaskStatus
+from flask_status.outcome import Outcome
+from flask_status.prometheus import (
+    DURATION,
+    STATE,
+    STATES,
+    UP,
+    StatusCollector,
+    instrument,
+)
 
 
 @pytest.fixture
@@ -82,6 +90,47 @@ def test_exposition_text(checked_app: StatusApp, registry: CollectorRegistry) ->
     assert "# TYPE flask_status_check_up gauge" in text
     assert 'flask_status_check_up{check="version",route="/api/status"} 1.0' in text
     assert 'flask_status_check_duration_seconds{check="version",route="/api/status"} 0.0' in text
+
+
+def states(registry: CollectorRegistry, check: str) -> dict[str, float | None]:
+    """``flask_status_check_state``'s series of one check: state -> value."""
+    return {
+        state: registry.get_sample_value(
+            STATE, {"check": check, "route": "/api/status", "state": state}
+        )
+        for state in STATES
+    }
+
+
+def test_the_state_gauge_has_one_series_per_state_and_up_counts_degraded_as_up(
+    registry: CollectorRegistry,
+) -> None:
+    app = Flask(__name__)
+    status = FlaskStatus(app)
+    status.add_field("replica", lambda: Degraded("lag 12s", value=12))
+    status.add_field("mail", lambda: 1 / 0, critical=False)
+    instrument(status, registry)
+    assert app.test_client().get("/api/status").status_code == 200  # DEGRADED
+
+    assert (sample(registry, UP, "replica"), sample(registry, UP, "mail")) == (1, 0)
+    expected = dict.fromkeys(STATES, 0.0)
+    assert states(registry, "replica") == {**expected, "degraded": 1.0}
+    assert states(registry, "mail") == {**expected, "failing": 1.0}
+    text = generate_latest(registry).decode()
+    assert "# TYPE flask_status_check_state gauge" in text
+    assert (
+        'flask_status_check_state{check="replica",route="/api/status",state="degraded"} 1.0' in text
+    )
+
+
+def test_a_skipped_check_is_down_and_says_skipped(registry: CollectorRegistry) -> None:
+    collector = StatusCollector()
+    collector.add_route("/api/status")
+    registry.register(collector)
+    skipped = Outcome(error="skipped: broker is failing", error_kind="skipped")
+    collector.update("/api/status", {"workers": skipped})
+    assert sample(registry, UP, "workers") == 0
+    assert states(registry, "workers") == {**dict.fromkeys(STATES, 0.0), "skipped": 1.0}
 
 
 def test_metrics_route_in_the_app(registry: CollectorRegistry) -> None:

@@ -21,7 +21,7 @@ import redis
 from conftest import RedisServer
 from flask import Flask
 
-from flask_status import FlaskStatus
+from flask_status import Degraded, FlaskStatus
 from flask_status.route import EXTENSION_KEY
 from flask_status.store import RedisStore
 
@@ -442,3 +442,46 @@ def test_each_event_loop_has_its_own_client_even_on_one_thread(
     # A redis.asyncio client belongs to the loop it connected on: the second loop of this
     # thread must not be handed the first one's.
     assert [anyio.run(store.get, "key") for _ in range(2)] == [b"stored"] * 2
+
+
+def test_a_failure_is_shared_for_cache_ttl_failure_and_stored_as_long(
+    redis_server: RedisServer, raw: redis.Redis
+) -> None:
+    # No cache_ttl: a good result is not reused, but a failure is, by every process.
+    check = FailsOnce(failing=1)
+    fleet = [process(redis_server.url, check, cache_ttl_failure=30) for _ in range(3)]
+    for client in fleet:
+        assert client.get(URL).get_json()["db"] == {"error": "ConnectionError: lost the connection"}
+    assert check.runs == 1
+    assert 20_000 < raw.pttl("flask-status:fleet:/api/status:db") <= 30_000
+
+    raw.delete("flask-status:fleet:/api/status:db")  # the same key for the next fleet
+    healthy = Counted()
+    fleet = [process(redis_server.url, healthy, cache_ttl_failure=30) for _ in range(3)]
+    for client in fleet * 2:
+        assert client.get(URL).get_json()["db"] == "up"
+    assert healthy.runs == 6  # each good result was measured for its request
+
+
+def test_a_stored_result_is_kept_by_how_its_run_ended(
+    redis_server: RedisServer, raw: redis.Redis
+) -> None:
+    key = "flask-status:fleet:/api/status:db"
+    process(redis_server.url, failing, cache_ttl=30, cache_ttl_failure=2).get(URL)
+    assert 0 < raw.pttl(key) <= 2_000
+    raw.delete(key)
+
+    def degraded() -> Any:
+        return Degraded("replica lag", value=12)
+
+    first, second = (
+        process(redis_server.url, degraded, cache_ttl=30, cache_ttl_failure=2) for _ in range(2)
+    )
+    assert first.get(URL).get_json()["db"] == {"value": 12, "degraded": "replica lag"}
+    assert raw.pttl(key) > 20_000  # degraded is no failure
+    answer = second.get(f"{URL}?verbose").get_json()["checks"]["db"]
+    assert (answer["status"], answer["degraded"], answer["cached"]) == (
+        "degraded",
+        "replica lag",
+        True,
+    )

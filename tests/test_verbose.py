@@ -8,10 +8,10 @@ import time
 from typing import Any
 
 import pytest
-from clients import Answer, MakeClient, in_threads
+from clients import Answer, Gate, MakeClient, in_threads
 from flask import Flask
 
-from flask_status import FlaskStatus
+from flask_status import Degraded, FlaskStatus
 from flask_status.fields import make_field
 from flask_status.history import ERROR_CHARS, History
 from flask_status.outcome import Outcome
@@ -312,3 +312,28 @@ def test_history_may_be_read_while_runs_are_recorded() -> None:
         stop.set()
         thread.join(10)
     assert not errors
+
+
+def test_each_check_says_its_state(make_client: MakeClient, gate: Gate) -> None:
+    app = Flask(__name__)
+    status = FlaskStatus(app, timeout=0.2)
+    status.add_field("database", lambda: "up")
+    status.add_field("replica", lambda: Degraded("lag 12s", value=12))
+    status.add_field("mail", refused, critical=False)
+    status.add_field("stuck", gate.wait, critical=False)  # timed out: failing
+    status.add_field("queue", gate.wait, interval=60, critical=False)  # no result yet
+
+    checks = make_client(app).get(f"{URL}?verbose").json()["checks"]
+
+    assert {key: check["status"] for key, check in checks.items()} == {
+        "database": "ok",
+        "replica": "degraded",
+        "mail": "failing",
+        "stuck": "failing",
+        "queue": "starting",
+    }
+    assert (checks["replica"]["value"], checks["replica"]["degraded"]) == (12, "lag 12s")
+    assert checks["stuck"]["error"] == "timed out after 0.2s"
+    assert checks["queue"]["error"] == "starting: no result yet"
+    assert [entry["status"] for entry in checks["replica"]["history"]] == ["degraded"]
+    assert checks["replica"]["history"][0]["degraded"] == "lag 12s"
