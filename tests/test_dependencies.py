@@ -23,7 +23,7 @@ from flask import Flask
 from helpers import Reply, client_fetch
 from servers import uvicorn
 
-from flask_status import FlaskStatus
+from flask_status import Degraded, FlaskStatus
 from flask_status.route import EXTENSION_KEY
 
 pytest_plugins = ["reliability_fixtures"]
@@ -480,3 +480,38 @@ def test_a_parent_read_from_the_store_counts_as_its_result(redis_server: RedisSe
         "workers": {"error": "skipped: broker is failing"},
     }
     assert (first_broker.runs, second_broker.runs, workers.runs) == (1, 0, 0)
+
+
+def test_a_degraded_parent_counts_as_succeeded(make_client: MakeClient) -> None:
+    app = Flask(__name__)
+    status = FlaskStatus(app)
+    workers = Counted()
+    status.add_field("broker", lambda: Degraded("queue 900 deep", value=900))
+    status.add_field("workers", workers, depends_on="broker")
+    client = make_client(app)
+
+    answer = client.get(URL)
+
+    assert answer.status == 200
+    body = answer.json()
+    assert body["status"] == "DEGRADED"
+    assert body["broker"] == {"value": 900, "degraded": "queue 900 deep"}
+    assert (body["workers"], workers.runs) == ("up", 1)
+
+
+def test_a_skipped_field_says_skipped_in_every_format(make_client: MakeClient) -> None:
+    app = Flask(__name__)
+    status = FlaskStatus(app)
+    status.add_field("broker", down(), critical=False)
+    status.add_field("workers", Counted(), depends_on="broker")  # critical: DOWN when skipped
+    client = make_client(app)
+
+    answer = client.get(URL)
+    assert answer.status == 503
+    assert answer.json()["workers"] == {"error": "skipped: broker is failing"}
+    assert client.get(f"{URL}?verbose").json()["checks"]["workers"]["status"] == "skipped"
+    health = client.get(URL, headers={"Accept": "application/health+json"}).json()
+    assert health["status"] == "fail"
+    assert health["checks"]["workers"][0]["status"] == "fail"
+    page = client.get(f"{URL}?format=html").body.decode()
+    assert '<tr class="check skipped" data-check="workers"' in page

@@ -242,3 +242,15 @@ def test_the_up_gauge_follows_failure_thresholds(registry: CollectorRegistry) ->
     assert sample(registry, UP, "db") == 1.0
     client.get("/api/status")
     assert sample(registry, UP, "db") == 0.0
+
+
+def test_a_skipped_dependent_is_down_and_in_the_skipped_state(registry: CollectorRegistry) -> None:
+    app = Flask(__name__)
+    status = FlaskStatus(app)
+    status.add_field("broker", lambda: 1 / 0, critical=False)
+    status.add_field("workers", lambda: "up", depends_on="broker", critical=False)
+    instrument(status, registry)
+    assert app.test_client().get("/api/status").status_code == 200  # DEGRADED
+
+    assert sample(registry, UP, "workers") == 0
+    assert states(registry, "workers") == {**dict.fromkeys(STATES, 0.0), "skipped": 1.0}
