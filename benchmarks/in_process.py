@@ -1,4 +1,4 @@
-"""The scenarios on Flask's test client (1 to 4, 6 and 7), in worker processes.
+"""The scenarios on Flask's test client (1 to 4, 6, 7 and 13), in worker processes.
 
 Each contender runs in a worker process of its own (``worker.py``), in its own virtualenv where
 it needs one. A scenario asks the workers for one round at a time and alternates the contenders
@@ -28,6 +28,8 @@ from report import (
     OBVIOUS,
     ORIGINAL,
     OURS,
+    OURS_OTEL_SDK,
+    OURS_TELEMETRY_OFF,
     Row,
     Target,
     judged,
@@ -140,6 +142,8 @@ class Scenario:
     rounds: int
     judge: Judge
     not_run: dict[str, str] = field(default_factory=dict)  # contender -> why
+    #: The contender every other one's rounds are paired with (when it is among the cells).
+    reference: str = BARE
 
     def run(self, workers: dict[str, WorkerProcess], missing: dict[str, str]) -> list[Row]:
         cells = [cell for cell in self.cells if cell.contender in workers]
@@ -174,12 +178,12 @@ class Scenario:
     ) -> tuple[list[list[Sample]], list[list[Sample]]]:
         """Rounds of every cell in turn, each round starting one cell later than the last.
 
-        When the bare route is among the cells, each round of another cell is paired with a
-        round of the bare route right beside it (before or after, alternately), so that a
-        ratio compares two figures taken under the same load. Returns each cell's samples and
-        the bare route's samples taken beside them.
+        When the reference (the bare route) is among the cells, each round of another cell is
+        paired with a round of the reference right beside it (before or after, alternately),
+        so that a ratio compares two figures taken under the same load. Returns each cell's
+        samples and the reference's samples taken beside them.
         """
-        bare = next((i for i, cell in enumerate(cells) if cell.contender == BARE), None)
+        bare = next((i for i, cell in enumerate(cells) if cell.contender == self.reference), None)
         others = [i for i in range(len(cells)) if i != bare]
         samples: list[list[Sample]] = [[] for _ in cells]
         beside: list[list[Sample]] = [[] for _ in cells]
@@ -222,6 +226,14 @@ def versus_bare(cell: Cell, samples: list[Sample], bare: list[Sample]) -> tuple[
     return f"{seconds(typical(samples))} / request", f"{ratio:.2f}x bare", ratio
 
 
+def versus_telemetry_off(
+    cell: Cell, samples: list[Sample], off: list[Sample]
+) -> tuple[str, str, float]:
+    """Median time per request; the median of per-round ratios to ``telemetry=False``."""
+    ratio = median_ratio(samples, off, attrgetter("per_request"))
+    return f"{seconds(typical(samples))} / request", f"{ratio:.2f}x telemetry off", ratio
+
+
 def versus_slowest_field(
     cell: Cell, samples: list[Sample], _: list[Sample]
 ) -> tuple[str, str, float]:
@@ -245,6 +257,8 @@ SYNC_TARGET = Target("≤", 4, "x bare", stretch=3)
 CONSTANTS_TARGET = Target("≤", 1.3, "x bare")
 HUNG_TARGET = Target("≤", 130, " ms", what="slowest")
 SCALE_TARGET = Target("≤", 1.2, "x slowest field")
+API_ONLY_TARGET = Target("≤", 1.05, "x telemetry off")
+SDK_TARGET = Target("≤", 1.5, "x telemetry off")
 
 
 def scenarios() -> list[Scenario]:
@@ -315,6 +329,17 @@ def scenarios() -> list[Scenario]:
             rounds=5,
             judge=versus_slowest_field,
             not_run={HEALTHCHECK: "sequential: 200 x 100 ms = 20 s a request, see 1."},
+        ),
+        Scenario(
+            "13. OpenTelemetry: 10 trivial fields, test client",
+            [
+                Cell(OURS_TELEMETRY_OFF, TRIVIAL_MIXED, mixed, 400),
+                Cell(OURS, TRIVIAL_MIXED, f"API, no SDK: {mixed}", 400, target=API_ONLY_TARGET),
+                Cell(OURS_OTEL_SDK, TRIVIAL_MIXED, mixed, 400, target=SDK_TARGET),
+            ],
+            rounds=9,
+            judge=versus_telemetry_off,
+            reference=OURS_TELEMETRY_OFF,
         ),
     ]
 

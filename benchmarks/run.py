@@ -48,6 +48,7 @@ NAMES = {
     10: "background",
     11: "hook",
     12: "sharing",
+    13: "telemetry",
 }
 
 #: The scenarios a full run measures after the in-process ones, in this order: the memory

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from .outcome import Outcome
@@ -45,9 +45,13 @@ class Telemetry:
         self.expose_errors = expose_errors
         self.tracer = trace.get_tracer(SCOPE)
         instruments = _instruments()
-        self.duration, self.runs = instruments.duration, instruments.runs
+        self.duration = instruments.duration
         # key -> (1 healthy or degraded / 0 failing, attributes): what the gauge reports.
         self.states: dict[str, tuple[int, dict[str, str]]] = {}
+        # (key, result) -> runs so far: what the counter reports. Counted here and observed
+        # at collection, as a synchronous counter would cost an SDK aggregation per run.
+        self.runs: dict[tuple[str, str], int] = {}
+        self._runs_lock = threading.Lock()  # runs finish on the server's loop and ours
         instruments.routes.add(self)
         # Attributes by field key (and result): made once, not per run.
         self._attributes: dict[tuple[str, str | None], dict[str, str]] = {}
@@ -66,7 +70,8 @@ class Telemetry:
         """End a run's span and count the run: ``outcome`` is what the check produced."""
         result = outcome.result
         self.duration.record(outcome.duration, self._labels(item.key, None))
-        self.runs.add(1, self._labels(item.key, result))
+        with self._runs_lock:
+            self.runs[item.key, result] = self.runs.get((item.key, result), 0) + 1
         if not span.is_recording():
             span.end()
             return
@@ -136,25 +141,34 @@ class _Instruments:
         self.duration = meter.create_histogram(
             "health_check.duration", unit="s", description="How long a check ran."
         )
-        self.runs = meter.create_counter(
+        meter.create_observable_counter(
             "health_check.runs",
+            callbacks=[self.observe_runs],
             unit="{run}",
             description="Finished runs of a check, by result.",
         )
         meter.create_observable_gauge(
             "health_check.status",
-            callbacks=[self.observe],
+            callbacks=[self.observe_states],
             unit="1",
             description="1 when the check is healthy or degraded at its last run, 0 failing.",
         )
 
-    def observe(self, options: CallbackOptions) -> Iterable[Observation]:
-        return list(self._observations())
+    def observe_states(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            metrics.Observation(value, labels)
+            for route in list(self.routes)
+            for value, labels in list(route.states.values())
+        ]
 
-    def _observations(self) -> Iterator[Observation]:
+    def observe_runs(self, options: CallbackOptions) -> Iterable[Observation]:
+        observed = []
         for route in list(self.routes):
-            for value, labels in list(route.states.values()):
-                yield metrics.Observation(value, labels)
+            with route._runs_lock:
+                counts = list(route.runs.items())
+            for (key, result), runs in counts:
+                observed.append(metrics.Observation(runs, route._labels(key, result)))
+        return observed
 
 
 _lock = threading.Lock()
