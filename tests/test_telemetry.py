@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 import pytest
 from flask import Flask
-from helpers import ServerProcess
+from helpers import TESTS_DIR, ServerProcess
 from opentelemetry import trace
 from opentelemetry.instrumentation.flask import FlaskInstrumentor
 from otel_memory import CHECK_SPAN, check_spans, configure, finished_spans, metric_points
@@ -42,6 +42,17 @@ def instrumented(url: str, **options: Any) -> tuple[Flask, FlaskStatus]:
     app = Flask("telemetry_tests")
     FlaskInstrumentor().instrument_app(app)
     return app, FlaskStatus(app, url, **options)
+
+
+def finished(route: str) -> list[dict[str, Any]]:
+    """The spans finished since the test began, but the runs of other routes (background
+    checks of earlier tests' apps may still run in this process)."""
+    return [
+        span
+        for span in finished_spans()
+        if not span["name"].startswith(CHECK_SPAN)
+        or span["attributes"]["health_check.route"] == route
+    ]
 
 
 def by_name(spans: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -71,7 +82,7 @@ def test_a_request_s_runs_are_children_of_its_span_and_a_check_s_own_spans_nest(
     status.add_field("async", async_check, critical=False)
     assert app.test_client().get("/parentage").status_code == 200
 
-    spans = by_name(finished_spans())
+    spans = by_name(finished("/parentage"))
     request = spans["GET /parentage"]
     for key in ("sync", "async"):
         run = spans[CHECK_SPAN + key]
@@ -96,7 +107,7 @@ def test_a_failing_run_has_its_error_type_and_status() -> None:
     status.add_field("slow", _sleeps(2.0), critical=False)
     assert app.test_client().get("/failing").status_code == 503
 
-    spans = by_name(finished_spans())
+    spans = by_name(finished("/failing"))
     refused = spans[CHECK_SPAN + "refused"]
     assert refused["status"] == "ERROR"
     assert refused["description"] == "ConnectionRefusedError: to db.internal:5432 as admin"
@@ -113,7 +124,7 @@ def test_hidden_errors_keep_their_text_out_of_spans() -> None:
     status.add_field("refused", _refused)
     assert app.test_client().get("/hidden").status_code == 503
 
-    (run,) = check_spans(finished_spans())
+    (run,) = check_spans(finished("/hidden"))
     assert run["status"] == "ERROR"
     assert run["attributes"]["error.type"] == "ConnectionRefusedError"
     assert run["description"] is None
@@ -127,8 +138,8 @@ def test_a_cached_run_opens_no_span() -> None:
     client = app.test_client()
     for _ in range(3):
         assert client.get("/cached").status_code == 200
-    assert len(check_spans(finished_spans())) == 1
-    assert len([span for span in finished_spans() if span["name"] == "GET /cached"]) == 3
+    assert len(check_spans(finished("/cached"))) == 1
+    assert len([span for span in finished("/cached") if span["name"] == "GET /cached"]) == 3
 
 
 def test_a_joined_run_opens_no_span_and_a_run_started_ahead_is_a_root() -> None:
@@ -155,7 +166,7 @@ def test_a_joined_run_opens_no_span_and_a_run_started_ahead_is_a_root() -> None:
     assert answers == [200, 200]
 
     # The shared run, then the run started ahead for the requests that come back together.
-    runs = wait_for(lambda: len(check_spans(finished_spans())) >= 2 and finished_spans())
+    runs = wait_for(lambda: len(check_spans(finished("/joined"))) >= 2 and finished("/joined"))
     shared, ahead = check_spans(runs)[:2]
     requests = [span for span in runs if span["name"] == "GET /joined"]
     assert len(requests) == 2
@@ -184,9 +195,11 @@ def test_a_background_run_is_a_root_span() -> None:
     status.add_field("ticker", lambda: "ok", interval=0.2, wait_first=True)
     client = app.test_client()
     assert client.get("/background").status_code == 200
-    runs = wait_for(lambda: check_spans(finished_spans())[1:] and check_spans(finished_spans()))
+    runs = wait_for(
+        lambda: check_spans(finished("/background"))[1:] and check_spans(finished("/background"))
+    )
     assert all(run["parent_id"] is None for run in runs)
-    request = by_name(finished_spans())["GET /background"]
+    request = by_name(finished("/background"))["GET /background"]
     assert request["trace_id"] not in {run["trace_id"] for run in runs}
     status.add_field("ticker", "stopped")  # replaced: its background task ends
     client.get("/background")
@@ -213,7 +226,7 @@ def test_another_process_s_stored_result_opens_no_span(redis_port: int) -> None:
     assert reader[0].test_client().get("/shared").status_code == 200
     assert runs == 1
 
-    spans = finished_spans()
+    spans = finished("/shared")
     assert len(check_spans(spans)) == 1
     assert len([span for span in spans if span["name"] == "GET /shared"]) == 2
 
@@ -229,7 +242,7 @@ def test_telemetry_off_opens_no_span_and_counts_no_run(how: str) -> None:
         status = FlaskStatus(app, "/off-" + how, telemetry=False)
     status.add_field("quiet", lambda: "ok")
     assert app.test_client().get("/off-" + how).status_code == 200
-    assert [span["name"] for span in finished_spans()] == [f"GET /off-{how}"]
+    assert [span["name"] for span in finished("/off-" + how)] == [f"GET /off-{how}"]
     assert not [point for point in metric_points("health_check.runs") if _on(point, "/off-" + how)]
 
 
@@ -243,27 +256,29 @@ def test_the_setting_is_checked() -> None:
 
 
 def test_metrics_count_runs_not_requests() -> None:
-    app, status = instrumented("/metrics", cache_ttl=60)
+    app, status = instrumented("/telemetry-metrics", cache_ttl=60)
     status.add_field("up", lambda: "ok")
     status.add_field("down", _refused, critical=False)
     client = app.test_client()
     for _ in range(4):  # one run each, then the cache
-        assert client.get("/metrics").status_code == 200
+        assert client.get("/telemetry-metrics").status_code == 200
 
     gauge = {
         attributes["health_check.name"]: value
         for attributes, value in metric_points("health_check.status")
-        if attributes["health_check.route"] == "/metrics"
+        if attributes["health_check.route"] == "/telemetry-metrics"
     }
     assert gauge == {"up": 1, "down": 0}
     runs = {
         (attributes["health_check.name"], attributes["health_check.result"]): value
         for attributes, value in metric_points("health_check.runs")
-        if _on((attributes, value), "/metrics")
+        if _on((attributes, value), "/telemetry-metrics")
     }
     assert runs == {("up", "ok"): 1, ("down", "failing"): 1}
     durations = [
-        point for point in metric_points("health_check.duration") if _on(point, "/metrics")
+        point
+        for point in metric_points("health_check.duration")
+        if _on(point, "/telemetry-metrics")
     ]
     assert sorted(value for _, value in durations) == [1, 1]  # one measurement per check
 
@@ -357,3 +372,29 @@ def _sleeps(seconds: float) -> Callable[[], str]:
 
 def _on(point: tuple[dict[str, Any], Any], route: str) -> bool:
     return point[0].get("health_check.route") == route
+
+
+def test_an_sdk_configured_after_the_route_gets_its_spans_and_metrics() -> None:
+    """In a process of its own: the global providers are still the API's when the route is
+    made, as in an app that configures the SDK at the end of its factory."""
+    script = """
+from flask import Flask
+from flask_status import FlaskStatus
+app = Flask("late_sdk")
+FlaskStatus(app).add_field("up", lambda: "ok")
+from otel_memory import check_spans, configure, finished_spans, metric_points
+configure()
+app.test_client().get("/api/status")
+print([span["name"] for span in check_spans(finished_spans())])
+print([value for _, value in metric_points("health_check.status")])
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=TESTS_DIR,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["['status check up']", "[1]"]
