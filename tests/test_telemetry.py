@@ -17,15 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
+from asgiref.wsgi import WsgiToAsgi
 from flask import Flask
-from helpers import TESTS_DIR, ServerProcess
+from helpers import TESTS_DIR, TOKEN, ServerProcess, token_required, token_required_async
 from opentelemetry import trace
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from opentelemetry.instrumentation.flask import FlaskInstrumentor
 from otel_memory import CHECK_SPAN, check_spans, configure, finished_spans, metric_points
 from servers import gunicorn, uvicorn
 
 from flask_status import FlaskStatus
+from flask_status.asgi import StatusMiddleware
 from flask_status.store import RedisStore
 
 tracer = trace.get_tracer("test_telemetry")
@@ -305,6 +309,30 @@ print(telemetry.AVAILABLE, response.status_code, response.get_json()["up"])
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "200", "ok"]
+
+
+@pytest.mark.parametrize("guard", [None, token_required, token_required_async])
+def test_under_the_asgi_middleware_runs_are_children_of_the_request_span(
+    guard: Callable[..., Any] | None,
+) -> None:
+    """In process, every path of a status request through StatusMiddleware: on the loop, and
+    inside a sync authenticator's wrapper (in a worker thread) or an async one's."""
+    app = Flask("telemetry_asgi")
+    url = f"/asgi-{getattr(guard, '__name__', 'open')}"
+    FlaskStatus(app, url, authenticator=guard).add_field("up", lambda: "ok")
+    asgi_app = OpenTelemetryMiddleware(StatusMiddleware(WsgiToAsgi(app), app))  # type: ignore[no-untyped-call]
+
+    async def get() -> int:
+        transport = httpx.ASGITransport(app=asgi_app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            response = await client.get(url, headers=TOKEN)
+            return response.status_code
+
+    assert anyio.run(get) == 200
+    spans = finished(url)
+    (run,) = check_spans(spans)
+    request = next(span for span in spans if span["kind"] == "SERVER")
+    assert run["parent_id"] == request["span_id"]
 
 
 # -- real servers -------------------------------------------------------------------------
