@@ -7,6 +7,7 @@ own library is imported where its app is built.
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -107,11 +108,11 @@ def bare(app: Flask, checks: Checks) -> None:
         return jsonify({"status": "OK"})
 
 
-def flask_status(app: Flask, checks: Checks) -> None:
+def flask_status(app: Flask, checks: Checks, **options: Any) -> None:
     """This project (or Flask-Status 1.0.1, which has the same import name, in its own venv)."""
     from flask_status import FlaskStatus
 
-    status = FlaskStatus(app, timeout=checks.fields.timeout)
+    status = FlaskStatus(app, timeout=checks.fields.timeout, **options)
     interval = checks.fields.interval
     for key, value in checks.named():
         status.add_field(
@@ -125,6 +126,42 @@ def _chain_link(key: str) -> dict[str, str]:
     if not key.startswith("chain") or key == "chain0":
         return {}
     return {"depends_on": f"chain{int(key[len('chain') :]) - 1}"}
+
+
+#: Finished spans an in-memory exporter keeps before it drops them: an exporter that sends its
+#: spans keeps none, while thousands kept would make every full garbage collection of the
+#: worker longer, round after round.
+KEPT_SPANS = 1_000
+
+
+def flask_status_with_sdk(app: Flask, checks: Checks) -> None:
+    """This project in an app that configured the OpenTelemetry SDK as production apps do
+    (a batch span processor, which exports off the request path), exporting spans to memory,
+    and metrics to an in-memory reader. The global providers are set once per process:
+    this contender has a worker process of its own."""
+    from opentelemetry import metrics, trace
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    class BoundedExporter(InMemorySpanExporter):
+        kept = 0
+
+        def export(self, spans: Any) -> SpanExportResult:
+            self.kept += len(spans)
+            if self.kept > KEPT_SPANS:
+                self.clear()
+                self.kept = len(spans)
+            return super().export(spans)
+
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        provider = TracerProvider()
+        provider.add_span_processor(BatchSpanProcessor(BoundedExporter()))
+        trace.set_tracer_provider(provider)
+        metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
+    flask_status(app, checks)
 
 
 def flask_status_101(app: Flask, checks: Checks) -> None:
@@ -234,6 +271,8 @@ def answer(results: dict[str, Any]) -> tuple[dict[str, Any], int]:
 BUILDERS: dict[str, Callable[[Flask, Checks], None]] = {
     "bare": bare,
     "flask-status": flask_status,
+    "flask-status-telemetry-off": functools.partial(flask_status, telemetry=False),
+    "flask-status-otel-sdk": flask_status_with_sdk,
     "flask-status-1.0.1": flask_status_101,
     "py-healthcheck": py_healthcheck,
     "obvious": obvious_design,

@@ -28,6 +28,8 @@ from report import (
     OBVIOUS,
     ORIGINAL,
     OURS,
+    OURS_OTEL_SDK,
+    OURS_TELEMETRY_OFF,
     Row,
     Target,
     judged,
@@ -112,6 +114,7 @@ class Sample:
 
     per_request: float  # mean seconds
     longest: float  # seconds of its slowest request
+    cpu_per_request: float  # mean CPU seconds of the worker process (all its threads)
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,8 @@ class Scenario:
     rounds: int
     judge: Judge
     not_run: dict[str, str] = field(default_factory=dict)  # contender -> why
+    #: The contender every other one's rounds are paired with (when it is among the cells).
+    reference: str = BARE
 
     def run(self, workers: dict[str, WorkerProcess], missing: dict[str, str]) -> list[Row]:
         cells = [cell for cell in self.cells if cell.contender in workers]
@@ -174,12 +179,12 @@ class Scenario:
     ) -> tuple[list[list[Sample]], list[list[Sample]]]:
         """Rounds of every cell in turn, each round starting one cell later than the last.
 
-        When the bare route is among the cells, each round of another cell is paired with a
-        round of the bare route right beside it (before or after, alternately), so that a
-        ratio compares two figures taken under the same load. Returns each cell's samples and
-        the bare route's samples taken beside them.
+        When the reference (the bare route) is among the cells, each round of another cell is
+        paired with a round of the reference right beside it (before or after, alternately),
+        so that a ratio compares two figures taken under the same load. Returns each cell's
+        samples and the reference's samples taken beside them.
         """
-        bare = next((i for i, cell in enumerate(cells) if cell.contender == BARE), None)
+        bare = next((i for i, cell in enumerate(cells) if cell.contender == self.reference), None)
         others = [i for i in range(len(cells)) if i != bare]
         samples: list[list[Sample]] = [[] for _ in cells]
         beside: list[list[Sample]] = [[] for _ in cells]
@@ -191,7 +196,9 @@ class Scenario:
             )
             if answer["statuses"] != [cell.expect]:
                 raise BenchError(f"{names[index]} answered {answer['statuses']}")
-            sample = Sample(answer["total"] / cell.requests, answer["max"])
+            sample = Sample(
+                answer["total"] / cell.requests, answer["max"], answer["cpu"] / cell.requests
+            )
             samples[index].append(sample)
             return sample
 
@@ -220,6 +227,22 @@ def versus_bare(cell: Cell, samples: list[Sample], bare: list[Sample]) -> tuple[
     """Median time per request; the median of per-round ratios to the bare route."""
     ratio = median_ratio(samples, bare, attrgetter("per_request"))
     return f"{seconds(typical(samples))} / request", f"{ratio:.2f}x bare", ratio
+
+
+def versus_telemetry_off(
+    cell: Cell, samples: list[Sample], off: list[Sample]
+) -> tuple[str, str, float]:
+    """Median time and CPU time per request; the median of per-round ratios of CPU time to
+    ``telemetry=False``'s (held to the target), and of time.
+
+    What telemetry costs is CPU: on a shared machine a round's time also holds the time other
+    processes took the cores, which the CPU time of the worker process leaves out.
+    """
+    cpu = median_ratio(samples, off, attrgetter("cpu_per_request"))
+    wall = median_ratio(samples, off, attrgetter("per_request"))
+    cpu_typical = statistics.median(sample.cpu_per_request for sample in samples)
+    measured = f"{seconds(typical(samples))} / request, CPU {seconds(cpu_typical)}"
+    return measured, f"CPU {cpu:.2f}x, time {wall:.2f}x telemetry off", cpu
 
 
 def versus_slowest_field(
@@ -253,6 +276,8 @@ CONSTANTS_TARGET = Target("≤", 1.3, "x bare")
 HUNG_TARGET = Target("≤", 130, " ms", what="slowest")
 SCALE_TARGET = Target("≤", 1.2, "x slowest field")
 CHAIN_TARGET = Target("≤", 1.1, "x the chain's sum")
+API_ONLY_TARGET = Target("≤", 1.05, "x telemetry off", what="CPU")
+SDK_TARGET = Target("≤", 1.5, "x telemetry off", what="CPU")
 
 
 def scenarios() -> list[Scenario]:
@@ -333,6 +358,18 @@ def scenarios() -> list[Scenario]:
             not_run={
                 name: "no dependencies between checks" for name in (OBVIOUS, HEALTHCHECK, ORIGINAL)
             },
+        ),
+        Scenario(
+            "15. OpenTelemetry: 10 trivial fields, test client",
+            [
+                # Short rounds, many of them: a pair of rounds is then taken under the same load.
+                Cell(OURS_TELEMETRY_OFF, TRIVIAL_MIXED, mixed, 200),
+                Cell(OURS, TRIVIAL_MIXED, f"API, no SDK: {mixed}", 200, target=API_ONLY_TARGET),
+                Cell(OURS_OTEL_SDK, TRIVIAL_MIXED, mixed, 200, target=SDK_TARGET),
+            ],
+            rounds=21,
+            judge=versus_telemetry_off,
+            reference=OURS_TELEMETRY_OFF,
         ),
     ]
 

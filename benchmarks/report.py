@@ -19,6 +19,8 @@ from typing import TypeVar
 OURS = "flask-status"
 OURS_COUNTED = "flask-status-counted"  # ours, with each check counting its runs
 OURS_HOOKED = "flask-status-hooked"  # ours, in an app with a no-op request hook
+OURS_TELEMETRY_OFF = "flask-status-telemetry-off"  # ours, with telemetry=False
+OURS_OTEL_SDK = "flask-status-otel-sdk"  # ours, in an app that configured the OpenTelemetry SDK
 BARE = "bare"
 OBVIOUS = "obvious"
 HEALTHCHECK = "py-healthcheck"
@@ -28,6 +30,8 @@ ASYNCIO_VIEW = "asyncio-view"
 
 CONTENDERS = {
     OURS: "flask-status (this project)",
+    OURS_TELEMETRY_OFF: "flask-status, `telemetry=False`",
+    OURS_OTEL_SDK: "flask-status, OpenTelemetry SDK + in-memory exporter ⁵",
     BARE: "bare Flask route",
     OBVIOUS: "obvious design: async view + anyio",
     HEALTHCHECK: "py-healthcheck 1.3.3 ²",
@@ -52,6 +56,13 @@ FOOTNOTES = [
     "a Flask `async def` view behind `WsgiToAsgi` running them with `asyncio.gather`, sync ones "
     "through `asyncio.to_thread`, each under `asyncio.wait_for`. Ours is the status route under "
     "`StatusMiddleware(WsgiToAsgi(app), app)`.",
+    "⁵ In a worker process of its own (the SDK's global providers are set once per process, "
+    "and must not reach the other contenders): spans go through a `BatchSpanProcessor` (as "
+    "production apps configure it: export leaves the request path) to an "
+    "`InMemorySpanExporter` (emptied every 1,000 spans: an exporter that sends them keeps "
+    "none), metrics to an `InMemoryMetricReader`. "
+    "The other rows of scenario 13 have `opentelemetry-api` installed and no SDK configured: "
+    "its no-op providers.",
     "The obvious design is a Flask `async def` view that runs every field in one anyio task "
     "group, sync ones through `anyio.to_thread.run_sync(abandon_on_cancel=True)`, each under "
     "`anyio.move_on_after(timeout)`.",

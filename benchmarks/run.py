@@ -51,6 +51,7 @@ NAMES = {
     12: "sharing",
     13: "dependencies",
     14: "events",
+    15: "telemetry",
 }
 
 #: The scenarios a full run measures after the in-process ones, in this order: the memory

@@ -6,7 +6,8 @@ JSON command per line on stdin; each answer is one JSON line on stdout:
 - ``{"op": "setup", "cell": ..., "builder": ..., "fields": {...}}``: build the app and warm it
   up; answers the status code and body of one request.
 - ``{"op": "round", "cell": ..., "requests": n}``: ``n`` requests in a row; answers their total
-  and longest time in seconds and the status codes seen.
+  and longest time in seconds, the CPU time the process spent on them (all its threads), and
+  the status codes seen.
 - ``{"op": "teardown", "cell": ...}``: release the app's hung checks and drop it.
 - ``{"op": "memory", "builder": ..., "fields": {...}, "warmup": n, "requests": n, "samples": k}``:
   resident memory (kB) after ``warmup`` requests, then every ``requests / samples`` requests.
@@ -47,6 +48,7 @@ class Worker:
         client = self.cells[cell][0].test_client()
         statuses = set()
         longest = 0.0
+        cpu = time.process_time()
         started = time.perf_counter()
         for _ in range(requests):
             sent = time.perf_counter()
@@ -54,6 +56,7 @@ class Worker:
             longest = max(longest, time.perf_counter() - sent)
         return {
             "total": time.perf_counter() - started,
+            "cpu": time.process_time() - cpu,
             "max": longest,
             "statuses": sorted(statuses),
         }

@@ -67,6 +67,8 @@ class Settings:
     show_details: str | None = None
     history_size: int = DEFAULT_HISTORY_SIZE
     html_for_browsers: bool = False
+    #: OpenTelemetry spans and metrics of the checks, when opentelemetry-api is installed.
+    telemetry: bool = True
 
 
 DEFAULTS = Settings()
@@ -86,6 +88,7 @@ VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "show_details": check_show_details,
     "history_size": check_history_size,
     "html_for_browsers": check_bool,
+    "telemetry": check_bool,
 }
 
 

@@ -30,7 +30,7 @@ import math
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import anyio.from_thread
@@ -53,7 +53,11 @@ from .outcome import (
     unreportable,
 )
 from .store import Freshness, Sharing
+from .telemetry import Telemetry
 from .thresholds import Streak, damp
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 #: Seconds an async check may run past its deadline before it is reported as having outrun
 #: its cancellation (a cancelled check normally ends at its next await, within milliseconds).
@@ -98,6 +102,8 @@ class Run:
     #: When the run whose result this one took from the store began there (Unix time);
     #: ``None`` for a run of this process. Such a result was measured for no request here.
     began_elsewhere: float | None = None
+    #: Its OpenTelemetry span, from when its check starts here until the run is over.
+    span: Span | None = None
 
     def result(self) -> Outcome:
         """The outcome, or "timed out" for a request that stopped waiting at the deadline."""
@@ -213,6 +219,8 @@ class Evaluator:
         self.state_listeners: list[Callable[[Field, Outcome, Origin], object]] = []
         #: Where results are shared with other processes, if anywhere.
         self.sharing: Sharing | None = None
+        #: Spans and metrics of the runs of this process, if on.
+        self.telemetry: Telemetry | None = None
         self.after_fork()
         reset_after_fork(self)
 
@@ -571,6 +579,11 @@ class Evaluator:
         empty_context().run(host.start_soon, self._host, [ahead])
 
     async def _execute(self, runs: list[Run], scope: anyio.CancelScope) -> None:
+        """Run the checks here (not served by another process): each opens its span now, in
+        the context of whoever started the run (a request's span, or none: a root)."""
+        if self.telemetry is not None:
+            for run in runs:
+                run.span = self.telemetry.start(run.field)
         if runs[0].field.kind is Kind.ASYNC:
             await self._await(runs[0], runs[0].field.value, scope)
             return
@@ -645,7 +658,8 @@ class Evaluator:
     ) -> None:
         started = time.perf_counter()
         try:
-            value = await check()
+            with self._running(run):
+                value = await check()
         except anyio.get_cancelled_exc_class() as exc:
             if scope.cancel_called:
                 raise  # the deadline: the scope catches it
@@ -664,7 +678,7 @@ class Evaluator:
             started = time.perf_counter()
             try:
                 # Its own app context, torn down once it returned (not timed as the check).
-                with own_app_context(self.app):
+                with self._running(run), own_app_context(self.app):
                     try:
                         value = run.field.value()
                     except Degraded as exc:  # working, but not well: a result, not a failure
@@ -680,6 +694,12 @@ class Evaluator:
                 self._failed(run, exc, started)
             finally:
                 run.thread_busy = False
+
+    def _running(self, run: Run) -> contextlib.AbstractContextManager[None]:
+        """Where the check runs, its run's span is the current one (when it records)."""
+        if run.span is None or self.telemetry is None:
+            return _NOTHING
+        return self.telemetry.running(run.span)
 
     def _checked(self, value: Any, started: float) -> Outcome:
         """A returned value as its outcome: checked and sized once, here, not per request.
@@ -724,6 +744,12 @@ class Evaluator:
         if run.done is not None:
             run.done.set()
         error, run.error = run.error, None
+        span, run.span = run.span, None
+        if span is not None and self.telemetry is not None:
+            try:
+                self.telemetry.finish(span, run.field, outcome, error)
+            except Exception:  # a broken exporter or processor must not break the field
+                self.logger.exception("status telemetry failed for field %r", run.field.key)
         self._log(state, outcome, error)
         if not self.current(run.field):
             return  # a replaced field's run: its key's history and metrics are the new field's
@@ -779,6 +805,9 @@ def _skip_reason(parent: str, outcome: Outcome) -> str:
     if outcome.state == "stale":
         return f"skipped: {parent} has no recent result"
     return f"skipped: {parent} is failing"
+
+
+_NOTHING = contextlib.nullcontext()
 
 
 def _was_quick(run: Run | None) -> bool:

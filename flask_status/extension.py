@@ -73,6 +73,7 @@ class FlaskStatus:
         is_authorized: details.IsAuthorized | None = None,
         history_size: int | None = None,
         html_for_browsers: bool | None = None,
+        telemetry: bool | None = None,
     ) -> None:
         self._given = config.validate(
             {
@@ -89,6 +90,7 @@ class FlaskStatus:
                 "show_details": show_details,
                 "history_size": history_size,
                 "html_for_browsers": html_for_browsers,
+                "telemetry": telemetry,
             }
         )
         self.readiness = check_bool("readiness", readiness)

@@ -37,7 +37,7 @@ import anyio.from_thread
 from flask import Flask, Response, abort, current_app, request
 from flask.json.provider import DefaultJSONProvider
 
-from . import config, details, formats, lifecycle
+from . import config, details, formats, lifecycle, telemetry
 from .aggregate import Health, aggregate
 from .background import BackgroundRuns
 from .engine import Evaluator
@@ -145,6 +145,11 @@ class StatusRoute:
             lambda: _callables(list(self.status.fields.values())),
         )
         self.evaluator.state_listeners.append(self.events.field_shows)
+        self.evaluator.telemetry = telemetry.for_route(
+            settings.telemetry, settings.url, settings.expose_errors
+        )
+        if self.evaluator.telemetry is not None:
+            self.evaluator.run_listeners.append(self.evaluator.telemetry.record_state)
         self.rendering = formats.Rendering(
             settings.message,
             self.encode,

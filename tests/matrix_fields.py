@@ -3,8 +3,10 @@
 A field set is a few status routes, each a list of fields with what every answer must show of
 them: a healthy field its value, a failing one its error. :func:`create_app` builds the app for
 one field set, with a Flask-SQLAlchemy database on SQLite, a request hook and a teardown, app
-routes of its own, ``/matrix/stats`` (the process's threads, memory, and the database's
-checked-out connections and scoped sessions) and, when given one, a Redis store.
+routes of its own, ``/matrix/stats`` (the process's threads, memory, the database's
+checked-out connections and scoped sessions, and the check runs' spans finished since the last
+read) and, when given one, a Redis store. The app configures the OpenTelemetry SDK
+(:func:`configure_telemetry`) and traces its requests, as an operator's would.
 ``matrix_app.py`` builds it from the environment the matrix sets for each server it starts
 (:func:`create_app_from_env`).
 """
@@ -25,6 +27,10 @@ from typing import Any
 import anyio
 from flask import Flask, Request, Response, g, jsonify, request
 from flask_sqlalchemy import SQLAlchemy
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import SpanKind
 from sqlalchemy import text
 
 from flask_status import ChangeEvent, Degraded, FlaskStatus, checks
@@ -78,15 +84,17 @@ class MatrixField:
         return self.error is None
 
     @property
-    def state(self) -> str:
-        """The state ``?verbose`` and the page show for it."""
-        if self.error is not None:
-            return "failing"
-        return "ok" if self.degraded is None else "degraded"
-
-    @property
     def critical(self) -> bool:
         return bool(self.options.get("critical", True))
+
+    @property
+    def state(self) -> str:
+        """The state every format shows for it (``Outcome.state``)."""
+        if self.degraded is not None:
+            return "degraded"
+        if self.error is not None and self.error.startswith("skipped"):
+            return "skipped"
+        return "ok" if self.healthy else "failing"
 
     @property
     def hangs(self) -> bool:
@@ -294,6 +302,62 @@ EVERY_KIND = (
 FIELD_SETS: dict[str, tuple[MatrixRoute, ...]] = {"every kind": EVERY_KIND}
 
 
+# -- telemetry ------------------------------------------------------------------------------
+
+
+class RunSpans(SpanExporter):
+    """Keeps what the matrix reads of each check run's span, and which spans were requests',
+    until ``/matrix/stats`` takes them (a phase's thousands of spans are not kept whole)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs: list[dict[str, Any]] = []
+        self._requests: set[int] = set()
+
+    def export(self, spans: Any) -> SpanExportResult:
+        with self._lock:
+            for span in spans:
+                self._keep(span)
+        return SpanExportResult.SUCCESS
+
+    def _keep(self, span: ReadableSpan) -> None:
+        assert span.context is not None
+        if span.kind is SpanKind.SERVER:
+            self._requests.add(span.context.span_id)
+        elif span.name.startswith("status check "):
+            self._runs.append(
+                {
+                    "name": span.name,
+                    "parent": None if span.parent is None else span.parent.span_id,
+                    "attributes": dict(span.attributes or {}),
+                    "status": span.status.status_code.name,
+                }
+            )
+
+    def take(self) -> list[dict[str, Any]]:
+        """The runs' spans since the last call, each with ``parent``: ``"request"`` (a span of
+        a request to this process), ``"none"`` (a root) or ``"other"``."""
+        with self._lock:
+            runs, requests = self._runs, self._requests
+            self._runs, self._requests = [], set()
+        for run in runs:
+            parent = run["parent"]
+            run["parent"] = (
+                "none" if parent is None else "request" if parent in requests else "other"
+            )
+        return runs
+
+
+run_spans = RunSpans()
+
+
+def configure_telemetry() -> None:
+    """The OpenTelemetry SDK of the matrix's server process: spans to :data:`run_spans`."""
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(run_spans))
+    trace.set_tracer_provider(provider)
+
+
 # -- the app --------------------------------------------------------------------------------
 
 
@@ -367,6 +431,7 @@ def create_app(field_set: str, database: str, store: str | None, prefix: str) ->
             rss_kib=proc_status("VmRSS"),
             checked_out=db.engine.pool.checkedout(),  # type: ignore[attr-defined]
             sessions=len(db.session.registry.registry),  # type: ignore[attr-defined]
+            spans=run_spans.take(),
         )
 
     for number, route in enumerate(FIELD_SETS[field_set]):

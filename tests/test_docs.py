@@ -380,6 +380,7 @@ CONSOLE_CHECKS = {
     ("probe.md", "python -m flask_status probe: error:"): (
         "test_the_probe_prints_what_the_pages_show"
     ),
+    ("opentelemetry.md", ".venv/bin/pip install -e"): "test_install_commands_install_this_project",
     ("prometheus.md", "# HELP flask_status_check_up"): "test_metrics_are_what_prometheus_md_shows",
     ("ready-made-checks.md", ".venv/bin/pip install -e"): (
         "test_install_commands_install_this_project"
@@ -526,6 +527,7 @@ def test_a_server_is_installed_only_by_the_extras_that_say_so() -> None:
         "redis": [],
         "http": [],
         "prometheus": [],
+        "otel": [],
         "uvicorn": ["uvicorn"],
         "uvicorn-worker": ["gunicorn", "uvicorn", "uvicorn-worker"],
     }

@@ -18,6 +18,11 @@ phase, and then stops the server with SIGTERM. It holds when:
 - after each phase no pooled connection is left checked out and no scoped session is left;
 - after each phase the worker runs at most ``max_workers`` + hung fields + 10 threads, and its
   memory grew by at most 20 MB during the phase;
+- every check run's OpenTelemetry span (the app configures the SDK and traces its requests)
+  names its field, route and criticality, and has the result the field must have; a
+  background run's span is a root, a run a request started is that request's child (in each
+  phase, some are), and a field shared through the cache or the store (``cache_ttl``,
+  ``interval``) opens a span per run, not per request;
 - the server exits within 5 s of SIGTERM, with status 0 or SIGTERM's, and its log holds no
   traceback (but the failing checks' own, which flask_status logs), before SIGTERM or after.
 
@@ -368,6 +373,8 @@ class Findings:
     examples: dict[tuple[str, str], str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     figures: list[str] = field(default_factory=list)
+    #: The check runs' spans read from ``/matrix/stats`` and not yet checked.
+    spans: list[dict[str, Any]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def answer(self, probe: Probe, seen: list[Seen]) -> None:
@@ -428,10 +435,13 @@ def probe_during(
         thread.join()
 
 
-def stats(server: ServerProcess) -> dict[str, int]:
+def stats(server: ServerProcess, findings: Findings) -> dict[str, int]:
+    """The worker's figures; the spans finished since the last read go to ``findings``."""
     reply = server.fetch("/matrix/stats")
     assert reply.status == 200, reply
-    return dict(reply.json())
+    now = dict(reply.json())
+    findings.spans += now.pop("spans")
+    return now
 
 
 def warm_up(server: ServerProcess, cell: Cell, findings: Findings) -> None:
@@ -458,10 +468,10 @@ def check_after_phase(
 ) -> dict[str, int]:
     """Leftovers, threads and memory once the phase's probes are done: the stats read then."""
     deadline = time.monotonic() + SETTLE_SECONDS
-    now = stats(server)
+    now = stats(server, findings)
     while (now["checked_out"] or now["sessions"]) and time.monotonic() < deadline:
         time.sleep(0.1)
-        now = stats(server)
+        now = stats(server, findings)
     after = f"after phase {phase.name!r}"
     if now["checked_out"] or now["sessions"]:
         findings.note(
@@ -493,9 +503,7 @@ def event_problems(cell: Cell, events: list[list[str | None]]) -> list[str]:
     problems = []
     for route in cell.routes:
         expected: dict[str | None, list[list[str | None]]] = {
-            item.key: [[None, "ok" if item.healthy else "failing"]]
-            for item in route.fields
-            if not item.constant
+            item.key: [[None, item.state]] for item in route.fields if not item.constant
         }
         expected[None] = [[None, route.status]]
         for key, changes in expected.items():
@@ -504,6 +512,78 @@ def event_problems(cell: Cell, events: list[list[str | None]]) -> list[str]:
                 what = "the route" if key is None else f"field {key!r}"
                 problems.append(f"events: {route.url} {what} announced {seen}, not {changes}")
     return problems
+
+
+CHECK_SPAN = "status check "
+#: ``health_check.result`` of a run that failed (the span's status is then ERROR).
+FAILED_RESULTS = {"failing", "timed_out"}
+
+
+def expected_results(item: MatrixField) -> set[str]:
+    """The results a run of ``item`` may have: a field whose thresholds hold back failed runs
+    (the flaky one) may fail some while it reads healthy."""
+    if item.hangs:
+        return {"timed_out"}
+    if item.state in ("degraded", "skipped"):
+        return {item.state}
+    if not item.healthy:
+        return {"failing"}
+    if item.options.get("failure_threshold", 1) > 1:
+        return {"ok", "failing"}
+    return {"ok"}
+
+
+def run_span_problems(item: MatrixField, span: dict[str, Any]) -> list[str]:
+    attributes = span["attributes"]
+    result = attributes.get("health_check.result")
+    problems = []
+    if span["name"] != CHECK_SPAN + item.key:
+        problems.append(f"named {span['name']!r}")
+    if attributes.get("health_check.critical") != item.options.get("critical", True):
+        problems.append(f"health_check.critical {attributes.get('health_check.critical')}")
+    if result not in expected_results(item):
+        problems.append(f"health_check.result {result!r}")
+    if (span["status"] == "ERROR") != (result in FAILED_RESULTS) or (
+        ("error.type" in attributes) != (result in FAILED_RESULTS)
+    ):
+        problems.append(f"status {span['status']} and error.type with result {result!r}")
+    background = "interval" in item.options
+    if span["parent"] not in ({"none"} if background else {"none", "request"}):
+        problems.append(f"parent: {span['parent']} (background: {background})")
+    return problems
+
+
+def check_spans(cell: Cell, findings: Findings, when: str, seconds: float | None) -> None:
+    """The spans of the runs since the last check: each as its field's (above); and, over
+    ``seconds`` (None: not timed), a field shared through the cache or the store opens at most
+    one span per period, however many requests read it."""
+    fields = {(route.url, item.key): item for route in cell.routes for item in route.fields}
+    runs: Counter[tuple[str, str]] = Counter()
+    children = 0
+    for span in findings.spans:
+        attributes = span["attributes"]
+        where = (attributes.get("health_check.route"), attributes.get("health_check.name"))
+        item = fields.get(where)  # type: ignore[arg-type]
+        if item is None:
+            findings.note(f"{when}: a span of no field: {span}")
+            continue
+        runs[where] += 1  # type: ignore[index]
+        children += span["parent"] == "request"
+        for problem in run_span_problems(item, span):
+            findings.note(f"{when}: span of {where}: {problem}: {span}")
+    findings.figures.append(f"{when}: {sum(runs.values())} run spans, {children} of requests")
+    findings.spans.clear()
+    if seconds is None:
+        return
+    if not children:
+        findings.note(f"{when}: no run span is the child of a request's span")
+    for (url, key), count in runs.items():
+        item = fields[url, key]
+        period = item.options.get("interval") or item.options.get("cache_ttl")
+        if period and count > seconds / period + 2:
+            findings.note(
+                f"{when}: {count} run spans of {url} {key} in {seconds:.1f}s (period {period}s)"
+            )
 
 
 def stop(server: ServerProcess, findings: Findings) -> None:
@@ -577,10 +657,13 @@ def run_cell(
         return [f"did not start: {exc}"]
     try:
         warm_up(server, cell, findings)
-        before = stats(server)
+        before = stats(server, findings)
+        check_spans(cell, findings, "warm-up", None)
         for phase in PHASES:
+            started = time.monotonic()
             probe_during(server, phase.probes(cell.routes), phase.seconds, findings)
             before = check_after_phase(server, cell, phase, before, findings)
+            check_spans(cell, findings, phase.name, time.monotonic() - started)
         findings.notes += event_problems(cell, stats(server)["events"])
     except Exception as exc:  # this cell's failure, reported with it, not the other cells'
         findings.note(f"the cell stopped early: {exc!r}")
