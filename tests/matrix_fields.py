@@ -34,6 +34,7 @@ from opentelemetry.trace import SpanKind
 from sqlalchemy import text
 
 from flask_status import ChangeEvent, Degraded, FlaskStatus, checks
+from flask_status.fields import Kind
 from flask_status.store import RedisStore
 
 #: The header and value that let a caller read the details (``is_authorized``).
@@ -428,14 +429,21 @@ def create_app(field_set: str, database: str, store: str | None, prefix: str) ->
             pid=os.getpid(),
             events=events,
             threads=proc_status("Threads"),
+            # Each async check's own app context is pushed and popped in a thread (the app has
+            # a teardown): one thread per async run in flight, at most one run per field.
+            async_fields=sum(
+                item.kind is Kind.ASYNC for status in statuses for item in status.fields.values()
+            ),
             rss_kib=proc_status("VmRSS"),
             checked_out=db.engine.pool.checkedout(),  # type: ignore[attr-defined]
             sessions=len(db.session.registry.registry),  # type: ignore[attr-defined]
             spans=run_spans.take(),
         )
 
+    statuses = []
     for number, route in enumerate(FIELD_SETS[field_set]):
         status = FlaskStatus(app, url=route.url, is_authorized=has_token)
+        statuses.append(status)
         status.on_change(record_async if number % 2 else record)
         for item in route.fields:
             status.add_field(item.key, item.make(db), **item.options)

@@ -16,8 +16,9 @@ phase, and then stops the server with SIGTERM. It holds when:
   check's threshold holds the flaky field's failures back), and each route one, its
   ``status``: in a store cell as well, where the store announces them once for the fleet;
 - after each phase no pooled connection is left checked out and no scoped session is left;
-- after each phase the worker runs at most ``max_workers`` + hung fields + 10 threads, and its
-  memory grew by at most 20 MB during the phase;
+- after each phase the worker runs at most ``max_workers`` + hung fields + async fields + 10
+  threads (threads are bounded by fields, never by probes), and its memory grew by at most
+  20 MB during the phase;
 - every check run's OpenTelemetry span (the app configures the SDK and traces its requests)
   names its field, route and criticality, and has the result the field must have; a
   background run's span is a root, a run a request started is that request's child (in each
@@ -65,7 +66,8 @@ PAUSE_SECONDS = 0.02
 WARM_UP_SECONDS = 10.0
 #: How long after a phase its leftovers (checked-out connections, sessions) may take to go.
 SETTLE_SECONDS = 3.0
-#: Threads a worker may run beyond ``max_workers`` and the hung fields: the server's own.
+#: Threads a worker may run beyond ``max_workers``, the hung fields and the async fields (whose
+#: app contexts are pushed and popped in threads): the server's own.
 SPARE_THREADS = 10
 RSS_GROWTH_LIMIT_KIB = 20 * 1024
 EXIT_LIMIT_SECONDS = 5.0
@@ -435,7 +437,7 @@ def probe_during(
         thread.join()
 
 
-def stats(server: ServerProcess, findings: Findings) -> dict[str, int]:
+def stats(server: ServerProcess, findings: Findings) -> dict[str, Any]:
     """The worker's figures; the spans finished since the last read go to ``findings``."""
     reply = server.fetch("/matrix/stats")
     assert reply.status == 200, reply
@@ -479,11 +481,12 @@ def check_after_phase(
             f"{now['sessions']} scoped sessions left, {SETTLE_SECONDS:g}s after the last probe"
         )
     hung = sum(item.hangs for route in cell.routes for item in route.fields)
-    limit = matrix_fields.MAX_WORKERS + hung + SPARE_THREADS
+    limit = matrix_fields.MAX_WORKERS + hung + now["async_fields"] + SPARE_THREADS
     if now["threads"] > limit:
         findings.note(
             f"{after}: {now['threads']} threads, more than max_workers "
-            f"{matrix_fields.MAX_WORKERS} + {hung} hung + {SPARE_THREADS}"
+            f"{matrix_fields.MAX_WORKERS} + {hung} hung + {now['async_fields']} async fields + "
+            f"{SPARE_THREADS}"
         )
     growth = now["rss_kib"] - before["rss_kib"]
     findings.figures.append(
@@ -664,7 +667,7 @@ def run_cell(
             probe_during(server, phase.probes(cell.routes), phase.seconds, findings)
             before = check_after_phase(server, cell, phase, before, findings)
             check_spans(cell, findings, phase.name, time.monotonic() - started)
-        findings.notes += event_problems(cell, stats(server)["events"])
+        findings.notes += event_problems(cell, stats(server, findings)["events"])
     except Exception as exc:  # this cell's failure, reported with it, not the other cells'
         findings.note(f"the cell stopped early: {exc!r}")
     finally:
