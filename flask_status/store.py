@@ -116,11 +116,13 @@ class RedisStore:
         return token if taken else None
 
     async def put(self, key: str, outcome: Outcome, seconds: float, token: str) -> None:
-        """Store ``outcome`` for ``seconds``, tell the waiters, and give the lease back."""
+        """Store ``outcome`` for ``seconds`` (not at all for none), tell the waiters, and give
+        the lease back."""
         data = _encode(outcome)
         client = self._client()
         async with client.pipeline(transaction=False) as pipeline:
-            pipeline.set(key, data, px=_ms(seconds))
+            if seconds > 0:  # a result fresh for no time is only for those waiting for it
+                pipeline.set(key, data, px=_ms(seconds))
             pipeline.publish(f"{key}:done", data)
             pipeline.eval(_RELEASE, 1, f"{key}:lease", token)
             await pipeline.execute()

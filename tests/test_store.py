@@ -460,6 +460,9 @@ def test_a_failure_is_shared_for_cache_ttl_failure_and_stored_as_long(
     fleet = [process(redis_server.url, healthy, cache_ttl_failure=30) for _ in range(3)]
     for client in fleet * 2:
         assert client.get(URL).get_json()["db"] == "up"
+        # Fresh for no time: not stored (only those waiting for the run get it), so that no
+        # process reads it back, however late the store's own clock runs.
+        assert raw.get("flask-status:fleet:/api/status:db") is None
     assert healthy.runs == 6  # each good result was measured for its request
 
 
