@@ -426,3 +426,21 @@ print([value for _, value in metric_points("health_check.status")])
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["['status check up']", "[1]"]
+
+
+def test_a_skipped_run_has_a_span_and_is_counted_as_skipped() -> None:
+    app, status = instrumented("/telemetry-skipped")
+    status.add_field("broker", _refused, critical=False)
+    status.add_field("workers", lambda: "never run", depends_on="broker", critical=False)
+    assert app.test_client().get("/telemetry-skipped").status_code == 200
+
+    spans = by_name(finished("/telemetry-skipped"))
+    workers = spans[CHECK_SPAN + "workers"]
+    assert workers["attributes"]["health_check.result"] == "skipped"
+    assert workers["parent_id"] == spans["GET /telemetry-skipped"]["span_id"]
+    runs = {
+        (attributes["health_check.name"], attributes["health_check.result"]): value
+        for attributes, value in metric_points("health_check.runs")
+        if _on((attributes, value), "/telemetry-skipped")
+    }
+    assert runs == {("broker", "failing"): 1, ("workers", "skipped"): 1}
