@@ -485,10 +485,8 @@ class Evaluator:
         missing = [key for key in item.depends_on if key not in self.fields]
         if missing:
             names = ", ".join(repr(key) for key in missing)
-            return Outcome(
-                error=f"depends_on: no field {names} (fields: {', '.join(self.fields)})",
-                measured_at=time.time(),
-            )
+            error = f"depends_on: no field {names} (fields: {', '.join(self.fields)})"
+            return Outcome(error=one_line(error), measured_at=time.time())
         for key in item.depends_on:
             outcome = await self._parent_outcome(self.fields[key], runs, item.interval is not None)
             if not outcome.ok:

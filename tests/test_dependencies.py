@@ -24,6 +24,7 @@ from helpers import Reply, client_fetch
 from servers import uvicorn
 
 from flask_status import Degraded, FlaskStatus
+from flask_status.outcome import MAX_ERROR_CHARS
 from flask_status.route import EXTENSION_KEY
 
 pytest_plugins = ["reliability_fixtures"]
@@ -215,6 +216,16 @@ def test_a_missing_key_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
     logged = [record for record in caplog.records if "brokr" in record.getMessage()]
     assert len(logged) == 1
     assert logged[0].levelno == logging.ERROR
+
+
+def test_many_missing_keys_are_named_within_the_error_length() -> None:
+    app = Flask(__name__)
+    status = FlaskStatus(app)
+    status.add_field("workers", Counted(), depends_on=[f"queue{n}" for n in range(10_000)])
+
+    error = app.test_client().get(URL).get_json()["workers"]["error"]
+    assert error.startswith("depends_on: no field 'queue0', 'queue1', ")
+    assert len(error) <= MAX_ERROR_CHARS
 
 
 def test_a_parent_removed_from_the_fields_fails_its_dependent(make_client: MakeClient) -> None:
