@@ -259,7 +259,7 @@ def check_dependencies(fields: Mapping[str, Field], default_timeouts: Iterable[f
                     f"depends_on: background field {item.key!r} depends on {key!r}, which runs "
                     "on request: a background field may depend only on background fields"
                 )
-            if parent.interval is not None:
+            if parent.interval is not None or parent.kind is Kind.CONSTANT:
                 continue  # read, not run: its timeout is not part of the request's
             for default in timeouts:
                 mine = default if item.timeout is None else item.timeout

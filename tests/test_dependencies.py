@@ -202,6 +202,15 @@ def test_an_apps_default_timeout_is_checked_when_the_route_is_registered() -> No
         status.init_app(app)
 
 
+def test_a_constant_parent_has_no_timeout_to_compare() -> None:
+    app = Flask(__name__)
+    status = FlaskStatus(app, timeout=1)
+    status.add_field("region", "eu-west-1")
+    status.add_field("workers", Counted(), depends_on="region", timeout=0.5)
+
+    assert app.test_client().get(URL).get_json()["workers"] == "up"
+
+
 def test_a_missing_key_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
     app = Flask(__name__)
     FlaskStatus(app).add_field("workers", Counted(), depends_on="brokr")
