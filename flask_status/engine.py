@@ -482,13 +482,17 @@ class Evaluator:
     async def _blocked(self, item: Field, runs: Mapping[str, Run]) -> Outcome | None:
         """Why ``item`` must not run now: a parent that is no field, or one that did not
         succeed (its parents in their order); ``None`` once all succeeded."""
-        missing = [key for key in item.depends_on if key not in self.fields]
+        # The parents as they are now: one removed while an earlier one is awaited is still
+        # waited for, as the request chose its fields before.
+        parents = {key: self.fields.get(key) for key in item.depends_on}
+        missing = [key for key, parent in parents.items() if parent is None]
         if missing:
             names = ", ".join(repr(key) for key in missing)
             error = f"depends_on: no field {names} (fields: {', '.join(self.fields)})"
             return Outcome(error=one_line(error), measured_at=time.time())
-        for key in item.depends_on:
-            outcome = await self._parent_outcome(self.fields[key], runs, item.interval is not None)
+        for key, parent in parents.items():
+            assert parent is not None
+            outcome = await self._parent_outcome(parent, runs, item.interval is not None)
             if not outcome.ok:
                 return Outcome(
                     error=_skip_reason(key, outcome), measured_at=time.time(), error_kind="skipped"

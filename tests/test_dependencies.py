@@ -17,7 +17,7 @@ from typing import Any
 
 import dependencies_app
 import pytest
-from clients import MakeClient, in_threads, timed_get
+from clients import Answer, MakeClient, in_threads, timed_get
 from conftest import RedisServer
 from flask import Flask
 from helpers import Reply, client_fetch
@@ -249,6 +249,45 @@ def test_a_parent_removed_from_the_fields_fails_its_dependent(make_client: MakeC
 
     assert client.get(URL).json()["workers"] == {
         "error": "depends_on: no field 'broker' (fields: workers)"
+    }
+
+
+def test_a_parent_removed_while_its_dependent_waits_holds_no_request(
+    make_client: MakeClient,
+) -> None:
+    app = Flask(__name__)
+    status = FlaskStatus(app, timeout=3)
+    started, release = threading.Event(), threading.Event()
+
+    def slow() -> str:
+        started.set()
+        release.wait(3)
+        return "up"
+
+    status.add_field("slow", slow)
+    status.add_field("other", Counted())
+    status.add_field("workers", Counted(), depends_on=["slow", "other"])
+    client = make_client(app)
+    answers: list[Answer] = []
+
+    def ask() -> None:
+        answers.append(client.get(URL))
+
+    first = threading.Thread(target=ask, daemon=True)
+    first.start()
+    assert started.wait(3)
+    del status.fields["other"]  # while workers waits for slow, its first parent
+    release.set()
+    first.join(5)
+    second = threading.Thread(target=ask, daemon=True)
+    second.start()
+    second.join(5)
+
+    assert not first.is_alive() and not second.is_alive()
+    # The first request chose its fields before: workers ran after both its parents.
+    assert (answers[0].status, answers[0].json()["workers"]) == (200, "up")
+    assert answers[1].json()["workers"] == {
+        "error": "depends_on: no field 'other' (fields: slow, workers)"
     }
 
 
