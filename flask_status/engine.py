@@ -470,7 +470,10 @@ class Evaluator:
             blocked = await self._blocked(run.field, runs)
         if blocked is not None:
             if self.telemetry is not None:  # a skip is a run too: its span says so
-                run.span = self.telemetry.start(run.field)
+                try:
+                    run.span = self.telemetry.start(run.field)
+                except Exception:  # a broken tracer must not leave the run unfinished
+                    self.logger.exception("status telemetry failed for field %r", run.field.key)
             run.produced = blocked
             self._finish(run, time.perf_counter() - started)
             return
