@@ -461,9 +461,10 @@ class Evaluator:
 
         ``runs`` are the evaluation's runs, its parents' among them; a background run reads its
         parents' latest results instead. The wait is shielded like the run it belongs to (others
-        may join it), and has no deadline of its own: each parent's run ends by its deadline,
-        which is no later than this run's (a parent's timeout is at most its dependent's), so a
-        parent that timed out at this run's deadline is still named as the cause.
+        may join it), and has no deadline of its own: each parent's run is waited for up to its
+        deadline (and a short grace), which is no later than this run's (a parent's timeout is
+        at most its dependent's), so a parent that timed out at this run's deadline, or outran
+        it, is still named as the cause.
         """
         started = time.perf_counter()
         with anyio.CancelScope(shield=True):
@@ -523,7 +524,9 @@ class Evaluator:
         elif run.outcome is None:
             if run.done is None:
                 run.done = anyio.Event()
-            await run.done.wait()
+            # A parent that outran its deadline (it ignores cancellation) has timed out.
+            with anyio.CancelScope(deadline=run.deadline + OVERRUN_GRACE):
+                await run.done.wait()
         return run.result()
 
     @staticmethod
@@ -533,8 +536,9 @@ class Evaluator:
         if run.done is None:
             run.done = anyio.Event()
         # A dependent's run may end just after its deadline, skipped because of a parent that
-        # timed out at that deadline: its own run is bounded by its parents' and its check's.
-        with anyio.CancelScope(deadline=math.inf if run.field.depends_on else run.deadline):
+        # timed out at that deadline (waited for up to the grace of one that outruns it).
+        deadline = run.deadline + 2 * OVERRUN_GRACE if run.field.depends_on else run.deadline
+        with anyio.CancelScope(deadline=deadline):
             await run.done.wait()
 
     async def _host(self, runs: list[Run]) -> None:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import anyio
 import dependencies_app
 import pytest
 from clients import Answer, MakeClient, in_threads, timed_get
@@ -289,6 +290,51 @@ def test_a_parent_removed_while_its_dependent_waits_holds_no_request(
     assert answers[1].json()["workers"] == {
         "error": "depends_on: no field 'other' (fields: slow, workers)"
     }
+
+
+def test_a_parent_that_ignores_its_deadline_holds_no_dependent_past_it(
+    make_client: MakeClient,
+) -> None:
+    """A check that outruns its cancellation holds the request that started it (its run is
+    that request's); a request that only waits for it, or for a field that depends on it,
+    answers by the deadline."""
+    app = Flask(__name__)
+    status = FlaskStatus(app, timeout=0.3)
+    release = threading.Event()
+
+    async def stubborn() -> str:
+        with anyio.CancelScope(shield=True):  # deaf to its deadline until released
+            while not release.is_set():
+                await anyio.sleep(0.02)
+        return "late"
+
+    status.add_field("stubborn", stubborn, critical=False)
+    status.add_field("workers", Counted(), depends_on="stubborn", critical=False)
+    status.add_field("quick", Counted(), critical=False)
+    status.add_field("tasks", stubborn, depends_on="quick", critical=False)
+    client = make_client(app)
+    answers: dict[str, Answer] = {}
+
+    def ask(path: str) -> threading.Thread:
+        asking = threading.Thread(
+            target=lambda: answers.update({path: client.get(f"{URL}/{path}")}), daemon=True
+        )
+        asking.start()
+        return asking
+
+    try:
+        hosts = [ask("stubborn"), ask("tasks")]  # each starts a run that outruns its deadline
+        time.sleep(0.1)
+        waiters = [ask("workers"), ask("tasks?again")]
+        for waiter in waiters:
+            waiter.join(3)
+        assert not any(waiter.is_alive() for waiter in waiters)
+        assert answers["workers"].json()["workers"] == {"error": "skipped: stubborn timed out"}
+        assert answers["tasks?again"].json()["tasks"] == {"error": "timed out after 0.3s"}
+    finally:
+        release.set()
+        for host in hosts:
+            host.join(3)
 
 
 # -- with the engine's other features, on both paths ------------------------------------------
