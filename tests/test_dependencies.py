@@ -10,6 +10,7 @@ process, and StatusMiddleware under a real uvicorn.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -210,6 +211,17 @@ def test_a_constant_parent_has_no_timeout_to_compare() -> None:
     status.add_field("workers", Counted(), depends_on="region", timeout=0.5)
 
     assert app.test_client().get(URL).get_json()["workers"] == "up"
+
+
+def test_a_deep_chain_added_from_its_end_is_checked_for_a_cycle() -> None:
+    status = FlaskStatus(Flask(__name__))
+    depth = sys.getrecursionlimit() + 100
+    for step in range(depth, 0, -1):  # each step's parent comes after it
+        status.add_field(f"step{step}", Counted(), depends_on=f"step{step - 1}")
+    status.add_field("step0", Counted())
+
+    with pytest.raises(ValueError, match=r"depends_on: a cycle: 'step\d+' -> 'step\d+' -> "):
+        status.add_field("step0", Counted(), depends_on=f"step{depth}")
 
 
 def test_a_missing_key_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
