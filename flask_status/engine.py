@@ -461,14 +461,20 @@ class Evaluator:
 
         ``runs`` are the evaluation's runs, its parents' among them; a background run reads its
         parents' latest results instead. The wait is shielded like the run it belongs to (others
-        may join it), and has no deadline of its own: each parent's run ends by its deadline,
-        which is no later than this run's (a parent's timeout is at most its dependent's), so a
-        parent that timed out at this run's deadline is still named as the cause.
+        may join it), and has no deadline of its own: each parent's run is waited for up to its
+        deadline (and a short grace), which is no later than this run's (a parent's timeout is
+        at most its dependent's), so a parent that timed out at this run's deadline, or outran
+        it, is still named as the cause.
         """
         started = time.perf_counter()
         with anyio.CancelScope(shield=True):
             blocked = await self._blocked(run.field, runs)
         if blocked is not None:
+            if self.telemetry is not None:  # a skip is a run too: its span says so
+                try:
+                    run.span = self.telemetry.start(run.field)
+                except Exception:  # a broken tracer must not leave the run unfinished
+                    self.logger.exception("status telemetry failed for field %r", run.field.key)
             run.produced = blocked
             self._finish(run, time.perf_counter() - started)
             return
@@ -480,15 +486,17 @@ class Evaluator:
     async def _blocked(self, item: Field, runs: Mapping[str, Run]) -> Outcome | None:
         """Why ``item`` must not run now: a parent that is no field, or one that did not
         succeed (its parents in their order); ``None`` once all succeeded."""
-        missing = [key for key in item.depends_on if key not in self.fields]
+        # The parents as they are now: one removed while an earlier one is awaited is still
+        # waited for, as the request chose its fields before.
+        parents = {key: self.fields.get(key) for key in item.depends_on}
+        missing = [key for key, parent in parents.items() if parent is None]
         if missing:
             names = ", ".join(repr(key) for key in missing)
-            return Outcome(
-                error=f"depends_on: no field {names} (fields: {', '.join(self.fields)})",
-                measured_at=time.time(),
-            )
-        for key in item.depends_on:
-            outcome = await self._parent_outcome(self.fields[key], runs, item.interval is not None)
+            error = f"depends_on: no field {names} (fields: {', '.join(self.fields)})"
+            return Outcome(error=one_line(error), measured_at=time.time())
+        for key, parent in parents.items():
+            assert parent is not None
+            outcome = await self._parent_outcome(parent, runs, item.interval is not None)
             if not outcome.ok:
                 return Outcome(
                     error=_skip_reason(key, outcome), measured_at=time.time(), error_kind="skipped"
@@ -516,7 +524,9 @@ class Evaluator:
         elif run.outcome is None:
             if run.done is None:
                 run.done = anyio.Event()
-            await run.done.wait()
+            # A parent that outran its deadline (it ignores cancellation) has timed out.
+            with anyio.CancelScope(deadline=run.deadline + OVERRUN_GRACE):
+                await run.done.wait()
         return run.result()
 
     @staticmethod
@@ -526,8 +536,9 @@ class Evaluator:
         if run.done is None:
             run.done = anyio.Event()
         # A dependent's run may end just after its deadline, skipped because of a parent that
-        # timed out at that deadline: its own run is bounded by its parents' and its check's.
-        with anyio.CancelScope(deadline=math.inf if run.field.depends_on else run.deadline):
+        # timed out at that deadline (waited for up to the grace of one that outruns it).
+        deadline = run.deadline + 2 * OVERRUN_GRACE if run.field.depends_on else run.deadline
+        with anyio.CancelScope(deadline=deadline):
             await run.done.wait()
 
     async def _host(self, runs: list[Run]) -> None:

@@ -6,7 +6,7 @@ import enum
 import inspect
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -259,7 +259,7 @@ def check_dependencies(fields: Mapping[str, Field], default_timeouts: Iterable[f
                     f"depends_on: background field {item.key!r} depends on {key!r}, which runs "
                     "on request: a background field may depend only on background fields"
                 )
-            if parent.interval is not None:
+            if parent.interval is not None or parent.kind is Kind.CONSTANT:
                 continue  # read, not run: its timeout is not part of the request's
             for default in timeouts:
                 mine = default if item.timeout is None else item.timeout
@@ -273,25 +273,31 @@ def check_dependencies(fields: Mapping[str, Field], default_timeouts: Iterable[f
 
 
 def _cycle(fields: Mapping[str, Field]) -> list[str]:
-    """The keys of one cycle among ``fields``' dependencies (first key repeated), or ``[]``."""
+    """The keys of one cycle among ``fields``' dependencies (first key repeated), or ``[]``.
+
+    A depth-first walk kept on lists, not the call stack: a chain may be deeper than Python's
+    recursion limit."""
     done: set[str] = set()
-
-    def visit(key: str, path: list[str]) -> list[str]:
-        if key in path:
-            return [*path[path.index(key) :], key]
-        if key in done or key not in fields:
-            return []
-        for parent in fields[key].depends_on:
-            found = visit(parent, [*path, key])
-            if found:
-                return found
-        done.add(key)
-        return []
-
-    for key in fields:
-        found = visit(key, [])
-        if found:
-            return found
+    for root in fields:
+        path: list[str] = []  # the keys being walked, each depending on the one before
+        on_path: set[str] = set()
+        parents: list[Iterator[str]] = []  # for each of them, its parents not walked yet
+        key: str | None = root
+        while True:
+            if key is not None and key in on_path:
+                return [*path[path.index(key) :], key]
+            if key is not None and key not in done and key in fields:
+                path.append(key)
+                on_path.add(key)
+                parents.append(iter(fields[key].depends_on))
+            if not parents:
+                break
+            key = next(parents[-1], None)
+            if key is None:
+                walked = path.pop()
+                on_path.remove(walked)
+                done.add(walked)
+                parents.pop()
     return []
 
 

@@ -10,20 +10,23 @@ process, and StatusMiddleware under a real uvicorn.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import anyio
 import dependencies_app
 import pytest
-from clients import MakeClient, in_threads, timed_get
+from clients import Answer, MakeClient, in_threads, timed_get
 from conftest import RedisServer
 from flask import Flask
 from helpers import Reply, client_fetch
 from servers import uvicorn
 
 from flask_status import Degraded, FlaskStatus
+from flask_status.outcome import MAX_ERROR_CHARS
 from flask_status.route import EXTENSION_KEY
 
 pytest_plugins = ["reliability_fixtures"]
@@ -201,6 +204,26 @@ def test_an_apps_default_timeout_is_checked_when_the_route_is_registered() -> No
         status.init_app(app)
 
 
+def test_a_constant_parent_has_no_timeout_to_compare() -> None:
+    app = Flask(__name__)
+    status = FlaskStatus(app, timeout=1)
+    status.add_field("region", "eu-west-1")
+    status.add_field("workers", Counted(), depends_on="region", timeout=0.5)
+
+    assert app.test_client().get(URL).get_json()["workers"] == "up"
+
+
+def test_a_deep_chain_added_from_its_end_is_checked_for_a_cycle() -> None:
+    status = FlaskStatus(Flask(__name__))
+    depth = sys.getrecursionlimit() + 100
+    for step in range(depth, 0, -1):  # each step's parent comes after it
+        status.add_field(f"step{step}", Counted(), depends_on=f"step{step - 1}")
+    status.add_field("step0", Counted())
+
+    with pytest.raises(ValueError, match=r"depends_on: a cycle: 'step\d+' -> 'step\d+' -> "):
+        status.add_field("step0", Counted(), depends_on=f"step{depth}")
+
+
 def test_a_missing_key_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
     app = Flask(__name__)
     FlaskStatus(app).add_field("workers", Counted(), depends_on="brokr")
@@ -217,6 +240,16 @@ def test_a_missing_key_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
     assert logged[0].levelno == logging.ERROR
 
 
+def test_many_missing_keys_are_named_within_the_error_length() -> None:
+    app = Flask(__name__)
+    status = FlaskStatus(app)
+    status.add_field("workers", Counted(), depends_on=[f"queue{n}" for n in range(10_000)])
+
+    error = app.test_client().get(URL).get_json()["workers"]["error"]
+    assert error.startswith("depends_on: no field 'queue0', 'queue1', ")
+    assert len(error) <= MAX_ERROR_CHARS
+
+
 def test_a_parent_removed_from_the_fields_fails_its_dependent(make_client: MakeClient) -> None:
     app = Flask(__name__)
     status = FlaskStatus(app)
@@ -230,6 +263,90 @@ def test_a_parent_removed_from_the_fields_fails_its_dependent(make_client: MakeC
     assert client.get(URL).json()["workers"] == {
         "error": "depends_on: no field 'broker' (fields: workers)"
     }
+
+
+def test_a_parent_removed_while_its_dependent_waits_holds_no_request(
+    make_client: MakeClient,
+) -> None:
+    app = Flask(__name__)
+    status = FlaskStatus(app, timeout=3)
+    started, release = threading.Event(), threading.Event()
+
+    def slow() -> str:
+        started.set()
+        release.wait(3)
+        return "up"
+
+    status.add_field("slow", slow)
+    status.add_field("other", Counted())
+    status.add_field("workers", Counted(), depends_on=["slow", "other"])
+    client = make_client(app)
+    answers: list[Answer] = []
+
+    def ask() -> None:
+        answers.append(client.get(URL))
+
+    first = threading.Thread(target=ask, daemon=True)
+    first.start()
+    assert started.wait(3)
+    del status.fields["other"]  # while workers waits for slow, its first parent
+    release.set()
+    first.join(5)
+    second = threading.Thread(target=ask, daemon=True)
+    second.start()
+    second.join(5)
+
+    assert not first.is_alive() and not second.is_alive()
+    # The first request chose its fields before: workers ran after both its parents.
+    assert (answers[0].status, answers[0].json()["workers"]) == (200, "up")
+    assert answers[1].json()["workers"] == {
+        "error": "depends_on: no field 'other' (fields: slow, workers)"
+    }
+
+
+def test_a_parent_that_ignores_its_deadline_holds_no_dependent_past_it(
+    make_client: MakeClient,
+) -> None:
+    """A check that outruns its cancellation holds the request that started it (its run is
+    that request's); a request that only waits for it, or for a field that depends on it,
+    answers by the deadline."""
+    app = Flask(__name__)
+    status = FlaskStatus(app, timeout=0.3)
+    release = threading.Event()
+
+    async def stubborn() -> str:
+        with anyio.CancelScope(shield=True):  # deaf to its deadline until released
+            while not release.is_set():
+                await anyio.sleep(0.02)
+        return "late"
+
+    status.add_field("stubborn", stubborn, critical=False)
+    status.add_field("workers", Counted(), depends_on="stubborn", critical=False)
+    status.add_field("quick", Counted(), critical=False)
+    status.add_field("tasks", stubborn, depends_on="quick", critical=False)
+    client = make_client(app)
+    answers: dict[str, Answer] = {}
+
+    def ask(path: str) -> threading.Thread:
+        asking = threading.Thread(
+            target=lambda: answers.update({path: client.get(f"{URL}/{path}")}), daemon=True
+        )
+        asking.start()
+        return asking
+
+    try:
+        hosts = [ask("stubborn"), ask("tasks")]  # each starts a run that outruns its deadline
+        time.sleep(0.1)
+        waiters = [ask("workers"), ask("tasks?again")]
+        for waiter in waiters:
+            waiter.join(3)
+        assert not any(waiter.is_alive() for waiter in waiters)
+        assert answers["workers"].json()["workers"] == {"error": "skipped: stubborn timed out"}
+        assert answers["tasks?again"].json()["tasks"] == {"error": "timed out after 0.3s"}
+    finally:
+        release.set()
+        for host in hosts:
+            host.join(3)
 
 
 # -- with the engine's other features, on both paths ------------------------------------------

@@ -30,6 +30,7 @@ from servers import gunicorn, uvicorn
 
 from flask_status import FlaskStatus
 from flask_status.asgi import StatusMiddleware
+from flask_status.route import EXTENSION_KEY
 from flask_status.store import RedisStore
 
 tracer = trace.get_tracer("test_telemetry")
@@ -426,3 +427,48 @@ print([value for _, value in metric_points("health_check.status")])
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["['status check up']", "[1]"]
+
+
+def test_a_skipped_run_has_a_span_and_is_counted_as_skipped() -> None:
+    app, status = instrumented("/telemetry-skipped")
+    status.add_field("broker", _refused, critical=False)
+    status.add_field("workers", lambda: "never run", depends_on="broker", critical=False)
+    assert app.test_client().get("/telemetry-skipped").status_code == 200
+
+    spans = by_name(finished("/telemetry-skipped"))
+    workers = spans[CHECK_SPAN + "workers"]
+    assert workers["attributes"]["health_check.result"] == "skipped"
+    assert workers["parent_id"] == spans["GET /telemetry-skipped"]["span_id"]
+    runs = {
+        (attributes["health_check.name"], attributes["health_check.result"]): value
+        for attributes, value in metric_points("health_check.runs")
+        if _on((attributes, value), "/telemetry-skipped")
+    }
+    assert runs == {("broker", "failing"): 1, ("workers", "skipped"): 1}
+
+
+def test_a_tracer_that_raises_leaves_no_skip_unfinished(monkeypatch: pytest.MonkeyPatch) -> None:
+    app, status = instrumented("/telemetry-broken-tracer")
+    status.add_field("broker", _refused, critical=False)
+    status.add_field("workers", lambda: "never run", depends_on="broker", critical=False)
+    client = app.test_client()
+    assert client.get("/telemetry-broken-tracer").status_code == 200
+    (route,) = app.extensions[EXTENSION_KEY]
+    assert route.evaluator.telemetry is not None
+
+    def broken(item: Any) -> Any:
+        raise RuntimeError("the tracer is broken")
+
+    monkeypatch.setattr(route.evaluator.telemetry, "start", broken)
+    answers: list[Any] = []
+
+    def ask() -> None:
+        answers.append(client.get("/telemetry-broken-tracer"))
+
+    for _ in range(2):  # a run left unfinished would hold the next request for good
+        asking = threading.Thread(target=ask, daemon=True)
+        asking.start()
+        asking.join(5)
+        assert not asking.is_alive()
+    assert [answer.status_code for answer in answers] == [200, 200]
+    assert answers[1].get_json()["workers"] == {"error": "skipped: broker is failing"}
