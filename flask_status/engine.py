@@ -469,6 +469,8 @@ class Evaluator:
         with anyio.CancelScope(shield=True):
             blocked = await self._blocked(run.field, runs)
         if blocked is not None:
+            if self.telemetry is not None:  # a skip is a run's result too: its span says so
+                run.span = self.telemetry.start(run.field)
             run.produced = blocked
             self._finish(run, time.perf_counter() - started)
             return

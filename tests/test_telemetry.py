@@ -426,3 +426,25 @@ print([value for _, value in metric_points("health_check.status")])
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["['status check up']", "[1]"]
+
+
+def test_a_skipped_run_has_its_span_and_is_counted() -> None:
+    app, status = instrumented("/telemetry-skipped")
+    status.add_field("broker", _refused)
+    status.add_field("workers", lambda: "ok", depends_on="broker", critical=False)
+    assert app.test_client().get("/telemetry-skipped").status_code == 503
+
+    skipped = by_name(finished("/telemetry-skipped"))[CHECK_SPAN + "workers"]
+    assert skipped["attributes"]["health_check.result"] == "skipped"
+    assert skipped["attributes"]["health_check.critical"] is False
+    assert skipped["status"] == "UNSET"  # the broker's span says what failed
+    assert "error.type" not in skipped["attributes"]
+    request = by_name(finished("/telemetry-skipped"))["GET /telemetry-skipped"]
+    assert skipped["parent_id"] == request["span_id"]  # the request started it
+    runs = {
+        attributes["health_check.name"]: attributes["health_check.result"]
+        for attributes, _ in metric_points("health_check.runs")
+        if attributes["health_check.route"] == "/telemetry-skipped"
+    }
+    assert runs == {"broker": "failing", "workers": "skipped"}
+
