@@ -448,3 +448,31 @@ def test_a_skipped_run_has_its_span_and_is_counted() -> None:
     }
     assert runs == {"broker": "failing", "workers": "skipped"}
 
+
+def test_the_status_gauge_reads_what_the_field_shows_thresholds_applied() -> None:
+    app, status = instrumented("/telemetry-threshold")
+    failing = threading.Event()
+
+    def flaky() -> str:
+        if failing.is_set():
+            raise ConnectionRefusedError("flaky")
+        return "ok"
+
+    status.add_field("flaky", flaky, failure_threshold=3)
+    client = app.test_client()
+    assert client.get("/telemetry-threshold").status_code == 200
+    failing.set()
+    assert client.get("/telemetry-threshold").status_code == 200  # held back: 1 failure of 3
+
+    def gauge() -> list[Any]:
+        points = metric_points("health_check.status")
+        return [
+            value
+            for attributes, value in points
+            if attributes["health_check.route"] == "/telemetry-threshold"
+        ]
+
+    assert gauge() == [1]
+    for _ in range(2):
+        client.get("/telemetry-threshold")
+    assert gauge() == [0]
