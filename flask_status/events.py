@@ -365,13 +365,15 @@ class Events:
                     else:
                         call = functools.partial(subscription.call, event)
                         await run_sync(call, subscription.limiter)
-            except Exception as exc:  # its failure is its own: the next event goes on
-                self._failed(subscription, event, exc)
+            except anyio.get_cancelled_exc_class():
+                raise  # the loop stops: so do deliveries
+            except BaseException as exc:  # its failure is its own (SystemExit included): the
+                self._failed(subscription, event, exc)  # next event goes on, and the loop
 
-    def _failed(self, subscription: Subscription, event: ChangeEvent, exc: Exception) -> None:
+    def _failed(self, subscription: Subscription, event: ChangeEvent, exc: BaseException) -> None:
         level = logging.DEBUG if subscription.failed else logging.ERROR
         subscription.failed = True
-        exc_info: Exception | None = None
+        exc_info: BaseException | None = None
         if isinstance(exc, TimeoutError):
             message = f"did not return within {subscription.timeout:g}s"
         elif isinstance(exc, StillRunning):

@@ -234,6 +234,53 @@ def test_a_listener_that_raises_or_hangs_is_logged_once_and_others_go_on(
     )
 
 
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_listener_that_exits_costs_only_its_own_events(
+    make_client: MakeClient, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    """``SystemExit`` (or any BaseException) from a listener is its failure, like any other: it
+    stops neither the other listeners nor the process's event loop, where background checks
+    run."""
+    app = Flask(__name__)
+    status = FlaskStatus(app)
+    db = Switch()
+    status.add_field("db", db)
+    status.add_field("cron", lambda: "ran", interval=0.1)
+
+    def exits(event: ChangeEvent) -> None:
+        raise SystemExit(3)
+
+    async def exits_async(event: ChangeEvent) -> None:
+        raise SystemExit(3)
+
+    status.on_change(exits if kind == "sync" else exits_async)
+    recorder = status.on_change(Recorder())
+    client = make_client(app)
+    with caplog.at_level(logging.DEBUG, logger=app.logger.name):
+        for up in [True, False, True]:
+            db.up = up
+            client.get(URL)
+            time.sleep(0.2)
+        seen = recorder.wait_for(7)
+    assert [change for change in seen if change[0] == "db"] == [
+        ("db", None, "ok"),
+        ("db", "ok", "failing"),
+        ("db", "failing", "ok"),
+    ]
+    assert ("cron", None, "ok") in seen
+    records = listener_records(caplog, "exits")
+    assert records and records[0].levelno == logging.ERROR
+    assert "raised" in records[0].getMessage()
+    # The loop still runs the background check: its result is fresh, never stale.
+    runs = status_route(app).evaluator._state(status.fields["cron"]).last_background
+    time.sleep(0.5)
+    assert runs is not status_route(app).evaluator._state(status.fields["cron"]).last_background
+
+
+def status_route(app: Flask) -> Any:
+    return app.extensions[EXTENSION_KEY][0]
+
+
 def listener_records(caplog: pytest.LogCaptureFixture, name: str) -> list[logging.LogRecord]:
     return [r for r in caplog.records if "change listener" in r.msg and name in r.getMessage()]
 
