@@ -8,6 +8,7 @@ each test reads the points of its own route.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -476,3 +477,45 @@ def test_the_status_gauge_reads_what_the_field_shows_thresholds_applied() -> Non
     for _ in range(2):
         client.get("/telemetry-threshold")
     assert gauge() == [0]
+
+
+def test_a_broken_span_processor_costs_spans_not_fields() -> None:
+    """In a process of its own, whose SDK has a processor that raises as a span starts: the
+    checks still run and report, a skipped field included, and the failure is logged."""
+    script = """
+import json
+from opentelemetry import trace
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+class Broken(SpanProcessor):
+    def on_start(self, span, parent_context=None):
+        raise RuntimeError("processor broken")
+provider = TracerProvider()
+provider.add_span_processor(Broken())
+trace.set_tracer_provider(provider)
+from flask import Flask
+from flask_status import FlaskStatus
+app = Flask("broken_processor")
+status = FlaskStatus(app)
+status.add_field("sync", lambda: "ok")
+async def check():
+    return "ok"
+status.add_field("async", check)
+status.add_field("dependent", lambda: "ok", depends_on="brokr", critical=False)
+response = app.test_client().get("/api/status")
+print(response.status_code, json.dumps(response.get_json(), sort_keys=True))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=TESTS_DIR,
+    )
+    assert done.returncode == 0, done.stderr
+    code, body = done.stdout.split(" ", 1)
+    assert code == "200"
+    answer = json.loads(body)
+    assert (answer["sync"], answer["async"], answer["status"]) == ("ok", "ok", "DEGRADED")
+    assert answer["dependent"]["error"].startswith("depends_on: no field 'brokr'")
+    assert "status telemetry failed for field 'sync'" in done.stderr
