@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -28,6 +29,7 @@ from flask_status.engine import Origin
 from flask_status.events import Change, Tracker
 from flask_status.outcome import Outcome
 from flask_status.route import EXTENSION_KEY
+from flask_status.store import RedisStore
 
 pytest_plugins = ["reliability_fixtures"]
 
@@ -407,6 +409,24 @@ def test_with_the_store_down_each_process_announces_what_it_sees(
         ("db", "ok", "failing"),
         (None, "UP", "DOWN"),
     ]
+
+
+def test_a_store_that_never_answers_holds_up_no_event(make_client: MakeClient) -> None:
+    """Each call to a silent store waits for its timeout: asked once per event, it would hold
+    every later event (and keep each in memory) for as long, in turn."""
+    app = Flask(__name__)
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers
+        store = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        status = FlaskStatus(app, store=RedisStore(store, timeout=0.2))
+        db = Switch()
+        status.add_field("db", db)  # not shared: its runs never ask the store
+        recorder = status.on_change(Recorder())
+        client = make_client(app)
+        for request in range(50):
+            db.up = request % 2 == 0
+            client.get(URL)
+        # 100 changes, each of the route's overall state: asked in turn, 20 s.
+        assert len(recorder.wait_for(100, seconds=8)) == 100
 
 
 # -- the tracker, alone ---------------------------------------------------------------------
