@@ -470,11 +470,7 @@ class Evaluator:
         with anyio.CancelScope(shield=True):
             blocked = await self._blocked(run.field, runs)
         if blocked is not None:
-            if self.telemetry is not None:  # a skip is a run too: its span says so
-                try:
-                    run.span = self.telemetry.start(run.field)
-                except Exception:  # a broken tracer must not leave the run unfinished
-                    self.logger.exception("status telemetry failed for field %r", run.field.key)
+            self._open_span(run)  # a skip is a run's result too: its span says so
             run.produced = blocked
             self._finish(run, time.perf_counter() - started)
             return
@@ -592,9 +588,8 @@ class Evaluator:
     async def _execute(self, runs: list[Run], scope: anyio.CancelScope) -> None:
         """Run the checks here (not served by another process): each opens its span now, in
         the context of whoever started the run (a request's span, or none: a root)."""
-        if self.telemetry is not None:
-            for run in runs:
-                run.span = self.telemetry.start(run.field)
+        for run in runs:
+            self._open_span(run)
         if runs[0].field.kind is Kind.ASYNC:
             await self._await(runs[0], runs[0].field.value, scope)
             return
@@ -602,6 +597,15 @@ class Evaluator:
         for run in runs:
             if inspect.isawaitable(run.produced):  # a plain function returned one
                 await self._await(run, functools.partial(_awaited, run.produced), scope)
+
+    def _open_span(self, run: Run) -> None:
+        """Open the run's span, in the context of whoever started the run."""
+        if self.telemetry is None:
+            return
+        try:
+            run.span = self.telemetry.start(run.field)
+        except Exception:  # a broken sampler or processor must not break the field
+            self.logger.exception("status telemetry failed for field %r", run.field.key)
 
     async def _await(
         self, run: Run, check: Callable[[], Awaitable[Any]], scope: anyio.CancelScope

@@ -43,6 +43,10 @@ MAX_QUEUED = 1000
 #: Seconds a listener may take unless ``on_change(..., timeout=)`` says otherwise.
 DEFAULT_TIMEOUT = 5.0
 
+#: Seconds a route announces what it sees without asking the store, once the store did not
+#: answer: asked for each event in turn, a silent store would hold each for its timeout.
+STORE_RETRY_SECONDS = 5.0
+
 #: Overall states of one process, never the fleet's.
 _PER_PROCESS = frozenset({Health.STARTING.value, Health.DRAINING.value})
 
@@ -197,6 +201,7 @@ class Events:
         #: How to wake the dispatcher, and the loop it runs on.
         self._wake: tuple[MemoryObjectSendStream[None], EventLoopToken] | None = None
         self._store_failed = False
+        self._store_retry_at = 0.0  # time.monotonic(): asked again from then on
         for subscription in self.subscriptions:  # a call of the parent's runs in no thread here
             subscription.running = False
 
@@ -319,12 +324,18 @@ class Events:
         # (unless it is the process's own STARTING or DRAINING): a shared field's run that
         # leaves it so is then no change.
         recorded = change.key is None and change.new not in _PER_PROCESS
-        if sharing is not None and sharing.unavailable is None and (change.fleet or recorded):
+        if (
+            sharing is not None
+            and sharing.unavailable is None
+            and (change.fleet or recorded)
+            and time.monotonic() >= self._store_retry_at
+        ):
             try:
                 changed, fleet_old = await sharing.announce(change.key, change.new)
             except Exception as exc:  # the store failed: this process announces what it saw
                 log = self.logger.debug if self._store_failed else self.logger.warning
                 self._store_failed = True
+                self._store_retry_at = time.monotonic() + STORE_RETRY_SECONDS
                 log("status change events: the store did not answer, announcing here: %r", exc)
             else:
                 self._store_failed = False
@@ -365,13 +376,15 @@ class Events:
                     else:
                         call = functools.partial(subscription.call, event)
                         await run_sync(call, subscription.limiter)
-            except Exception as exc:  # its failure is its own: the next event goes on
-                self._failed(subscription, event, exc)
+            except anyio.get_cancelled_exc_class():
+                raise  # the loop stops: so do deliveries
+            except BaseException as exc:  # its failure is its own (SystemExit included): the
+                self._failed(subscription, event, exc)  # next event goes on, and the loop
 
-    def _failed(self, subscription: Subscription, event: ChangeEvent, exc: Exception) -> None:
+    def _failed(self, subscription: Subscription, event: ChangeEvent, exc: BaseException) -> None:
         level = logging.DEBUG if subscription.failed else logging.ERROR
         subscription.failed = True
-        exc_info: Exception | None = None
+        exc_info: BaseException | None = None
         if isinstance(exc, TimeoutError):
             message = f"did not return within {subscription.timeout:g}s"
         elif isinstance(exc, StillRunning):

@@ -149,7 +149,7 @@ class StatusRoute:
             settings.telemetry, settings.url, settings.expose_errors
         )
         if self.evaluator.telemetry is not None:
-            self.evaluator.run_listeners.append(self.evaluator.telemetry.record_state)
+            self.evaluator.state_listeners.append(self.evaluator.telemetry.record_state)
         self.rendering = formats.Rendering(
             settings.message,
             self.encode,

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, Observation
     from opentelemetry.trace import Span
 
+    from .engine import Origin
     from .fields import Field
 
 #: The instrumentation scope of our spans and metrics.
@@ -89,9 +90,10 @@ class Telemetry:
             span.set_status(Status(StatusCode.ERROR, outcome.error if self.expose_errors else None))
         span.end()
 
-    def record_state(self, item: Field, outcome: Outcome) -> None:
-        """Keep what the gauge reports of a field: called after each of its finished runs,
-        another process's included (a run listener)."""
+    def record_state(self, item: Field, outcome: Outcome, origin: Origin) -> None:
+        """Keep what the gauge reports of a field: what it shows, thresholds applied, after
+        each of its finished runs (another process's included) and once it is stale (a state
+        listener)."""
         self.states[item.key] = (1 if outcome.ok else 0, self._labels(item.key, None))
 
     def _labels(self, key: str, result: str | None) -> dict[str, str]:

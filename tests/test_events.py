@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -28,6 +29,7 @@ from flask_status.engine import Origin
 from flask_status.events import Change, Tracker
 from flask_status.outcome import Outcome
 from flask_status.route import EXTENSION_KEY
+from flask_status.store import RedisStore
 
 pytest_plugins = ["reliability_fixtures"]
 
@@ -234,6 +236,53 @@ def test_a_listener_that_raises_or_hangs_is_logged_once_and_others_go_on(
     )
 
 
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_listener_that_exits_costs_only_its_own_events(
+    make_client: MakeClient, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    """``SystemExit`` (or any BaseException) from a listener is its failure, like any other: it
+    stops neither the other listeners nor the process's event loop, where background checks
+    run."""
+    app = Flask(__name__)
+    status = FlaskStatus(app)
+    db = Switch()
+    status.add_field("db", db)
+    status.add_field("cron", lambda: "ran", interval=0.1)
+
+    def exits(event: ChangeEvent) -> None:
+        raise SystemExit(3)
+
+    async def exits_async(event: ChangeEvent) -> None:
+        raise SystemExit(3)
+
+    status.on_change(exits if kind == "sync" else exits_async)
+    recorder = status.on_change(Recorder())
+    client = make_client(app)
+    with caplog.at_level(logging.DEBUG, logger=app.logger.name):
+        for up in [True, False, True]:
+            db.up = up
+            client.get(URL)
+            time.sleep(0.2)
+        seen = recorder.wait_for(7)
+    assert [change for change in seen if change[0] == "db"] == [
+        ("db", None, "ok"),
+        ("db", "ok", "failing"),
+        ("db", "failing", "ok"),
+    ]
+    assert ("cron", None, "ok") in seen
+    records = listener_records(caplog, "exits")
+    assert records and records[0].levelno == logging.ERROR
+    assert "raised" in records[0].getMessage()
+    # The loop still runs the background check: its result is fresh, never stale.
+    runs = status_route(app).evaluator._state(status.fields["cron"]).last_background
+    time.sleep(0.5)
+    assert runs is not status_route(app).evaluator._state(status.fields["cron"]).last_background
+
+
+def status_route(app: Flask) -> Any:
+    return app.extensions[EXTENSION_KEY][0]
+
+
 def listener_records(caplog: pytest.LogCaptureFixture, name: str) -> list[logging.LogRecord]:
     return [r for r in caplog.records if "change listener" in r.msg and name in r.getMessage()]
 
@@ -360,6 +409,24 @@ def test_with_the_store_down_each_process_announces_what_it_sees(
         ("db", "ok", "failing"),
         (None, "UP", "DOWN"),
     ]
+
+
+def test_a_store_that_never_answers_holds_up_no_event(make_client: MakeClient) -> None:
+    """Each call to a silent store waits for its timeout: asked once per event, it would hold
+    every later event (and keep each in memory) for as long, in turn."""
+    app = Flask(__name__)
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers
+        store = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        status = FlaskStatus(app, store=RedisStore(store, timeout=0.2))
+        db = Switch()
+        status.add_field("db", db)  # not shared: its runs never ask the store
+        recorder = status.on_change(Recorder())
+        client = make_client(app)
+        for request in range(50):
+            db.up = request % 2 == 0
+            client.get(URL)
+        # 100 changes, each of the route's overall state: asked in turn, 20 s.
+        assert len(recorder.wait_for(100, seconds=8)) == 100
 
 
 # -- the tracker, alone ---------------------------------------------------------------------

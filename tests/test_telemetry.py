@@ -8,6 +8,7 @@ each test reads the points of its own route.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -429,22 +430,96 @@ print([value for _, value in metric_points("health_check.status")])
     assert done.stdout.splitlines() == ["['status check up']", "[1]"]
 
 
-def test_a_skipped_run_has_a_span_and_is_counted_as_skipped() -> None:
+def test_a_skipped_run_has_its_span_and_is_counted() -> None:
     app, status = instrumented("/telemetry-skipped")
-    status.add_field("broker", _refused, critical=False)
-    status.add_field("workers", lambda: "never run", depends_on="broker", critical=False)
-    assert app.test_client().get("/telemetry-skipped").status_code == 200
+    status.add_field("broker", _refused)
+    status.add_field("workers", lambda: "ok", depends_on="broker", critical=False)
+    assert app.test_client().get("/telemetry-skipped").status_code == 503
 
-    spans = by_name(finished("/telemetry-skipped"))
-    workers = spans[CHECK_SPAN + "workers"]
-    assert workers["attributes"]["health_check.result"] == "skipped"
-    assert workers["parent_id"] == spans["GET /telemetry-skipped"]["span_id"]
+    skipped = by_name(finished("/telemetry-skipped"))[CHECK_SPAN + "workers"]
+    assert skipped["attributes"]["health_check.result"] == "skipped"
+    assert skipped["attributes"]["health_check.critical"] is False
+    assert skipped["status"] == "UNSET"  # the broker's span says what failed
+    assert "error.type" not in skipped["attributes"]
+    request = by_name(finished("/telemetry-skipped"))["GET /telemetry-skipped"]
+    assert skipped["parent_id"] == request["span_id"]  # the request started it
     runs = {
-        (attributes["health_check.name"], attributes["health_check.result"]): value
-        for attributes, value in metric_points("health_check.runs")
-        if _on((attributes, value), "/telemetry-skipped")
+        attributes["health_check.name"]: attributes["health_check.result"]
+        for attributes, _ in metric_points("health_check.runs")
+        if attributes["health_check.route"] == "/telemetry-skipped"
     }
-    assert runs == {("broker", "failing"): 1, ("workers", "skipped"): 1}
+    assert runs == {"broker": "failing", "workers": "skipped"}
+
+
+def test_the_status_gauge_reads_what_the_field_shows_thresholds_applied() -> None:
+    app, status = instrumented("/telemetry-threshold")
+    failing = threading.Event()
+
+    def flaky() -> str:
+        if failing.is_set():
+            raise ConnectionRefusedError("flaky")
+        return "ok"
+
+    status.add_field("flaky", flaky, failure_threshold=3)
+    client = app.test_client()
+    assert client.get("/telemetry-threshold").status_code == 200
+    failing.set()
+    assert client.get("/telemetry-threshold").status_code == 200  # held back: 1 failure of 3
+
+    def gauge() -> list[Any]:
+        points = metric_points("health_check.status")
+        return [
+            value
+            for attributes, value in points
+            if attributes["health_check.route"] == "/telemetry-threshold"
+        ]
+
+    assert gauge() == [1]
+    for _ in range(2):
+        client.get("/telemetry-threshold")
+    assert gauge() == [0]
+
+
+def test_a_broken_span_processor_costs_spans_not_fields() -> None:
+    """In a process of its own, whose SDK has a processor that raises as a span starts: the
+    checks still run and report, a skipped field included, and the failure is logged."""
+    script = """
+import json
+from opentelemetry import trace
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+class Broken(SpanProcessor):
+    def on_start(self, span, parent_context=None):
+        raise RuntimeError("processor broken")
+provider = TracerProvider()
+provider.add_span_processor(Broken())
+trace.set_tracer_provider(provider)
+from flask import Flask
+from flask_status import FlaskStatus
+app = Flask("broken_processor")
+status = FlaskStatus(app)
+status.add_field("sync", lambda: "ok")
+async def check():
+    return "ok"
+status.add_field("async", check)
+status.add_field("dependent", lambda: "ok", depends_on="brokr", critical=False)
+response = app.test_client().get("/api/status")
+print(response.status_code, json.dumps(response.get_json(), sort_keys=True))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=TESTS_DIR,
+    )
+    assert done.returncode == 0, done.stderr
+    code, body = done.stdout.split(" ", 1)
+    assert code == "200"
+    answer = json.loads(body)
+    assert (answer["sync"], answer["async"], answer["status"]) == ("ok", "ok", "DEGRADED")
+    assert answer["dependent"]["error"].startswith("depends_on: no field 'brokr'")
+    assert "status telemetry failed for field 'sync'" in done.stderr
 
 
 def test_a_tracer_that_raises_leaves_no_skip_unfinished(monkeypatch: pytest.MonkeyPatch) -> None:
