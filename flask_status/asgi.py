@@ -45,6 +45,7 @@ from .config import DEFAULT_MAX_WORKERS
 from .fields import check_bool
 from .loop import runs_ahead_host
 from .route import Handover, StatusRoute, deferred, no_store, routes_of
+from .watch import Stream, end_streams_on_signals
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -153,17 +154,27 @@ class StatusMiddleware:
             self._app_code = AppCode(self.flask_app)
         placement = self._app_code.placement(self.flask_app, self._limiter)
         try:
-            await placement.run(placement.before_in_thread, exchange.begin)
-            if exchange.waits:
-                await placement.wait(exchange.wait)
-            status, headers, body = await placement.run(placement.after_in_thread, exchange.finish)
-        except BaseException as exc:
-            if not exchange.torn_down:  # cancelled between steps: the teardowns run all the same
-                exchange.error = exc
-                with anyio.CancelScope(shield=True):
-                    await placement.run(placement.after_in_thread, exchange.tear_down)
-            raise
-        await _respond(send, status, headers, body)
+            try:
+                await placement.run(placement.before_in_thread, exchange.begin)
+                if exchange.waits:
+                    await placement.wait(exchange.wait)
+                status, headers, body = await placement.run(
+                    placement.after_in_thread, exchange.finish
+                )
+            except BaseException as exc:
+                if not exchange.torn_down:  # cancelled between steps: the teardowns run anyway
+                    exchange.error = exc
+                    with anyio.CancelScope(shield=True):
+                        await placement.run(placement.after_in_thread, exchange.tear_down)
+                raise
+            if exchange.stream is not None:
+                await _send_stream(send, receive, status, headers, exchange.stream)
+            else:
+                await _respond(send, status, headers, body)
+        finally:
+            for _, pending in exchange.handover.pending:
+                if pending.stream is not None:  # not sent (an error, a hook's own answer)
+                    pending.stream.close()
 
     async def _serve_wrapped(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Through the app's wrapped WSGI stack, in a worker thread, as a WSGI server would."""
@@ -192,6 +203,8 @@ class Exchange:
         #: Not handled: ``handle_exception`` answers it, and the teardown functions see it.
         self.error: BaseException | None = None
         self.torn_down = False
+        #: The live status stream to send once the answer's head is sent, if it is one.
+        self.stream: Stream | None = None
         self._token: contextvars.Token[Handover | None] | None = None
 
     def begin(self) -> None:
@@ -226,7 +239,10 @@ class Exchange:
             if inspect.isawaitable(self.result):
                 self.result = await self.result
             for route, pending in self.handover.pending:
-                await route.respond(pending)
+                if pending.stream is None:
+                    await route.respond(pending)
+                else:  # decided here, in the request's context; its events are sent later
+                    pending.show_details = await route.access.decide(pending.show_details)
         except Exception as exc:
             self.raised = exc
 
@@ -245,6 +261,14 @@ class Exchange:
                 self.error = exc
                 raise
             app_iter, status, headers = response.get_wsgi_response(self.environ)
+            self.stream = next(
+                (
+                    pending.stream
+                    for _, pending in self.handover.pending
+                    if pending.stream is not None and pending.response is response
+                ),
+                None,
+            )
         finally:
             self.tear_down()
         try:
@@ -416,7 +440,14 @@ def _call_wsgi(
     return started[0], started[1], b"".join(chunks)
 
 
-async def _respond(send: Send, status: str, headers: list[tuple[str, str]], body: bytes) -> None:
+async def _respond(
+    send: Send,
+    status: str,
+    headers: list[tuple[str, str]],
+    body: bytes,
+    *,
+    more_body: bool = False,
+) -> None:
     await send(
         {
             "type": "http.response.start",
@@ -424,7 +455,28 @@ async def _respond(send: Send, status: str, headers: list[tuple[str, str]], body
             "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers],
         }
     )
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": "http.response.body", "body": body, "more_body": more_body})
+
+
+async def _send_stream(
+    send: Send, receive: Receive, status: str, headers: list[tuple[str, str]], stream: Stream
+) -> None:
+    """Send a live status stream event by event, until it ends or the client hangs up."""
+    end_streams_on_signals()  # on the loop's thread: the main thread under ASGI servers
+    await _respond(send, status, headers, b"", more_body=True)
+    async with anyio.create_task_group() as task_group:
+
+        async def end_on_hang_up() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            task_group.cancel_scope.cancel()
+
+        task_group.start_soon(end_on_hang_up)
+        async with contextlib.aclosing(stream.events()) as events:  # type: ignore[type-var]
+            async for chunk in events:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        task_group.cancel_scope.cancel()
 
 
 def _has_hooks(*registries: Mapping[Any, list[Callable[..., Any]]]) -> bool:

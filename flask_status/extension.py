@@ -61,6 +61,9 @@ class FlaskStatus:
         is_authorized: details.IsAuthorized | None = None,
         history_size: int | None = None,
         html_for_browsers: bool | None = None,
+        watch_max_seconds: float | None = None,
+        max_watchers: int | None = None,
+        watch_sync_workers: bool | None = None,
     ) -> None:
         self._given = config.validate(
             {
@@ -76,6 +79,9 @@ class FlaskStatus:
                 "show_details": show_details,
                 "history_size": history_size,
                 "html_for_browsers": html_for_browsers,
+                "watch_max_seconds": watch_max_seconds,
+                "max_watchers": max_watchers,
+                "watch_sync_workers": watch_sync_workers,
             }
         )
         self.readiness = check_bool("readiness", readiness)
