@@ -19,7 +19,7 @@ import contextvars
 import inspect
 import io
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -45,7 +45,7 @@ from .config import DEFAULT_MAX_WORKERS
 from .fields import check_bool
 from .loop import runs_ahead_host
 from .route import Handover, StatusRoute, deferred, no_store, routes_of
-from .watch import Stream, end_streams_on_signals
+from .watch import MEDIA_TYPE, Stream, end_streams_on_signals
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -177,12 +177,30 @@ class StatusMiddleware:
                     pending.stream.close()
 
     async def _serve_wrapped(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Through the app's wrapped WSGI stack, in a worker thread, as a WSGI server would."""
+        """Through the app's wrapped WSGI stack, in a worker thread, as a WSGI server would.
+
+        A live status stream's chunks are each waited for in a worker thread too; as under a
+        WSGI server, a client that left is noticed at the next chunk.
+        """
         environ = _environ(scope, await _read_body(receive))
-        status, headers, body = await anyio.to_thread.run_sync(
+        status, headers, body, stream = await anyio.to_thread.run_sync(
             _call_wsgi, self.flask_app.wsgi_app, environ, limiter=self._limiter
         )
-        await _respond(send, status, headers, body)
+        if stream is None:
+            await _respond(send, status, headers, body)
+            return
+        chunks = iter(stream)
+        try:
+            await _respond(send, status, headers, b"", more_body=True)
+            while (
+                chunk := await anyio.to_thread.run_sync(next, chunks, None, limiter=self._limiter)
+            ) is not None:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            if hasattr(stream, "close"):
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(stream.close, limiter=self._limiter)
 
 
 class Exchange:
@@ -420,8 +438,9 @@ def _own_wsgi_app(app: Flask) -> bool:
 
 def _call_wsgi(
     wsgi_app: Callable[..., Any], environ: dict[str, Any]
-) -> tuple[str, list[tuple[str, str]], bytes]:
-    """Call a WSGI app and collect its whole answer (status answers are small)."""
+) -> tuple[str, list[tuple[str, str]], bytes, Iterable[bytes] | None]:
+    """Call a WSGI app and collect its whole answer (status answers are small); a live
+    status stream's body is returned as its iterator instead."""
     started: list[Any] = []
     chunks: list[bytes] = []
 
@@ -432,12 +451,17 @@ def _call_wsgi(
         return chunks.append
 
     iterable = wsgi_app(environ, start_response)
+    # (A WSGI app may start its response only as its body is iterated: not a stream then.)
+    if started and any(
+        name.lower() == "content-type" and MEDIA_TYPE in value for name, value in started[1]
+    ):
+        return started[0], started[1], b"", iterable
     try:
         chunks.extend(iterable)
     finally:
         if hasattr(iterable, "close"):
             iterable.close()
-    return started[0], started[1], b"".join(chunks)
+    return started[0], started[1], b"".join(chunks), None
 
 
 async def _respond(

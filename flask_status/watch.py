@@ -106,7 +106,7 @@ def end_every_stream() -> None:
 
 
 class _EndOnSignal:
-    """A SIGTERM or SIGINT handler: end every stream, then do what the server's handler does."""
+    """A stop signal's handler: end every stream, then do what the server's handler does."""
 
     def __init__(self, previous: Callable[[int, FrameType | None], Any] | int) -> None:
         self.previous = previous
@@ -122,15 +122,19 @@ class _EndOnSignal:
             os.kill(os.getpid(), signum)
 
 
+#: SIGTERM and SIGINT stop servers; gunicorn's master stops its workers with SIGQUIT on SIGINT.
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+
+
 def end_streams_on_signals() -> None:
-    """Put :class:`_EndOnSignal` before the current SIGTERM and SIGINT handlers.
+    """Put :class:`_EndOnSignal` before the current handlers of :data:`_STOP_SIGNALS`.
 
     Python runs signal handlers in the main thread only, and only there can they be set: so
     this is called when a route is registered and as a stream starts, and does nothing
     elsewhere. A server that sets its handlers later (uvicorn, hypercorn, gunicorn's workers)
     has them wrapped at the first stream served in the main thread.
     """
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in _STOP_SIGNALS:
         try:
             previous = signal.getsignal(signum)
             if previous is None or isinstance(previous, _EndOnSignal):

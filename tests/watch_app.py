@@ -12,6 +12,7 @@ from pathlib import Path
 
 from asgiref.wsgi import WsgiToAsgi
 from flask import Flask
+from helpers import token_required, token_required_async
 from served_app import base_app
 
 from flask_status import FlaskStatus, drain
@@ -34,6 +35,12 @@ def create_app() -> Flask:
     status = FlaskStatus(app, is_authorized=lambda request: request.args.get("token") == TOKEN)
     status.add_field("flag", flag)
     status.add_field("version", "1.0")
+    for url, authenticator in (
+        ("/api/guarded", token_required),
+        ("/api/guarded-async", token_required_async),
+    ):
+        guarded = FlaskStatus(app, url=url, authenticator=authenticator, show_details="always")
+        guarded.add_field("flag", flag)
 
     @app.post("/drain-now")
     def drain_now() -> str:
@@ -50,3 +57,12 @@ def create_asgi_app() -> StatusMiddleware:
 
 def create_bare_asgi_app() -> WsgiToAsgi:
     return WsgiToAsgi(create_app())  # type: ignore[no-untyped-call]
+
+
+def create_wrapped_asgi_app() -> StatusMiddleware:
+    """``app.wsgi_app`` wrapped in WSGI middleware: status requests go through it, in threads."""
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    app = create_app()
+    app.wsgi_app = ProxyFix(app.wsgi_app)  # type: ignore[method-assign]
+    return StatusMiddleware(WsgiToAsgi(app), app)  # type: ignore[no-untyped-call]

@@ -1,0 +1,334 @@
+"""The live status stream, served by real servers to a real client (httpx)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from helpers import TOKEN, ServerProcess
+from servers import gunicorn, hypercorn, uvicorn
+from watch_app import FLAG_ENV
+
+ASGI_APP = "watch_app:create_asgi_app()"
+WSGI_APP = "watch_app:create_app()"
+#: Each server's own grace for requests in flight, far past the 1 s a stream has to end in:
+#: an end within it is the stream's own, not a grace period running out.
+GRACE = "30"
+#: A stream ends within this many seconds of SIGTERM, SIGINT or draining.
+END_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Event:
+    """One Server-Sent Event: its name (``message`` by default) and data; or a comment."""
+
+    name: str
+    data: str
+    at: float  # time.monotonic() when it was read
+
+    def json(self) -> Any:
+        return json.loads(self.data)
+
+
+class Watcher:
+    """A live status stream, read by httpx as its events come."""
+
+    def __init__(self, port: int, path: str = "/api/status?watch", **headers: str) -> None:
+        self._client = httpx.Client(timeout=httpx.Timeout(10.0))
+        request = self._client.build_request(
+            "GET", f"http://127.0.0.1:{port}{path}", headers=headers
+        )
+        self.response = self._client.send(request, stream=True)
+        self._lines = self.response.iter_lines()
+
+    @property
+    def status(self) -> int:
+        return self.response.status_code
+
+    def next(self) -> Event | None:
+        """The next event or comment; ``None`` once the stream has ended."""
+        name, data = "message", []
+        try:
+            for line in self._lines:
+                if line.startswith(":"):
+                    return Event("comment", line[1:].strip(), time.monotonic())
+                if line.startswith("event:"):
+                    name = line.partition(":")[2].strip()
+                elif line.startswith("data:"):
+                    data.append(line.partition(":")[2].removeprefix(" "))
+                elif not line and data:
+                    return Event(name, "\n".join(data), time.monotonic())
+        except httpx.RemoteProtocolError:  # the server closed the connection mid-stream
+            pass
+        return None
+
+    def document(self) -> Any:
+        """The data of the next status event (skipping comments)."""
+        event = self.next()
+        while event is not None and event.name == "comment":
+            event = self.next()
+        assert event is not None and event.name == "message", event
+        return event.json()
+
+    def rest(self) -> list[Event]:
+        """Every event up to the end of the stream."""
+        events = []
+        while (event := self.next()) is not None:
+            events.append(event)
+        return events
+
+    def close(self) -> None:
+        self.response.close()
+        self._client.close()
+
+    def __enter__(self) -> Watcher:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+@pytest.fixture
+def flag_file(tmp_path: Path) -> Path:
+    path = tmp_path / "flag"
+    path.write_text("up")
+    return path
+
+
+def watch_env(flag_file: Path, **config: Any) -> dict[str, str]:
+    """The environment of a server of ``watch_app``: its flag file and ``STATUS_*`` config."""
+    env = {FLAG_ENV: str(flag_file)}
+    env.update(
+        {f"WATCH_STATUS_{name.upper()}": json.dumps(value) for name, value in config.items()}
+    )
+    return env
+
+
+def uvicorn_server(
+    flag_file: Path, tmp_path: Path, app: str = ASGI_APP, **config: Any
+) -> ServerProcess:
+    return uvicorn(
+        app.removesuffix("()"),
+        tmp_path / "uvicorn.log",
+        "--factory",
+        "--reset-contextvars",
+        env=watch_env(flag_file, **config),
+    )
+
+
+@pytest.fixture
+def served(flag_file: Path, tmp_path: Path) -> Iterator[ServerProcess]:
+    """``watch_app`` behind StatusMiddleware under uvicorn, details shown to everyone."""
+    with uvicorn_server(flag_file, tmp_path, show_details="always") as server:
+        yield server
+
+
+def test_a_stream_sends_the_document_then_each_change_within_a_second_of_its_run(
+    served: ServerProcess, flag_file: Path
+) -> None:
+    with Watcher(served.port) as watcher:
+        assert watcher.status == 200
+        headers = watcher.response.headers
+        assert headers["content-type"].startswith("text/event-stream")
+        assert headers["cache-control"] == "no-store"
+        assert headers["x-accel-buffering"] == "no"
+        assert watcher.document() == {"status": "OK", "flag": "up", "version": "1.0"}
+
+        flag_file.write_text("down")
+        probe = served.fetch("/api/status")  # runs the check
+        answered = time.monotonic()
+        assert probe.status == 503
+        event = watcher.next()
+        assert event is not None and event.name == "message", event
+        assert event.json() == {
+            "status": "DOWN",
+            "flag": {"error": "RuntimeError: the flag is down"},
+            "version": "1.0",
+        }
+        assert event.at - answered < 1.0, f"seen {event.at - answered:.2f}s after the run"
+
+        # Runs that change nothing send nothing: the next event is the next change.
+        for _ in range(3):
+            assert served.fetch("/api/status").status == 503
+        flag_file.write_text("v2")
+        assert served.fetch("/api/status").status == 200
+        assert watcher.document() == {"status": "OK", "flag": "v2", "version": "1.0"}
+
+
+def test_the_accept_header_asks_for_a_stream_too(served: ServerProcess) -> None:
+    with Watcher(served.port, "/api/status/flag", accept="text/event-stream") as watcher:
+        assert watcher.status == 200
+        assert watcher.document() == {"status": "OK", "flag": "up"}
+
+
+def test_fields_that_run_on_request_are_run_again_while_a_stream_watches(
+    served: ServerProcess, flag_file: Path
+) -> None:
+    """With no request at all, the stream still sees the change (within the poll period)."""
+    with Watcher(served.port) as watcher:
+        assert watcher.document()["status"] == "OK"
+        flag_file.write_text("down")
+        assert watcher.document()["status"] == "DOWN"
+
+
+def test_a_stream_shows_what_the_same_caller_would_see(flag_file: Path, tmp_path: Path) -> None:
+    """``show_details="when_authorized"``: fields only for an authorized caller; an
+    authenticator refuses the stream as it refuses the answer."""
+    with uvicorn_server(flag_file, tmp_path, show_details="when_authorized") as server:
+        with Watcher(server.port) as anonymous:
+            assert anonymous.document() == {"status": "OK"}
+        with Watcher(server.port, "/api/status?watch&token=s3cret") as authorized:
+            assert authorized.document() == {"status": "OK", "flag": "up", "version": "1.0"}
+        for url in ("/api/guarded", "/api/guarded-async"):
+            with Watcher(server.port, f"{url}?watch") as refused:
+                assert refused.status == 401
+            with Watcher(server.port, f"{url}?watch", **TOKEN) as allowed:
+                assert allowed.status == 200
+                assert allowed.document() == {"status": "OK", "flag": "up"}
+
+
+def test_max_watchers_then_503_and_a_client_that_leaves_frees_its_slot(
+    flag_file: Path, tmp_path: Path
+) -> None:
+    with uvicorn_server(flag_file, tmp_path, max_watchers=2) as server:
+        first, second = Watcher(server.port), Watcher(server.port)
+        try:
+            for watcher in (first, second):
+                assert watcher.document()["status"] == "OK"
+            with Watcher(server.port) as third:
+                assert third.status == 503
+                third.response.read()
+                error = third.response.json()["error"]
+                assert "max_watchers" in error
+            assert server.fetch("/api/status").status == 200  # probes are not streams
+            first.close()
+            deadline = time.monotonic() + 5
+            while True:
+                with Watcher(server.port) as again:
+                    if again.status == 200:
+                        assert again.document()["status"] == "OK"
+                        break
+                assert time.monotonic() < deadline, "the slot of a client that left stays taken"
+                time.sleep(0.05)
+        finally:
+            first.close()
+            second.close()
+
+
+@pytest.mark.parametrize("app", [ASGI_APP, "watch_app:create_wrapped_asgi_app()"])
+def test_a_stream_ends_at_watch_max_seconds(flag_file: Path, tmp_path: Path, app: str) -> None:
+    """Also where ``app.wsgi_app`` is wrapped, and the middleware serves it in threads."""
+    server = uvicorn_server(flag_file, tmp_path, app, watch_max_seconds=1)
+    with server, Watcher(server.port) as watcher:
+        opened = time.monotonic()
+        watcher.document()
+        events = watcher.rest()
+        lasted = time.monotonic() - opened
+    assert [(event.name, event.json()) for event in events] == [("end", {"reason": "limit"})]
+    assert 0.9 < lasted < 3, lasted
+
+
+def test_a_stream_ends_when_the_process_drains(served: ServerProcess) -> None:
+    with Watcher(served.port) as watcher:
+        watcher.document()
+        httpx.post(f"http://127.0.0.1:{served.port}/drain-now").raise_for_status()
+        drained = time.monotonic()
+        events = watcher.rest()
+    assert [(event.name, event.json()) for event in events] == [("end", {"reason": "draining"})]
+    assert events[-1].at - drained < END_SECONDS
+
+
+# -- where a stream would hold a whole worker or the whole app: 406 -------------------------
+
+
+def test_a_sync_worker_refuses_a_stream_unless_opted_in(flag_file: Path, tmp_path: Path) -> None:
+    with gunicorn(WSGI_APP, tmp_path / "sync.log", env=watch_env(flag_file)) as server:
+        with Watcher(server.port) as watcher:
+            assert watcher.status == 406
+            watcher.response.read()
+            error = watcher.response.json()["error"]
+        assert "watch_sync_workers=True" in error and "STATUS_WATCH_SYNC_WORKERS" in error
+        assert server.fetch("/api/status").status == 200  # a plain answer is served
+    opted_in = watch_env(flag_file, watch_sync_workers=True)
+    server = gunicorn(WSGI_APP, tmp_path / "opted-in.log", env=opted_in)
+    with server, Watcher(server.port) as watcher:
+        assert watcher.status == 200
+        assert watcher.document()["status"] == "OK"
+
+
+def test_a_bare_wsgi_to_asgi_refuses_a_stream(flag_file: Path, tmp_path: Path) -> None:
+    """asgiref's WsgiToAsgi alone runs the app in one thread: a stream would hold it all."""
+    for app in ("watch_app:create_bare_asgi_app",):
+        with uvicorn_server(flag_file, tmp_path, app) as server:
+            with Watcher(server.port) as watcher:
+                assert watcher.status == 406
+                watcher.response.read()
+                assert "StatusMiddleware" in watcher.response.json()["error"]
+            assert server.fetch("/api/status").status == 200
+
+
+# -- every stream ends within a second of SIGTERM or SIGINT, under every server form --------
+
+SERVER_FORMS: dict[str, Callable[[Path, Mapping[str, str]], ServerProcess]] = {
+    "uvicorn": lambda log, env: uvicorn(
+        ASGI_APP.removesuffix("()"), log, "--factory", "--reset-contextvars",
+        "--timeout-graceful-shutdown", GRACE, env=env,
+    ),
+    # hypercorn's worker processes hear of a stop through hypercorn's own event, which no app
+    # sees (docs/live-stream.md): with --workers 0, it serves in the process that gets the signal.
+    "hypercorn": lambda log, env: hypercorn(
+        ASGI_APP, log, "--graceful-timeout", GRACE, "--workers", "0", env=env
+    ),
+    "gunicorn-uvicorn-worker": lambda log, env: gunicorn(
+        ASGI_APP, log, "--graceful-timeout", GRACE,
+        worker_class="flask_status.uvicorn_worker.UvicornWorker", env=env,
+    ),
+    "gunicorn-sync": lambda log, env: gunicorn(
+        WSGI_APP, log, "--graceful-timeout", GRACE,
+        env={**env, "WATCH_STATUS_WATCH_SYNC_WORKERS": "true"},
+    ),
+    "gunicorn-sync-preload": lambda log, env: gunicorn(
+        WSGI_APP, log, "--graceful-timeout", GRACE, preload=True,
+        env={**env, "WATCH_STATUS_WATCH_SYNC_WORKERS": "true"},
+    ),
+    "gunicorn-gthread": lambda log, env: gunicorn(
+        WSGI_APP, log, "--graceful-timeout", GRACE, worker_class="gthread", threads=4, env=env,
+    ),
+    "gunicorn-gevent": lambda log, env: gunicorn(
+        WSGI_APP, log, "--graceful-timeout", GRACE, worker_class="gevent", env=env,
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("form", SERVER_FORMS)
+def test_a_stream_ends_within_a_second_of_the_server_s_signal(
+    form: str, sig: signal.Signals, flag_file: Path, tmp_path: Path
+) -> None:
+    server = SERVER_FORMS[form](tmp_path / "server.log", watch_env(flag_file))
+    with server, Watcher(server.port) as watcher:
+        assert watcher.status == 200, watcher.response.read()
+        watcher.document()
+        signalled = time.monotonic()
+        server.signal(sig)
+        events = watcher.rest()
+        ended = time.monotonic() - signalled
+        code = server.wait()
+        exited = time.monotonic() - signalled
+    log = server.log()
+    assert ended < END_SECONDS, f"ended {ended:.2f}s after {sig.name}: {events}\n{log[-3000:]}"
+    # gunicorn's workers quit at once on SIGINT (their SIGQUIT): the stream is cut, not ended.
+    assert events in ([], [Event("end", '{"reason": "stopping"}', events[-1].at if events else 0)])
+    assert exited < 5, f"exited {exited:.1f}s after {sig.name}\n{log[-3000:]}"
+    assert code in (0, -sig), f"exit code {code}\n{log[-3000:]}"
+    if not (form.startswith("gunicorn") and sig is signal.SIGINT):
+        # (SIGINT is gunicorn's quick shutdown: its workers exit at once, from their signal
+        # handler, and gunicorn logs the request it cut short.)
+        assert "Traceback" not in log, log[-3000:]
