@@ -13,6 +13,7 @@ for everything else:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -279,12 +280,36 @@ class Page(Form):
                 )
                 for key, outcome in outcomes.items()
             ]
-        return page.status_page(current_app.name, health, about, rows, time.time())
+        return page.status_page(
+            current_app.name,
+            health,
+            about,
+            rows,
+            time.time(),
+            version=version(signature(health, outcomes, context.details)),
+        )
 
     def finish(self, response: Response) -> None:
         super().finish(response)
         response.headers["Content-Security-Policy"] = page.CONTENT_SECURITY_POLICY
         response.headers["X-Content-Type-Options"] = "nosniff"
+
+
+def signature(health: Health, outcomes: Mapping[str, Outcome], details: bool) -> tuple[Any, ...]:
+    """What a change of the document is told by: the overall status, and each field's state
+    and value as the caller sees them (no error text: a field that keeps failing is no
+    change)."""
+    if not details:
+        return (health.value,)
+    return (
+        health.value,
+        *((key, outcome.state, outcome.value) for key, outcome in outcomes.items()),
+    )
+
+
+def version(signature: tuple[Any, ...]) -> str:
+    """A short id of a signature: the live stream's event id, and the page's ``data-version``."""
+    return hashlib.sha256(repr(signature).encode()).hexdigest()[:16]
 
 
 def summary_payload(message: Mapping[str, Any], health: Health) -> dict[str, Any]:

@@ -371,12 +371,7 @@ class StatusRoute:
             self._health_of(pending, critical),
             self.evaluator.logger,
         )
-        signature: tuple[Any, ...] = (body.health,)
-        if shows:
-            signature += tuple(
-                (key, outcome.state, outcome.value) for key, outcome in outcomes.items()
-            )
-        return Document(body.text, signature)
+        return Document(body.text, formats.signature(body.health, outcomes, shows))
 
     def stream(self, pending: Pending) -> Response:
         """Answer with a live status stream, or refuse it (406 where it would hold a whole

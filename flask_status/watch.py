@@ -28,14 +28,14 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from . import lifecycle
+from . import formats, lifecycle
 from .bell import Bell
 from .fields import Field, Kind
 from .loop import LoopStopped, portal_loop
 from .outcome import Outcome
 
 if TYPE_CHECKING:
-    from .route import Pending, StatusRoute
+    from .route import Document, Pending, StatusRoute
 
 #: Seconds between comments on a stream with no change: proxies close idle connections.
 KEEPALIVE_SECONDS = 15.0
@@ -174,7 +174,7 @@ class Stream:
         evaluation = await route.evaluator.evaluate(_callables(pending))
         document = route.document(pending, evaluation.outcomes, evaluation.cached, self.verbose)
         shown = document.signature
-        yield f"retry: {RETRY_MILLISECONDS}\n".encode() + _event(document.text)
+        yield f"retry: {RETRY_MILLISECONDS}\n".encode() + _event(document)
         next_poll, next_comment = now + POLL_SECONDS, now + KEEPALIVE_SECONDS
         while True:
             changed = functools.partial(_moved, watching, watching.version)
@@ -186,7 +186,7 @@ class Stream:
                     await watching.bell.wait(changed)
             reason = self._ended(ends_at)
             if reason is not None:
-                yield _event(f'{{"reason": "{reason}"}}', "end")
+                yield _end(reason)
                 return
             now = anyio.current_time()
             if now >= next_poll:
@@ -196,7 +196,7 @@ class Stream:
             if document.signature != shown:
                 shown = document.signature
                 next_comment = now + KEEPALIVE_SECONDS
-                yield _event(document.text)
+                yield _event(document)
             elif now >= next_comment:
                 next_comment = now + KEEPALIVE_SECONDS
                 yield b": keep-alive\n\n"
@@ -291,11 +291,15 @@ async def _close(events: AsyncIterator[bytes]) -> None:
     await events.aclose()  # type: ignore[attr-defined]
 
 
-def _event(data: str, name: str | None = None) -> bytes:
-    """One Server-Sent Event; each line of ``data`` on a ``data:`` line of its own."""
-    lines = "".join(f"data: {line}\n" for line in data.splitlines())
-    head = f"event: {name}\n" if name is not None else ""
-    return f"{head}{lines}\n".encode()
+def _event(document: Document) -> bytes:
+    """A document's Server-Sent Event: its version as the id (the page compares it with its
+    own), each line of its text on a ``data:`` line of its own."""
+    lines = "".join(f"data: {line}\n" for line in document.text.splitlines())
+    return f"id: {formats.version(document.signature)}\n{lines}\n".encode()
+
+
+def _end(reason: str) -> bytes:
+    return f'event: end\ndata: {{"reason": "{reason}"}}\n\n'.encode()
 
 
 def _callables(pending: Pending) -> list[Field]:
