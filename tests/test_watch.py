@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import signal
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -332,3 +335,104 @@ def test_a_stream_ends_within_a_second_of_the_server_s_signal(
         # (SIGINT is gunicorn's quick shutdown: its workers exit at once, from their signal
         # handler, and gunicorn logs the request it cut short.)
         assert "Traceback" not in log, log[-3000:]
+
+
+# -- load: watchers and a probe storm at once ----------------------------------------------
+
+#: Seconds of the probe storm while watchers come and go.
+STORM_SECONDS = 10.0
+#: A stream's limit under load: each watcher opens several in turn.
+LOAD_WATCH_SECONDS = 3
+RSS_GROWTH_LIMIT_KIB = 10 * 1024
+
+
+def proc_status(pid: int, name: str) -> int:
+    """A number from /proc/<pid>/status (``Threads``, ``VmRSS`` in KiB)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{name}:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {name} in /proc/{pid}/status")
+
+
+@dataclass
+class Load:
+    """What a round of load saw: each probe's status, and how each stream began and ended."""
+
+    probes: list[int]
+    streams: list[tuple[int, str | None]]  # (status, the end event's data)
+
+
+def load_round(port: int, watchers: int, connections: int, seconds: float) -> Load:
+    """``watchers`` clients each reading streams to their end, one after another, while
+    ``connections`` keep-alive connections probe the route, for ``seconds``."""
+    until = time.monotonic() + seconds
+    load = Load([], [])
+
+    def watch() -> None:
+        while time.monotonic() < until:
+            with Watcher(port) as watcher:
+                ending = None
+                if watcher.status == 200:
+                    events = watcher.rest()
+                    ending = events[-1].data if events and events[-1].name == "end" else None
+                load.streams.append((watcher.status, ending))
+
+    def probe() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            while time.monotonic() < until:
+                try:
+                    connection.request("GET", "/api/status")
+                    answer = connection.getresponse()
+                    body = json.loads(answer.read())
+                    ok = answer.status == 200 and body["flag"] == "up"
+                    load.probes.append(answer.status if ok else -answer.status)
+                except (OSError, http.client.HTTPException, ValueError):
+                    load.probes.append(0)
+                    connection.close()
+                    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=watch) for _ in range(watchers)]
+    threads += [threading.Thread(target=probe) for _ in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(seconds + LOAD_WATCH_SECONDS + 20)
+    return load
+
+
+LOAD_FORMS: dict[str, tuple[Callable[[Path, Mapping[str, str]], ServerProcess], int]] = {
+    "uvicorn": (SERVER_FORMS["uvicorn"], 16),
+    # The README's gthread setting: 8 threads; streams hold 4 of them.
+    "gunicorn-gthread": (
+        lambda log, env: gunicorn(WSGI_APP, log, worker_class="gthread", threads=8, env=env),
+        4,
+    ),
+}
+
+
+@pytest.mark.parametrize("form", LOAD_FORMS)
+def test_watchers_and_a_probe_storm(form: str, flag_file: Path, tmp_path: Path) -> None:
+    """Every probe is answered right, every stream ends by its limit, and the server's threads
+    and memory do not grow from one round of load to the next."""
+    start, watchers = LOAD_FORMS[form]
+    env = watch_env(flag_file, show_details="always", watch_max_seconds=LOAD_WATCH_SECONDS)
+    with start(tmp_path / "server.log", env) as server:
+        pid = int(server.fetch("/hello").headers["x-pid"])  # the worker, under gunicorn
+        warm = load_round(server.port, watchers, 32, LOAD_WATCH_SECONDS)
+        threads, rss = proc_status(pid, "Threads"), proc_status(pid, "VmRSS")
+        stormed = load_round(server.port, watchers, 32, STORM_SECONDS)
+        threads_after, rss_after = proc_status(pid, "Threads"), proc_status(pid, "VmRSS")
+        log = server.log()
+
+    for load in (warm, stormed):
+        assert load.probes and set(load.probes) == {200}, Counter(load.probes)
+        assert load.streams and set(load.streams) == {(200, '{"reason": "limit"}')}, Counter(
+            load.streams
+        )
+    assert len(stormed.streams) >= watchers * 2  # each watcher's streams came and went
+    assert threads_after <= threads, f"{threads} threads, then {threads_after}"
+    assert rss_after - rss < RSS_GROWTH_LIMIT_KIB, f"RSS {rss} KiB, then {rss_after} KiB"
+    assert "Traceback" not in log, log[-3000:]
