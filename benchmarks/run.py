@@ -48,6 +48,7 @@ NAMES = {
     10: "background",
     11: "hook",
     12: "sharing",
+    13: "watchers",
 }
 
 #: The scenarios a full run measures after the in-process ones, in this order: the memory
@@ -59,6 +60,7 @@ AFTER_IN_PROCESS: list[tuple[str, Callable[[], list[Row]]]] = [
     (under_wrk.BACKGROUND_TITLE, under_wrk.background_checks),
     (probes.HOOK_TITLE, probes.request_hook),
     (sharing.SHARING_TITLE, sharing.through_redis),
+    (probes.WATCH_TITLE, probes.watchers),
     (in_process.MEMORY_TITLE, in_process.memory),
 ]
 

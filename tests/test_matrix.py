@@ -14,7 +14,10 @@ phase, and then stops the server with SIGTERM. It holds when:
 - after each phase the worker runs at most ``max_workers`` + hung fields + 10 threads, and its
   memory grew by at most 20 MB during the phase;
 - the server exits within 5 s of SIGTERM, with status 0 or SIGTERM's, and its log holds no
-  traceback (but the failing checks' own, which flask_status logs), before SIGTERM or after.
+  traceback (but the failing checks' own, which flask_status logs), before SIGTERM or after;
+- a live status stream (``?watch``), opened after the warm-up and kept through the phases,
+  first shows the route's document, and ends once the server is told to stop; where the
+  server serves one request at a time per worker it is refused with 406 instead.
 
 Cells run a few at a time, each on its own port, database and store prefix. A later feature
 adds rows to :data:`STORES`, fields to ``matrix_fields.FIELD_SETS``, or a :data:`PHASES` entry.
@@ -43,6 +46,7 @@ import pytest
 from helpers import TESTS_DIR, Reply, ServerProcess
 from matrix_fields import FIELD_SETS, MatrixField, MatrixRoute
 from test_docs import BIN, DOCUMENTED_PORT, README, server_commands
+from test_watch import Watcher
 
 #: Cells served at once: the machine has 2 cores, and the phases must not starve each other.
 PARALLEL_CELLS = 4
@@ -457,6 +461,68 @@ def check_after_phase(
     return now
 
 
+#: The server forms whose workers serve one request at a time: they refuse live streams.
+SYNC_WORKERS = {"gunicorn, sync workers"}
+
+
+class CellWatcher:
+    """A live status stream of the cell's first route, read in a thread from the warm-up to
+    the server's stop."""
+
+    def __init__(self, server: ServerProcess, cell: Cell, findings: Findings) -> None:
+        self.route = cell.routes[0]
+        self.refused = cell.form.name in SYNC_WORKERS
+        self.findings = findings
+        self.opened = threading.Event()
+        self.ended = threading.Event()
+        self.ending = "not ended"
+        self.watcher = Watcher(server.port, f"{self.route.url}?watch", **matrix_fields.TOKEN)
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+        if not self.opened.wait(WARM_UP_SECONDS):
+            findings.note("watch: no first document")
+
+    def _read(self) -> None:
+        try:
+            self._check_first()
+            if self.watcher.status == 200:
+                events = self.watcher.rest()
+                ended = bool(events) and events[-1].name == "end"
+                self.ending = events[-1].data if ended else "cut"  # (waitress dies at once)
+        except Exception as exc:  # reported with the cell
+            self.findings.note(f"watch: {exc!r}")
+        finally:
+            self.opened.set()
+            self.ended.set()
+            self.watcher.close()
+
+    def _check_first(self) -> None:
+        status = self.watcher.status
+        if self.refused:
+            self.watcher.response.read()
+            error = json_body(Reply(status, {}, self.watcher.response.content)).get("error", "")
+            if status != 406 or "watch_sync_workers" not in error:
+                self.findings.note(f"watch: answered {status} {error!r}, not 406")
+            return
+        if status != 200:
+            self.findings.note(f"watch: answered {status}, not 200")
+            return
+        document = self.watcher.document()
+        self.opened.set()
+        problems = [] if document.get("status") == self.route.status else [("status", "")]
+        for item in self.route.fields:
+            problems += entry_problems(item, document.get(item.key))
+        for what, example in problems:
+            self.findings.note(f"watch: the first document: {what} {example}")
+
+    def check_end(self, seconds: float) -> None:
+        """After the server's stop: the stream must have ended (within ``seconds``)."""
+        if not self.ended.wait(seconds):
+            self.findings.note(f"watch: the stream did not end within {seconds:g}s of SIGTERM")
+        elif not self.refused and self.ending not in ('{"reason": "stopping"}', "cut"):
+            self.findings.note(f"watch: the stream ended with {self.ending}")
+
+
 def stop(server: ServerProcess, findings: Findings) -> None:
     """SIGTERM; the exit must be quick, with a clean status, and the log show no traceback."""
     logged_before = len(server.log())
@@ -523,8 +589,10 @@ def run_cell(cell: Cell, directory: Path, redis_url: str | None) -> list[str]:
         server.start()
     except RuntimeError as exc:
         return [f"did not start: {exc}"]
+    watcher: CellWatcher | None = None
     try:
         warm_up(server, cell, findings)
+        watcher = CellWatcher(server, cell, findings)
         before = stats(server)
         for phase in PHASES:
             probe_during(server, phase.probes(cell.routes), phase.seconds, findings)
@@ -533,6 +601,8 @@ def run_cell(cell: Cell, directory: Path, redis_url: str | None) -> list[str]:
         findings.note(f"the cell stopped early: {exc!r}")
     finally:
         stop(server, findings)
+        if watcher is not None:
+            watcher.check_end(EXIT_LIMIT_SECONDS)
     problems = findings.report()
     return [*problems, f"server log: {server.log_path}"] if problems else []
 
