@@ -25,6 +25,7 @@ authenticator's wrapper                                 wrapper, which must see 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import sys
@@ -396,7 +397,8 @@ class StatusRoute:
         try:
             if handover is None:  # WSGI: the server iterates the body
                 if self.access.per_request:
-                    pending.show_details = portal_loop.call(self.access.decide, None)
+                    with contextlib.suppress(LoopStopped):  # undecided: no details
+                        pending.show_details = portal_loop.call(self.access.decide, None)
                 response.response = stream.wsgi()
             else:  # the middleware sends it as it goes
                 response.response = iter(())
@@ -468,9 +470,11 @@ _ONE_THREAD = "flask_status.one_thread"
 
 
 def _wants_stream() -> bool:
-    """Whether the request asks for a live status stream (``Accept``, or ``?watch``)."""
-    return watch.MEDIA_TYPE in request.headers.get("Accept", "") or (
-        bool(request.query_string) and "watch" in request.args
+    """Whether the request asks for a live status stream (``Accept``, or ``?watch``); a
+    ``HEAD`` request gets the plain answer's head instead."""
+    return request.method == "GET" and (
+        watch.MEDIA_TYPE in request.headers.get("Accept", "")
+        or (bool(request.query_string) and "watch" in request.args)
     )
 
 

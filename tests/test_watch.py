@@ -15,9 +15,12 @@ from typing import Any
 
 import httpx
 import pytest
+from flask import Flask
 from helpers import TOKEN, ServerProcess
 from servers import gunicorn, hypercorn, uvicorn
 from watch_app import FLAG_ENV
+
+from flask_status import FlaskStatus, watch
 
 ASGI_APP = "watch_app:create_asgi_app()"
 WSGI_APP = "watch_app:create_app()"
@@ -307,6 +310,10 @@ SERVER_FORMS: dict[str, Callable[[Path, Mapping[str, str]], ServerProcess]] = {
     "gunicorn-gevent": lambda log, env: gunicorn(
         WSGI_APP, log, "--graceful-timeout", GRACE, worker_class="gevent", env=env,
     ),
+    "gunicorn-gevent-preload": lambda log, env: gunicorn(
+        WSGI_APP, log, "--graceful-timeout", GRACE, worker_class="gevent", preload=True,
+        env=env,
+    ),
 }  # fmt: skip
 
 
@@ -436,3 +443,50 @@ def test_watchers_and_a_probe_storm(form: str, flag_file: Path, tmp_path: Path) 
     assert threads_after <= threads, f"{threads} threads, then {threads_after}"
     assert rss_after - rss < RSS_GROWTH_LIMIT_KIB, f"RSS {rss} KiB, then {rss_after} KiB"
     assert "Traceback" not in log, log[-3000:]
+
+
+# -- in process: the stream's parts, and its settings ----------------------------------------
+
+
+def test_a_comment_keeps_a_quiet_stream_open_until_its_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where the server serves one request at a time, ``watch_sync_workers`` opts in."""
+    monkeypatch.setattr(watch, "KEEPALIVE_SECONDS", 0.2)
+    app = Flask(__name__)
+    status = FlaskStatus(app, watch_sync_workers=True, watch_max_seconds=1)
+    status.add_field("version", "2.0.0")
+    status.add_field("ok", lambda: "fine")
+
+    answer = app.test_client().get("/api/status?watch", buffered=False)
+    try:
+        assert answer.status_code == 200
+        text = b"".join(answer.response).decode()  # type: ignore[arg-type]
+    finally:
+        answer.close()
+
+    blocks = text.split("\n\n")
+    assert blocks[0].startswith("retry: 2000\nid: ")
+    assert blocks[0].endswith('\ndata: {"ok": "fine", "status": "OK", "version": "2.0.0"}')
+    assert set(blocks[1:-2]) == {": keep-alive"}  # nothing changed: comments only
+    assert len(blocks[1:-2]) >= 3
+    assert blocks[-2:] == ['event: end\ndata: {"reason": "limit"}', ""]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "error"),
+    [
+        ("watch_max_seconds", 0, ValueError),
+        ("watch_max_seconds", "300", TypeError),
+        ("max_watchers", 0, ValueError),
+        ("max_watchers", 1.5, TypeError),
+        ("watch_sync_workers", "yes", TypeError),
+    ],
+)
+def test_bad_settings_name_the_parameter(name: str, value: Any, error: type[Exception]) -> None:
+    with pytest.raises(error, match=name):
+        FlaskStatus(Flask(__name__), **{name: value})
+    app = Flask(__name__)
+    app.config[f"STATUS_{name.upper()}"] = value
+    with pytest.raises(error, match=f"STATUS_{name.upper()}"):
+        FlaskStatus(app)
