@@ -314,7 +314,23 @@ SERVER_FORMS: dict[str, Callable[[Path, Mapping[str, str]], ServerProcess]] = {
         WSGI_APP, log, "--graceful-timeout", GRACE, worker_class="gevent", preload=True,
         env=env,
     ),
+    # Served in threads of a worker forked after the app was loaded: drain_on_sigterm's hook,
+    # in the worker's main thread, puts the streams' handler in place (docs/live-stream.md).
+    "gunicorn-gthread-preload-hook": lambda log, env: gunicorn(
+        WSGI_APP, log, "--graceful-timeout", GRACE, "-c", str(drain_hook(log.parent)),
+        worker_class="gthread", threads=4, preload=True, env=env,
+    ),
 }  # fmt: skip
+
+
+def drain_hook(directory: Path) -> Path:
+    """A gunicorn config file with :func:`flask_status.gunicorn.drain_on_sigterm`'s hook."""
+    config = directory / "gunicorn.conf.py"
+    config.write_text(
+        "from flask_status.gunicorn import drain_on_sigterm\n"
+        "post_worker_init = drain_on_sigterm(seconds=0.5)\n"
+    )
+    return config
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
