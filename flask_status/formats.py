@@ -308,7 +308,7 @@ def signature(health: Health, outcomes: Mapping[str, Outcome], details: bool) ->
 
 
 def version(signature: tuple[Any, ...]) -> str:
-    """A short id of a signature: the live stream's event id, and the page's ``data-version``."""
+    """A short id of a signature: the live stream's event id, and the page's ``data-shown``."""
     return hashlib.sha256(repr(signature).encode()).hexdigest()[:16]
 
 

@@ -35,7 +35,7 @@ MAX_TEXT_CHARS = 300
 #: The page's only script, the same on every page (nothing in it comes from data): it watches
 #: the live status stream and, on each change, fetches the page and puts its ``<main>`` in
 #: place; where the stream is refused (406, 503) or scripts lack what it needs, it reloads the
-#: page every :data:`REFRESH_SECONDS`. An event whose id is the page's ``data-version`` tells
+#: page every :data:`REFRESH_SECONDS`. An event whose id is the page's ``data-shown`` tells
 #: what the page shows already (the stream's first event, mostly), and is skipped.
 SCRIPT = (
     "(function () {"
@@ -68,7 +68,7 @@ SCRIPT = (
     "stream.onopen = live;"
     "stream.onmessage = function (event) {"
     'var main = document.querySelector("main");'
-    "if (main && main.dataset.version === event.lastEventId) { return; }"
+    "if (main && main.dataset.shown === event.lastEventId) { return; }"
     "shown = shown.then(show).catch(function () {});"
     "};"
     "stream.onerror = function () {"
@@ -131,7 +131,7 @@ def status_page(
         f"<style>{_CSS}</style>",
         "</head>",
         f'<body class="{health.value.lower()}">',
-        f'<main data-version="{escape(version)}">',
+        f'<main data-shown="{escape(version)}">',
         '<header class="overall">',
         f'<h1>{escape(app_name)} status: <span id="status">{escape(health.value)}</span></h1>',
         f'<p id="reason">{_reason(health, rows)}</p>',

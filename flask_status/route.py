@@ -21,6 +21,10 @@ authenticator's wrapper (in a worker thread)            thread (``anyio.from_thr
 by ``StatusMiddleware``, inside an async                on the server's loop, awaited by the
 authenticator's wrapper                                 wrapper, which must see the answer
 =====================================================  ======================================
+
+A live status stream (:meth:`StatusRoute.stream`) is refused or answered by the view: a WSGI
+server iterates its body (each event awaited on the process's own loop), the middleware sends
+it event by event on the server's loop (:data:`deferred` hands it over).
 """
 
 from __future__ import annotations

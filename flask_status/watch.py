@@ -171,13 +171,15 @@ class Stream:
         route, pending, watching = self.route, self.pending, self.route.watching
         now = anyio.current_time()
         ends_at = now + self.max_seconds
+        # Read before each rendering: a change rung while it renders wakes the next wait.
+        seen = watching.version
         evaluation = await route.evaluator.evaluate(_callables(pending))
         document = route.document(pending, evaluation.outcomes, evaluation.cached, self.verbose)
         shown = document.signature
         yield f"retry: {RETRY_MILLISECONDS}\n".encode() + _event(document)
         next_poll, next_comment = now + POLL_SECONDS, now + KEEPALIVE_SECONDS
         while True:
-            changed = functools.partial(_moved, watching, watching.version)
+            changed = functools.partial(_moved, watching, seen)
             wake_at = min(next_poll, next_comment, ends_at)
             if route.settings.drain_file is not None:
                 wake_at = min(wake_at, anyio.current_time() + DRAIN_FILE_SECONDS)
@@ -192,6 +194,7 @@ class Stream:
             if now >= next_poll:
                 await self._run_on_request_fields()
                 next_poll = now + POLL_SECONDS
+            seen = watching.version
             document = route.document(pending, self._latest(), (), self.verbose)
             if document.signature != shown:
                 shown = document.signature
