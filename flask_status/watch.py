@@ -137,8 +137,8 @@ def end_streams_on_signals() -> None:
     for signum in _STOP_SIGNALS:
         try:
             previous = signal.getsignal(signum)
-            if previous is None or isinstance(previous, _EndOnSignal):
-                continue  # set outside Python (cannot be passed on), or ours already
+            if previous in (None, signal.SIG_IGN) or isinstance(previous, _EndOnSignal):
+                continue  # set outside Python (cannot be passed on), ignored, or ours already
             signal.signal(signum, _EndOnSignal(previous))
         except ValueError:  # not the main thread
             return

@@ -367,6 +367,10 @@ STORM_SECONDS = 10.0
 #: A stream's limit under load: each watcher opens several in turn.
 LOAD_WATCH_SECONDS = 3
 RSS_GROWTH_LIMIT_KIB = 10 * 1024
+#: Threads the second round may end with beyond the first's: the app's hooks run in pooled
+#: threads, as many as requests overlap, which varies from round to round. A thread kept per
+#: stream would add dozens (each round opens some 50 streams).
+SPARE_THREADS = 8
 
 
 def proc_status(pid: int, name: str) -> int:
@@ -439,12 +443,12 @@ LOAD_FORMS: dict[str, tuple[Callable[[Path, Mapping[str, str]], ServerProcess], 
 @pytest.mark.parametrize("form", LOAD_FORMS)
 def test_watchers_and_a_probe_storm(form: str, flag_file: Path, tmp_path: Path) -> None:
     """Every probe is answered right, every stream ends by its limit, and the server's threads
-    and memory do not grow from one round of load to the next."""
+    and memory do not grow from one round of load to the next, equal one."""
     start, watchers = LOAD_FORMS[form]
     env = watch_env(flag_file, show_details="always", watch_max_seconds=LOAD_WATCH_SECONDS)
     with start(tmp_path / "server.log", env) as server:
         pid = int(server.fetch("/hello").headers["x-pid"])  # the worker, under gunicorn
-        warm = load_round(server.port, watchers, 32, LOAD_WATCH_SECONDS)
+        warm = load_round(server.port, watchers, 32, STORM_SECONDS)
         threads, rss = proc_status(pid, "Threads"), proc_status(pid, "VmRSS")
         stormed = load_round(server.port, watchers, 32, STORM_SECONDS)
         threads_after, rss_after = proc_status(pid, "Threads"), proc_status(pid, "VmRSS")
@@ -456,7 +460,7 @@ def test_watchers_and_a_probe_storm(form: str, flag_file: Path, tmp_path: Path) 
             load.streams
         )
     assert len(stormed.streams) >= watchers * 2  # each watcher's streams came and went
-    assert threads_after <= threads, f"{threads} threads, then {threads_after}"
+    assert threads_after <= threads + SPARE_THREADS, f"{threads} threads, then {threads_after}"
     assert rss_after - rss < RSS_GROWTH_LIMIT_KIB, f"RSS {rss} KiB, then {rss_after} KiB"
     assert "Traceback" not in log, log[-3000:]
 
