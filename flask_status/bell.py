@@ -60,13 +60,15 @@ class Bell:
             await anyio.to_thread.run_sync(_wake, elsewhere)
 
     def ring_soon(self, update: Callable[[], object] | None = None, *, on_loop: bool) -> None:
-        """Wake every waiter from sync code: a run's listener on its loop (``on_loop``), or a
-        signal handler, which wakes them all from a thread of its own."""
+        """Wake every waiter from sync code: a run's listener on its loop (``on_loop``: those
+        of other loops from a thread of its own), or a thread without a loop."""
         waiters = self._take(update)
-        if on_loop:
-            waiters = _wake_here(waiters, current_token())
-        if waiters:
-            start_thread(functools.partial(_wake, waiters), "flask-status-wake")
+        if not on_loop:
+            _wake(waiters)
+            return
+        elsewhere = _wake_here(waiters, current_token())
+        if elsewhere:
+            start_thread(functools.partial(_wake, elsewhere), "flask-status-wake")
 
 
 def _wake_here(waiters: list[Waiter], here: EventLoopToken) -> list[Waiter]:

@@ -94,15 +94,6 @@ class Pending:
     stream: watch.Stream | None = None
 
 
-@dataclass(frozen=True)
-class Document:
-    """A stream's rendering of its fields: the text, and what changes it is told by (the
-    overall status, and each field's state and value as shown)."""
-
-    text: str
-    signature: tuple[Any, ...]
-
-
 @dataclass
 class Handover:
     """The requests a view called by the ASGI middleware leaves to the server's event loop.
@@ -360,7 +351,7 @@ class StatusRoute:
         results: Mapping[str, Outcome],
         cached: Collection[str],
         verbose: bool,
-    ) -> Document:
+    ) -> watch.Document:
         """A live stream's event: the JSON this request would be answered with (no request
         context needed), and its signature."""
         outcomes, critical = self._shown(pending, results)
@@ -376,7 +367,7 @@ class StatusRoute:
             self._health_of(pending, critical),
             self.evaluator.logger,
         )
-        return Document(body.text, formats.signature(body.health, outcomes, shows))
+        return watch.Document(body.text, formats.signature(body.health, outcomes, shows))
 
     def stream(self, pending: Pending) -> Response:
         """Answer with a live status stream, or refuse it (406 where it would hold a whole

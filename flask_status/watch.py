@@ -22,20 +22,22 @@ import signal
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
+from dataclasses import dataclass
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import anyio
 
 from . import formats, lifecycle
+from .aggregate import Health
 from .bell import Bell
+from .config import Settings
+from .engine import Evaluator
 from .fields import Field, Kind
 from .loop import LoopStopped, portal_loop
 from .outcome import Outcome
-
-if TYPE_CHECKING:
-    from .route import Document, Pending, StatusRoute
+from .threads import start_thread
 
 #: Seconds between comments on a stream with no change: proxies close idle connections.
 KEEPALIVE_SECONDS = 15.0
@@ -52,6 +54,35 @@ MEDIA_TYPE = "text/event-stream"
 _stopping = False
 #: Every route's :class:`Watching`, rung when streams must end.
 _every_route: weakref.WeakSet[Watching] = weakref.WeakSet()
+
+
+@dataclass(frozen=True)
+class Document:
+    """A stream's rendering of its fields: the text, and what changes it is told by (see
+    ``formats.signature``)."""
+
+    text: str
+    signature: tuple[Any, ...]
+
+
+class Pending(Protocol):
+    """A request's fields (``route.Pending``)."""
+
+    fields: list[Field]
+
+
+class StatusRoute(Protocol):
+    """What a stream needs of its route (``route.StatusRoute``)."""
+
+    settings: Settings
+    evaluator: Evaluator
+    watching: Watching
+
+    def readiness_state(self) -> Health | None: ...
+
+    def document(
+        self, pending: Any, results: Mapping[str, Outcome], cached: Collection[str], verbose: bool
+    ) -> Document: ...
 
 
 class Watching:
@@ -83,7 +114,7 @@ class Watching:
         self.version += 1
 
     def end(self) -> None:
-        """Wake every stream, from any thread or a signal handler, to see that it must end."""
+        """Wake every stream, from a thread without an event loop, to see that it must end."""
         self.bell.ring_soon(self._changed, on_loop=False)
 
     def take_slot(self) -> bool:
@@ -100,7 +131,15 @@ class Watching:
 
 
 def end_every_stream() -> None:
-    """Wake every stream of the process; those that must end (draining) then end."""
+    """Wake every stream of the process; those that must end (draining) then end.
+
+    From a thread of its own: this runs in signal handlers, which may have interrupted the
+    main thread while it held a lock the waking takes.
+    """
+    start_thread(_wake_every_route, "flask-status-end")
+
+
+def _wake_every_route() -> None:
     for watching in list(_every_route):
         watching.end()
 
