@@ -111,10 +111,25 @@ def asyncio_view(fields: Fields) -> Any:
     return WsgiToAsgi(flask_app)
 
 
+def flask_status_watched(fields: Fields) -> Any:
+    """:func:`flask_status` with ``/rss``: the server process's resident memory, in KiB (for
+    the live status streams' memory)."""
+    flask_app, _ = build("flask-status", fields)
+
+    @flask_app.get("/rss")
+    def rss() -> Any:
+        with open("/proc/self/status") as status:
+            kib = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+        return jsonify({"rss_kib": kib})
+
+    return served(flask_app)
+
+
 APPS: dict[str, Callable[[Fields], Any]] = {
     "flask-status": flask_status,
     "flask-status-counted": flask_status_counted,
     "flask-status-hooked": flask_status_hooked,
+    "flask-status-watched": flask_status_watched,
     "starlette": starlette,
     "asyncio-view": asyncio_view,
 }

@@ -1,15 +1,19 @@
 """The scenarios that time each probe's answer on a real server (8 and 11): requests in a row to
-``gunicorn -k gevent``, and bursts of concurrent probes to uvicorn."""
+``gunicorn -k gevent``, and bursts of concurrent probes to uvicorn; and the memory of live
+status streams open on uvicorn (13)."""
 
 from __future__ import annotations
 
+import socket
 import statistics
+import time
 from collections import Counter
+from contextlib import ExitStack
 from dataclasses import dataclass
 from operator import attrgetter
 
 import servers
-from apps import BLOCK_SECONDS, BLOCK_TIMEOUT, ONE_SLOW, URL
+from apps import BLOCK_SECONDS, BLOCK_TIMEOUT, ONE_SLOW, TRIVIAL_MIXED, URL
 from report import CONTENDERS, OURS, OURS_HOOKED, Row, Target, judged, median_ratio, seconds
 from servers import BenchError
 
@@ -96,3 +100,59 @@ def request_hook() -> list[Row]:
             )
         )
     return rows
+
+
+# -- 13. Live status streams ---------------------------------------------------------------
+
+WATCHERS = 16
+WATCH_ROUNDS = 3
+WATCH_TITLE = (
+    f"16. Live status streams: uvicorn ³, {TRIVIAL_MIXED.sync} sync + {TRIVIAL_MIXED.async_} "
+    f"async trivial checks, {WATCHERS} streams (`?watch`) open at once ({WATCH_ROUNDS} rounds)"
+)
+
+
+def open_stream(host: str, port: int) -> socket.socket:
+    """A live status stream, once its first document has come."""
+    stream = socket.create_connection((host, port), timeout=10)
+    stream.sendall(f"GET {URL}?watch HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    received = b""
+    while b"data:" not in received or not received.endswith(b"\n\n\r\n"):
+        chunk = stream.recv(65536)
+        if not chunk:
+            raise BenchError(f"the stream ended before its first document: {received[:300]!r}")
+        received += chunk
+    if not received.startswith(b"HTTP/1.1 200"):
+        raise BenchError(f"the stream was refused: {received[:300]!r}")
+    return stream
+
+
+def watchers() -> list[Row]:
+    """The server's resident memory with no stream open, then with :data:`WATCHERS`."""
+    growths = []
+    with servers.uvicorn("flask-status-watched", TRIVIAL_MIXED, "uvicorn-watched") as base:
+        host, port = base.removeprefix("http://").split(":")
+
+        def rss() -> float:
+            return float(servers.get_json(base + "/rss")["rss_kib"])
+
+        with ExitStack() as warm_up:  # first imports, buffers, the loop's threads
+            for _ in range(WATCHERS):
+                warm_up.enter_context(open_stream(host, int(port)))
+        for _ in range(WATCH_ROUNDS):
+            time.sleep(0.5)  # the closed streams' slots and tasks are gone
+            before = rss()
+            with ExitStack() as streams:
+                for _ in range(WATCHERS):
+                    streams.enter_context(open_stream(host, int(port)))
+                growths.append(rss() - before)
+    per_stream = statistics.median(growths) / WATCHERS
+    return [
+        Row(
+            WATCH_TITLE,
+            f"{CONTENDERS[OURS]}, `StatusMiddleware`",
+            f"RSS growth with {WATCHERS} streams open: median {statistics.median(growths):.0f} "
+            f"KiB (rounds: {', '.join(f'{growth:.0f}' for growth in growths)} KiB)",
+            f"{per_stream:.1f} KiB per stream",
+        )
+    ]

@@ -52,6 +52,7 @@ NAMES = {
     13: "dependencies",
     14: "events",
     15: "telemetry",
+    16: "watchers",
 }
 
 #: The scenarios a full run measures after the in-process ones, in this order: the memory
@@ -64,6 +65,7 @@ AFTER_IN_PROCESS: list[tuple[str, Callable[[], list[Row]]]] = [
     (probes.HOOK_TITLE, probes.request_hook),
     (sharing.SHARING_TITLE, sharing.through_redis),
     (events.EVENTS_TITLE, events.change_events),
+    (probes.WATCH_TITLE, probes.watchers),
     (in_process.MEMORY_TITLE, in_process.memory),
 ]
 

@@ -19,7 +19,7 @@ import contextvars
 import inspect
 import io
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -45,6 +45,7 @@ from .config import DEFAULT_MAX_WORKERS
 from .fields import check_bool
 from .loop import runs_ahead_host
 from .route import Handover, StatusRoute, deferred, no_store, routes_of
+from .watch import MEDIA_TYPE, Stream, end_streams_on_signals
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -153,25 +154,53 @@ class StatusMiddleware:
             self._app_code = AppCode(self.flask_app)
         placement = self._app_code.placement(self.flask_app, self._limiter)
         try:
-            await placement.run(placement.before_in_thread, exchange.begin)
-            if exchange.waits:
-                await placement.wait(exchange.wait)
-            status, headers, body = await placement.run(placement.after_in_thread, exchange.finish)
-        except BaseException as exc:
-            if not exchange.torn_down:  # cancelled between steps: the teardowns run all the same
-                exchange.error = exc
-                with anyio.CancelScope(shield=True):
-                    await placement.run(placement.after_in_thread, exchange.tear_down)
-            raise
-        await _respond(send, status, headers, body)
+            try:
+                await placement.run(placement.before_in_thread, exchange.begin)
+                if exchange.waits:
+                    await placement.wait(exchange.wait)
+                status, headers, body = await placement.run(
+                    placement.after_in_thread, exchange.finish
+                )
+            except BaseException as exc:
+                if not exchange.torn_down:  # cancelled between steps: the teardowns run anyway
+                    exchange.error = exc
+                    with anyio.CancelScope(shield=True):
+                        await placement.run(placement.after_in_thread, exchange.tear_down)
+                raise
+            if exchange.stream is not None:
+                await _send_stream(send, receive, status, headers, exchange.stream)
+            else:
+                await _respond(send, status, headers, body)
+        finally:
+            for _, pending in exchange.handover.pending:
+                if pending.stream is not None:  # not sent (an error, a hook's own answer)
+                    pending.stream.close()
 
     async def _serve_wrapped(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Through the app's wrapped WSGI stack, in a worker thread, as a WSGI server would."""
+        """Through the app's wrapped WSGI stack, in a worker thread, as a WSGI server would.
+
+        A live status stream's chunks are each waited for in a worker thread too; as under a
+        WSGI server, a client that left is noticed at the next chunk.
+        """
         environ = _environ(scope, await _read_body(receive))
-        status, headers, body = await anyio.to_thread.run_sync(
+        status, headers, body, stream = await anyio.to_thread.run_sync(
             _call_wsgi, self.flask_app.wsgi_app, environ, limiter=self._limiter
         )
-        await _respond(send, status, headers, body)
+        if stream is None:
+            await _respond(send, status, headers, body)
+            return
+        chunks = iter(stream)
+        try:
+            await _respond(send, status, headers, b"", more_body=True)
+            while (
+                chunk := await anyio.to_thread.run_sync(next, chunks, None, limiter=self._limiter)
+            ) is not None:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            if hasattr(stream, "close"):
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(stream.close, limiter=self._limiter)
 
 
 class Exchange:
@@ -192,6 +221,8 @@ class Exchange:
         #: Not handled: ``handle_exception`` answers it, and the teardown functions see it.
         self.error: BaseException | None = None
         self.torn_down = False
+        #: The live status stream to send once the answer's head is sent, if it is one.
+        self.stream: Stream | None = None
         self._token: contextvars.Token[Handover | None] | None = None
 
     def begin(self) -> None:
@@ -226,7 +257,10 @@ class Exchange:
             if inspect.isawaitable(self.result):
                 self.result = await self.result
             for route, pending in self.handover.pending:
-                await route.respond(pending)
+                if pending.stream is None:
+                    await route.respond(pending)
+                else:  # decided here, in the request's context; its events are sent later
+                    pending.show_details = await route.access.decide(pending.show_details)
         except Exception as exc:
             self.raised = exc
 
@@ -245,6 +279,14 @@ class Exchange:
                 self.error = exc
                 raise
             app_iter, status, headers = response.get_wsgi_response(self.environ)
+            self.stream = next(
+                (
+                    pending.stream
+                    for _, pending in self.handover.pending
+                    if pending.stream is not None and pending.response is response
+                ),
+                None,
+            )
         finally:
             self.tear_down()
         try:
@@ -396,8 +438,9 @@ def _own_wsgi_app(app: Flask) -> bool:
 
 def _call_wsgi(
     wsgi_app: Callable[..., Any], environ: dict[str, Any]
-) -> tuple[str, list[tuple[str, str]], bytes]:
-    """Call a WSGI app and collect its whole answer (status answers are small)."""
+) -> tuple[str, list[tuple[str, str]], bytes, Iterable[bytes] | None]:
+    """Call a WSGI app and collect its whole answer (status answers are small); a live
+    status stream's body is returned as its iterator instead."""
     started: list[Any] = []
     chunks: list[bytes] = []
 
@@ -408,15 +451,27 @@ def _call_wsgi(
         return chunks.append
 
     iterable = wsgi_app(environ, start_response)
+    # (A WSGI app may start its response only as its body is iterated: not a stream then.)
+    if started and any(
+        name.lower() == "content-type" and MEDIA_TYPE in value for name, value in started[1]
+    ):
+        return started[0], started[1], b"", iterable
     try:
         chunks.extend(iterable)
     finally:
         if hasattr(iterable, "close"):
             iterable.close()
-    return started[0], started[1], b"".join(chunks)
+    return started[0], started[1], b"".join(chunks), None
 
 
-async def _respond(send: Send, status: str, headers: list[tuple[str, str]], body: bytes) -> None:
+async def _respond(
+    send: Send,
+    status: str,
+    headers: list[tuple[str, str]],
+    body: bytes,
+    *,
+    more_body: bool = False,
+) -> None:
     await send(
         {
             "type": "http.response.start",
@@ -424,7 +479,28 @@ async def _respond(send: Send, status: str, headers: list[tuple[str, str]], body
             "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers],
         }
     )
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": "http.response.body", "body": body, "more_body": more_body})
+
+
+async def _send_stream(
+    send: Send, receive: Receive, status: str, headers: list[tuple[str, str]], stream: Stream
+) -> None:
+    """Send a live status stream event by event, until it ends or the client hangs up."""
+    end_streams_on_signals()  # on the loop's thread: the main thread under ASGI servers
+    await _respond(send, status, headers, b"", more_body=True)
+    async with anyio.create_task_group() as task_group:
+
+        async def end_on_hang_up() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            task_group.cancel_scope.cancel()
+
+        task_group.start_soon(end_on_hang_up)
+        async with contextlib.aclosing(stream.events()) as events:  # type: ignore[type-var]
+            async for chunk in events:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        task_group.cancel_scope.cancel()
 
 
 def _has_hooks(*registries: Mapping[Any, list[Callable[..., Any]]]) -> bool:

@@ -69,6 +69,12 @@ class Settings:
     html_for_browsers: bool = False
     #: OpenTelemetry spans and metrics of the checks, when opentelemetry-api is installed.
     telemetry: bool = True
+    #: Seconds a live status stream lasts before the server ends it (the client reconnects).
+    watch_max_seconds: float = 300.0
+    #: Live status streams served at once by this route in this process; more get a 503.
+    max_watchers: int = 16
+    #: Whether a WSGI server whose workers serve one request at a time may serve streams.
+    watch_sync_workers: bool = False
 
 
 DEFAULTS = Settings()
@@ -89,6 +95,9 @@ VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "history_size": check_history_size,
     "html_for_browsers": check_bool,
     "telemetry": check_bool,
+    "watch_max_seconds": check_seconds,
+    "max_watchers": check_count,
+    "watch_sync_workers": check_bool,
 }
 
 

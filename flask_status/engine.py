@@ -27,18 +27,16 @@ import dataclasses
 import functools
 import inspect
 import math
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
-import anyio.from_thread
-import anyio.to_thread
 from anyio.lowlevel import EventLoopToken, current_token
 from flask import Flask
 
 from .appcontext import await_in_app_context, empty_context, own_app_context
+from .bell import Bell
 from .fields import Field, Kind
 from .fork import reset_after_fork
 from .loop import run_sync, runs_ahead_host
@@ -114,51 +112,24 @@ class FirstResult:
     """Set once a background field has its first result; awaited from any event loop.
 
     Background runs live on the process's own loop while requests may wait on a server's:
-    each waiter is woken on its own loop, through that loop's token, and holds no thread.
+    each waiter is woken on its own loop (see :class:`~.bell.Bell`), and holds no thread.
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()  # waiters come from any loop's thread
         self._set = False
-        self._waiters: list[tuple[EventLoopToken, anyio.Event]] = []
+        self._bell = Bell()
 
     async def wait(self) -> None:
         """Return once the first result is in (the caller's cancel scope bounds the wait)."""
-        waiter = (current_token(), anyio.Event())
-        with self._lock:
-            if self._set:
-                return
-            self._waiters.append(waiter)
-        try:
-            await waiter[1].wait()
-        finally:
-            with self._lock:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
+        await self._bell.wait(lambda: self._set)
 
     async def set(self) -> None:
         """Mark the first result in, and wake every waiter on its own loop."""
-        with self._lock:
-            if self._set:
-                return
-            self._set = True
-            waiters, self._waiters = self._waiters, []
-        here = current_token()
-        elsewhere = []
-        for token, event in waiters:
-            if token == here:
-                event.set()
-            else:
-                elsewhere.append((token, event))
-        if elsewhere:
-            # Waking another loop blocks until it runs the call: not on this loop's thread.
-            await anyio.to_thread.run_sync(_wake, elsewhere)
+        if not self._set:
+            await self._bell.ring(self._mark)
 
-
-def _wake(waiters: list[tuple[EventLoopToken, anyio.Event]]) -> None:
-    for token, event in waiters:
-        with contextlib.suppress(anyio.RunFinishedError):  # that loop is gone, and its waiter
-            anyio.from_thread.run_sync(event.set, token=token)
+    def _mark(self) -> None:
+        self._set = True
 
 
 @dataclasses.dataclass(eq=False)

@@ -74,6 +74,9 @@ class FlaskStatus:
         history_size: int | None = None,
         html_for_browsers: bool | None = None,
         telemetry: bool | None = None,
+        watch_max_seconds: float | None = None,
+        max_watchers: int | None = None,
+        watch_sync_workers: bool | None = None,
     ) -> None:
         self._given = config.validate(
             {
@@ -91,6 +94,9 @@ class FlaskStatus:
                 "history_size": history_size,
                 "html_for_browsers": html_for_browsers,
                 "telemetry": telemetry,
+                "watch_max_seconds": watch_max_seconds,
+                "max_watchers": max_watchers,
+                "watch_sync_workers": watch_sync_workers,
             }
         )
         self.readiness = check_bool("readiness", readiness)

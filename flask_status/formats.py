@@ -13,6 +13,7 @@ for everything else:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -75,33 +76,56 @@ def fill(
         and request.accept_mimetypes.best_match(["application/json", HEALTH_JSON]) == HEALTH_JSON
     )
     form = choose(rendering, details, wants_health_json, cached)  # None: the formats below
+    body = render(rendering, form, wants_health_json, outcomes, critical, cached, health_of, logger)
+    response.set_data(body.text + "\n")
+    response.status_code = body.health.http_status
+    response.mimetype = HEALTH_JSON if wants_health_json else "application/json"
+    vary_on_accept(response)
+    if form is not None:
+        form.finish(response)
 
-    def encode() -> tuple[str, Health]:
+
+@dataclass(frozen=True)
+class Body:
+    """A rendered answer: its text, and the overall status it tells."""
+
+    text: str
+    health: Health
+
+
+def render(
+    rendering: Rendering,
+    form: Form | None,
+    wants_health_json: bool,
+    outcomes: dict[str, Outcome],
+    critical: Mapping[str, bool],
+    cached: Collection[str],
+    health_of: Callable[[Mapping[str, Outcome]], Health],
+    logger: logging.Logger,
+) -> Body:
+    """The body of ``form`` (``None``: the default JSON, or health+json in full). A value that
+    cannot be encoded any longer fails its field, in ``outcomes`` too."""
+
+    def encode() -> Body:
         health = health_of(outcomes)
         shown = outcomes if rendering.expose_errors else hide_errors(outcomes)
         if form is not None:
-            return form.render(shown, critical, health), health
+            return Body(form.render(shown, critical, health), health)
         if wants_health_json:
             document = health_json_payload(rendering.message, shown, critical, health)
         else:
             reused = {key: outcomes[key] for key in cached if key in outcomes}
             document = json_payload(rendering.message, shown, health, reused)
-        return rendering.encode(document), health
+        return Body(rendering.encode(document), health)
 
     try:
-        body, health = encode()
+        return encode()
     except Exception:  # a value changed since its run checked it: find it, fail it
         invalid = invalid_values(outcomes, rendering.encode)
         for key, outcome in invalid.items():
             logger.error("status field %r %s", key, outcome.error)
         outcomes.update(invalid)
-        body, health = encode()
-    response.set_data(body + "\n")
-    response.status_code = health.http_status
-    response.mimetype = HEALTH_JSON if wants_health_json else "application/json"
-    vary_on_accept(response)
-    if form is not None:
-        form.finish(response)
+        return encode()
 
 
 def choose(
@@ -124,6 +148,15 @@ def choose(
 def asks_verbose() -> bool:
     """Whether the request says ``?verbose`` (with details, it gets every check in full)."""
     return request.args.get("verbose", "no").lower() not in _NO
+
+
+def stream_form(
+    rendering: Rendering, details: bool, verbose: bool, cached: Collection[str]
+) -> Form | None:
+    """The form of a live stream's events: the JSON the route answers the same caller with."""
+    if not details:
+        return Summary(Context(rendering, details, cached))
+    return Verbose(Context(rendering, details, cached)) if verbose else None
 
 
 def vary_on_accept(response: Response) -> None:
@@ -249,12 +282,36 @@ class Page(Form):
                 )
                 for key, outcome in outcomes.items()
             ]
-        return page.status_page(current_app.name, health, about, rows, time.time())
+        return page.status_page(
+            current_app.name,
+            health,
+            about,
+            rows,
+            time.time(),
+            version=version(signature(health, outcomes, context.details)),
+        )
 
     def finish(self, response: Response) -> None:
         super().finish(response)
         response.headers["Content-Security-Policy"] = page.CONTENT_SECURITY_POLICY
         response.headers["X-Content-Type-Options"] = "nosniff"
+
+
+def signature(health: Health, outcomes: Mapping[str, Outcome], details: bool) -> tuple[Any, ...]:
+    """What a change of the document is told by: the overall status, and each field's state
+    and value as the caller sees them (no error text: a field that keeps failing is no
+    change)."""
+    if not details:
+        return (health.value,)
+    return (
+        health.value,
+        *((key, outcome.state, outcome.value) for key, outcome in outcomes.items()),
+    )
+
+
+def version(signature: tuple[Any, ...]) -> str:
+    """A short id of a signature: the live stream's event id, and the page's ``data-shown``."""
+    return hashlib.sha256(repr(signature).encode()).hexdigest()[:16]
 
 
 def summary_payload(message: Mapping[str, Any], health: Health) -> dict[str, Any]:

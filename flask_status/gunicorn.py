@@ -10,7 +10,8 @@ traffic until readiness has failed enough times. In ``gunicorn.conf.py``::
 On SIGTERM each worker then drains (its readiness routes answer 503 DRAINING, every other
 route serves on) for ``seconds``, and only then stops as gunicorn would have. Keep ``seconds``
 below gunicorn's ``graceful_timeout`` (30 s by default), after which it kills the worker.
-Works with the sync, gthread and gevent workers and with uvicorn's (``UvicornWorker``).
+Works with the sync, gthread and gevent workers and with uvicorn's (``UvicornWorker``). Live
+status streams end as the worker drains, and on its other stop signals.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 from . import lifecycle
 from .fields import check_seconds
 from .threads import gevent_patched
+from .watch import end_streams_on_signals
 
 SignalHandler = Callable[[int, FrameType | None], Any]
 
@@ -39,6 +41,9 @@ def drain_on_sigterm(seconds: float) -> Callable[[Any], None]:
             stop = signal.getsignal(signal.SIGTERM)
             if callable(stop):  # else there is no handler of the server's to delay
                 signal.signal(signal.SIGTERM, _DrainThenStop(worker, delay, stop))
+            # In the worker's main thread, after the worker set its handlers: live status
+            # streams served in other threads (gthread with --preload) end on its signals too.
+            end_streams_on_signals()
 
         if _is_uvicorn_worker(worker):
             _once_uvicorn_serves(worker.config, install)

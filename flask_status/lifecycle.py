@@ -7,9 +7,12 @@ every process of a pod through a file (gunicorn workers are processes of their o
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 _started = False
 _draining = False
+#: Called when this process starts draining (live status streams end then).
+on_drain: list[Callable[[], None]] = []
 
 
 def mark_started() -> None:
@@ -29,9 +32,13 @@ def drain(drain_file: str | None = None) -> None:
     """
     global _draining
     _draining = True
-    if drain_file is not None:
-        with open(drain_file, "a"):
-            pass
+    try:
+        if drain_file is not None:
+            with open(drain_file, "a"):
+                pass
+    finally:
+        for listener in on_drain:
+            listener()
 
 
 def draining(drain_file: str | None = None) -> bool:

@@ -1,14 +1,19 @@
 """The status page: one self-contained HTML document, for people rather than probes.
 
 It answers first what a reader comes for: the overall status and why (which checks fail),
-then the checks, failing ones first. Inline CSS, no script, no external request; it reloads
-itself every few seconds with a ``<meta http-equiv="refresh">``. Everything it shows that
-comes from a check, the message or the history is escaped, so a check returning markup shows
-that markup as text.
+then the checks, failing ones first. Inline CSS, no external request. One fixed script
+(:data:`SCRIPT`, allowed by its hash in the Content-Security-Policy) watches the route's live
+status stream and, on each change, fetches the page again and puts its ``<main>`` in place;
+without scripts it reloads every few seconds (a ``<meta http-equiv="refresh">`` in
+``<noscript>``), and so does the script where the stream is refused or unavailable.
+Everything it shows that comes from a check, the message or the history is escaped, so a check
+returning markup shows that markup as text.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -28,11 +33,58 @@ STRIP_RUNS = 30
 #: Longest value or error text shown in a row; the JSON formats give the whole value.
 MAX_TEXT_CHARS = 300
 
-#: The page needs no script, no image, no font and no form: forbid them all, in case a value
-#: ever got past escaping.
+#: The page's only script, the same on every page (nothing in it comes from data): it watches
+#: the live status stream and, on each change, fetches the page and puts its ``<main>`` in
+#: place; where the stream is refused (406, 503) or scripts lack what it needs, it reloads the
+#: page every :data:`REFRESH_SECONDS`. An event whose id is the page's ``data-shown`` tells
+#: what the page shows already (the stream's first event, mostly), and is skipped.
+SCRIPT = (
+    "(function () {"
+    '"use strict";'
+    "function reloadLater() {"
+    f"setTimeout(function () {{ location.reload(); }}, {REFRESH_SECONDS * 1000});"
+    "}"
+    "if (!window.EventSource || !window.fetch || !window.DOMParser) { reloadLater(); return; }"
+    "function live() {"
+    'var note = document.getElementById("updates");'
+    'if (note) { note.textContent = "updates live"; }'
+    "}"
+    "function show() {"
+    'return fetch(location.href, {headers: {Accept: "text/html"}, cache: "no-store"})'
+    ".then(function (answer) { return answer.text(); })"
+    ".then(function (text) {"
+    'var fresh = new DOMParser().parseFromString(text, "text/html");'
+    'var main = fresh.querySelector("main");'
+    "if (!main) { return; }"
+    "document.title = fresh.title;"
+    "document.body.className = fresh.body.className;"
+    'document.querySelector("main").replaceWith(main);'
+    "live();"
+    "});"
+    "}"
+    "var url = new URL(location.href);"
+    'url.searchParams.set("watch", "");'
+    "var stream = new EventSource(url.href);"
+    "var shown = Promise.resolve();"
+    "stream.onopen = live;"
+    "stream.onmessage = function (event) {"
+    'var main = document.querySelector("main");'
+    "if (main && main.dataset.shown === event.lastEventId) { return; }"
+    "shown = shown.then(show).catch(function () {});"
+    "};"
+    "stream.onerror = function () {"
+    "if (stream.readyState === EventSource.CLOSED) { reloadLater(); }"
+    "};"
+    "})();"
+)
+
+#: The page needs no image, no font and no form, and no script but :data:`SCRIPT` (allowed by
+#: its hash), which connects to the page's own origin only: forbid everything else, in case a
+#: value ever got past escaping.
 CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; "
-    "form-action 'none'; frame-ancestors 'none'"
+    "default-src 'none'; style-src 'unsafe-inline'; "
+    f"script-src 'sha256-{base64.b64encode(hashlib.sha256(SCRIPT.encode()).digest()).decode()}'; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 
 
@@ -63,11 +115,14 @@ def status_page(
     rows: Sequence[Row] | None,
     now: float,
     refresh: int = REFRESH_SECONDS,
+    version: str = "",
 ) -> str:
     """The page of ``app_name``: the overall status and its reason, ``about`` (the message's
     entries), one row per check, failing checks first, then degraded ones.
 
     ``rows`` is ``None`` for a caller who may not see details: the page then names no check.
+    ``version`` tells what the page shows apart from what it does not: the id of the live
+    status stream's event for the same document (see ``formats.version``).
     """
     title = f"{health.value} \N{MIDDLE DOT} {app_name} status"
     if rows is not None:
@@ -78,12 +133,12 @@ def status_page(
         "<head>",
         '<meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f'<meta http-equiv="refresh" content="{int(refresh)}">',
+        f'<noscript><meta http-equiv="refresh" content="{int(refresh)}"></noscript>',
         f"<title>{escape(title)}</title>",
         f"<style>{_CSS}</style>",
         "</head>",
         f'<body class="{health.value.lower()}">',
-        "<main>",
+        f'<main data-shown="{escape(version)}">',
         '<header class="overall">',
         f'<h1>{escape(app_name)} status: <span id="status">{escape(health.value)}</span></h1>',
         f'<p id="reason">{_reason(health, rows)}</p>',
@@ -91,8 +146,9 @@ def status_page(
         "</header>",
         _table(rows, now) if rows is not None else _no_details(),
         f"<footer>Generated {escape(iso_time(now))} \N{MIDDLE DOT} "
-        f"reloads every {int(refresh)} s</footer>",
+        f'<span id="updates">reloads every {int(refresh)} s</span></footer>',
         "</main>",
+        f"<script>{SCRIPT}</script>",
         "</body>",
         "</html>",
     ]

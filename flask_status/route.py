@@ -21,12 +21,18 @@ authenticator's wrapper (in a worker thread)            thread (``anyio.from_thr
 by ``StatusMiddleware``, inside an async                on the server's loop, awaited by the
 authenticator's wrapper                                 wrapper, which must see the answer
 =====================================================  ======================================
+
+A live status stream (:meth:`StatusRoute.stream`) is refused or answered by the view: a WSGI
+server iterates its body (each event awaited on the process's own loop), the middleware sends
+it event by event on the server's loop (:data:`deferred` hands it over).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import sys
 import time
 from collections.abc import Callable, Collection, Mapping
 from contextvars import ContextVar
@@ -37,7 +43,7 @@ import anyio.from_thread
 from flask import Flask, Response, abort, current_app, request
 from flask.json.provider import DefaultJSONProvider
 
-from . import config, details, formats, lifecycle, telemetry
+from . import config, details, formats, lifecycle, telemetry, watch
 from .aggregate import Health, aggregate
 from .background import BackgroundRuns
 from .engine import Evaluator
@@ -47,6 +53,7 @@ from .history import History
 from .loop import LoopStopped, portal_loop
 from .outcome import Encode, Outcome, describe
 from .store import Sharing
+from .threads import gevent_patched
 
 View = Callable[..., Any]
 Authenticator = Callable[[View], View]
@@ -89,6 +96,9 @@ class Pending:
     #: not shown (but with ``show_parents``) and never counted in the overall status.
     parents: list[Field] = dataclasses.field(default_factory=list)
     show_parents: bool = False  # ``<url>/<field>?verbose`` shows what the field depends on
+
+    #: A live status stream's, for the ASGI middleware to send as it goes.
+    stream: watch.Stream | None = None
 
     @property
     def evaluated(self) -> list[Field]:
@@ -150,6 +160,9 @@ class StatusRoute:
         )
         if self.evaluator.telemetry is not None:
             self.evaluator.state_listeners.append(self.evaluator.telemetry.record_state)
+        self.watching = watch.Watching(settings.max_watchers)
+        self.evaluator.run_listeners.append(self.watching.record)
+        watch.end_streams_on_signals()
         self.rendering = formats.Rendering(
             settings.message,
             self.encode,
@@ -194,6 +207,8 @@ class StatusRoute:
     def _make_view(self) -> View:
         def status_ping(field: str | None = None) -> Response:
             pending = self.pending(field)
+            if _wants_stream():
+                return self.stream(pending)
             handover = deferred.get()
             if handover is None:  # WSGI
                 return self.respond_blocking(pending)
@@ -212,7 +227,7 @@ class StatusRoute:
         if is_async_callable(view):
             # The wrapper awaits the view: give it a coroutine function around the same logic.
             async def status_ping_async(field: str | None = None) -> Response:
-                if deferred.get() is not None:  # awaited on the server's loop
+                if deferred.get() is not None and not _wants_stream():  # on the server's loop
                     return await self.respond(self.pending(field))
                 return status_ping(field)  # on the event loop Flask runs for this view
 
@@ -325,23 +340,7 @@ class StatusRoute:
     ) -> Response:
         """Render every field's outcome into the pending response (``cached``: the keys whose
         outcome was not measured for this request)."""
-        shown = [*pending.fields, *pending.parents] if pending.show_parents else pending.fields
-        outcomes = {
-            field.key: results[field.key] if field.constant is None else field.constant
-            for field in shown
-        }
-        critical = {field.key: field.critical for field in shown}
-        # A parent shown under ``?verbose`` is there to explain: the asked field's own result
-        # (skipped counts as failing) already says what the parent's failure means.
-        uncounted = {field.key for field in pending.parents} if pending.show_parents else ()
-        sharing = self.evaluator.sharing
-        if sharing is not None and sharing.unavailable is not None and pending.fields:
-            # The store is a dependency too, if not a critical one: checks ran here instead.
-            outcomes["store"] = Outcome(error=sharing.unavailable, measured_at=time.time())
-            critical["store"] = False
-        if pending.gate_error is not None:
-            outcomes["started_by"] = Outcome(error=pending.gate_error)
-            critical["started_by"] = True
+        outcomes, critical = self._shown(pending, results)
         response = pending.response
         formats.fill(
             response,
@@ -350,9 +349,7 @@ class StatusRoute:
             critical,
             cached,
             self.access.shows(pending.show_details),
-            lambda outcomes: (
-                pending.state or self._gated(_health(outcomes, critical, uncounted), outcomes)
-            ),
+            self._health_of(pending, critical),
             current_app.logger,
         )
         for listener in self.status.listeners:
@@ -361,6 +358,120 @@ class StatusRoute:
             except Exception:  # a broken metrics hook must not break the health answer
                 current_app.logger.exception("status listener %r failed", listener)
         return response
+
+    def _shown(
+        self, pending: Pending, results: Mapping[str, Outcome]
+    ) -> tuple[dict[str, Outcome], dict[str, bool]]:
+        """Every entry an answer shows (fields, the parents ``?verbose`` asks for, the store,
+        the startup gate), and which of them are critical."""
+        shown = [*pending.fields, *pending.parents] if pending.show_parents else pending.fields
+        outcomes = {
+            field.key: results[field.key] if field.constant is None else field.constant
+            for field in shown
+        }
+        critical = {field.key: field.critical for field in shown}
+        sharing = self.evaluator.sharing
+        if sharing is not None and sharing.unavailable is not None and pending.fields:
+            # The store is a dependency too, if not a critical one: checks ran here instead.
+            outcomes["store"] = Outcome(error=sharing.unavailable, measured_at=time.time())
+            critical["store"] = False
+        if pending.gate_error is not None:
+            outcomes["started_by"] = Outcome(error=pending.gate_error)
+            critical["started_by"] = True
+        return outcomes, critical
+
+    def _health_of(
+        self, pending: Pending, critical: Mapping[str, bool]
+    ) -> Callable[[Mapping[str, Outcome]], Health]:
+        # A parent shown under ``?verbose`` is there to explain: the asked field's own result
+        # (skipped counts as failing) already says what the parent's failure means.
+        uncounted = {field.key for field in pending.parents} if pending.show_parents else ()
+        return lambda outcomes: (
+            pending.state or self._gated(_health(outcomes, critical, uncounted), outcomes)
+        )
+
+    def document(
+        self,
+        pending: Pending,
+        results: Mapping[str, Outcome],
+        cached: Collection[str],
+        verbose: bool,
+    ) -> watch.Document:
+        """A live stream's event: the JSON this request would be answered with (no request
+        context needed), and its signature."""
+        outcomes, critical = self._shown(pending, results)
+        shows = self.access.shows(pending.show_details)
+        form = formats.stream_form(self.rendering, shows, verbose, cached)
+        body = formats.render(
+            self.rendering,
+            form,
+            False,
+            outcomes,
+            critical,
+            cached,
+            self._health_of(pending, critical),
+            self.evaluator.logger,
+        )
+        return watch.Document(body.text, formats.signature(body.health, outcomes, shows))
+
+    def stream(self, pending: Pending) -> Response:
+        """Answer with a live status stream, or refuse it (406 where it would hold a whole
+        worker or the whole app, 503 beyond ``max_watchers``)."""
+        refused = self._stream_refused()
+        if refused is not None:
+            return _error(406, refused)
+        if not self.watching.take_slot():
+            return _error(
+                503,
+                f"{self.settings.max_watchers} live status streams are open already "
+                "(max_watchers): try again later",
+            )
+        stream = watch.Stream(
+            self,
+            pending,
+            bool(request.query_string) and formats.asks_verbose(),
+            self.settings.watch_max_seconds,
+        )
+        response = pending.response
+        handover = deferred.get()
+        try:
+            if handover is None:  # WSGI: the server iterates the body
+                if self.access.per_request:
+                    with contextlib.suppress(LoopStopped):  # undecided: no details
+                        pending.show_details = portal_loop.call(self.access.decide, None)
+                response.response = stream.wsgi()
+            else:  # the middleware sends it as it goes
+                response.response = iter(())
+                pending.stream = stream
+                handover.pending.append((self, pending))
+            response.headers.pop("Content-Length", None)  # it ends when the stream does
+        except BaseException:
+            stream.close()
+            raise
+        response.mimetype = watch.MEDIA_TYPE
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
+        return response
+
+    def _stream_refused(self) -> str | None:
+        """Why this server cannot serve a stream without holding a whole worker or the whole
+        app; ``None`` when it can."""
+        if deferred.get() is not None:  # the ASGI middleware, on the server's loop
+            return None
+        environ = request.environ
+        if environ.get(_ONE_THREAD) or _in_one_thread_for_a_loop():
+            return (
+                "live status streams need StatusMiddleware under an ASGI server: "
+                "asgiref's WsgiToAsgi serves the whole app from one thread, which a stream "
+                "would hold"
+            )
+        if environ.get("wsgi.multithread") or gevent_patched() or self.settings.watch_sync_workers:
+            return None
+        return (
+            "this WSGI server serves one request at a time per worker, which a live status "
+            "stream would hold: set watch_sync_workers=True (STATUS_WATCH_SYNC_WORKERS) to "
+            "allow it, or serve with threads or gevent"
+        )
 
     def respond_now(self) -> Response:
         """Evaluate every field now, without the authenticator (for the CLI)."""
@@ -390,6 +501,36 @@ def no_store(response: Response) -> Response:
         ours = any(view in route.views for route in routes)
     if ours:
         response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+#: In the WSGI environ: whether the view was called in the thread asgiref runs sync code in
+#: for an event loop (set before an async wrapper hands the view over to that loop).
+_ONE_THREAD = "flask_status.one_thread"
+
+
+def _wants_stream() -> bool:
+    """Whether the request asks for a live status stream (``Accept``, or ``?watch``); a
+    ``HEAD`` request gets the plain answer's head instead."""
+    return request.method == "GET" and (
+        watch.MEDIA_TYPE in request.headers.get("Accept", "")
+        or (bool(request.query_string) and "watch" in request.args)
+    )
+
+
+def _in_one_thread_for_a_loop() -> bool:
+    """Whether this thread is one that asgiref's ``sync_to_async`` runs sync code in for an
+    event loop: a bare ``WsgiToAsgi`` calls the app there, one request after another."""
+    sync = sys.modules.get("asgiref.sync")
+    return (
+        sync is not None
+        and getattr(sync.SyncToAsync.threadlocal, "main_event_loop", None) is not None
+    )
+
+
+def _error(status: int, error: str) -> Response:
+    response = cast(Response, current_app.json.response({"error": error}))
+    response.status_code = status
     return response
 
 
@@ -424,6 +565,8 @@ def _dispatched_as_sync(view: View) -> View:
     def status_ping(**view_args: Any) -> Any:
         if deferred.get() is not None:
             return view(**view_args)
+        # Known only here, in the server's thread: the view runs on another loop's thread.
+        request.environ[_ONE_THREAD] = _in_one_thread_for_a_loop()
         return current_app.ensure_sync(view)(**view_args)
 
     return status_ping

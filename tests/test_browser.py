@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import pytest
-from flask import Flask
+from flask import Flask, request
 from helpers import http_fetch, serving_in_thread
 from werkzeug.serving import make_server
 
-from flask_status import FlaskStatus
+from flask_status import FlaskStatus, page
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 BROWSER = next((path for path in map(shutil.which, BROWSERS) if path is not None), None)
@@ -95,6 +98,7 @@ class Dom(HTMLParser):
         self.rows: list[str] = []
         self.codes: list[str] = []
         self.runs = 0
+        self.scripts: list[str] = []
         self._in: str | None = None
         self._in_reason = False  # the reason holds elements of its own
         self.feed(document)
@@ -111,6 +115,9 @@ class Dom(HTMLParser):
             self._in_reason = True
         if tag == "tr" and attributes.get("data-check") is not None:
             self.rows.append(attributes["data-check"] or "")
+        if tag == "script":
+            self._in = "script"
+            self.scripts.append("")
         if tag == "title" or tag == "code" or attributes.get("id") == "status":
             self._in = "status" if attributes.get("id") == "status" else tag
             if tag == "code":
@@ -130,6 +137,8 @@ class Dom(HTMLParser):
             self.status += data
         elif self._in == "code":
             self.codes[-1] += data
+        elif self._in == "script":
+            self.scripts[-1] += data
 
 
 def test_the_page_in_a_real_browser(port: int, tmp_path: Path) -> None:
@@ -147,7 +156,7 @@ def test_the_page_in_a_real_browser(port: int, tmp_path: Path) -> None:
     assert dom.rows == ["mail", "version", "database", "greeting"]  # failing first
     assert SCRIPT in dom.codes  # shown as text
     assert "pwned" not in dom.ids
-    assert "script" not in dom.tags
+    assert dom.scripts == [page.SCRIPT]  # the page's own, and no other
     assert dom.tags == served.tags  # nothing added, nothing removed
     assert dom.runs == served.runs + 3  # one more run of each of the 3 checks
 
@@ -166,3 +175,57 @@ def test_a_caller_without_details_sees_no_rows(port: int, tmp_path: Path) -> Non
     assert dom.reason == "A critical check fails."
     assert dom.rows == []
     assert "table" not in dom.tags
+
+
+def test_the_page_updates_in_place_from_the_live_stream(tmp_path: Path) -> None:
+    """A check changes while the page is open: the page shows it, with no reload.
+
+    Chromium dumps the DOM once the page has loaded: the server holds back the end of the page
+    (``</body></html>``) until the page's script has fetched the page again after the change,
+    so the dump shows what the script made of it.
+    """
+    phase = {"value": "before"}
+    app = Flask(__name__)
+    FlaskStatus(app).add_field("phase", lambda: phase["value"])
+    navigations: list[str] = []
+    stream_opened, refetched = threading.Event(), threading.Event()
+
+    @app.before_request
+    def note() -> None:
+        accept = request.headers.get("Accept", "")
+        if "watch" in request.args:
+            stream_opened.set()
+        elif "application/xhtml+xml" in accept:  # a navigation: a load or a reload
+            navigations.append(request.full_path)
+        elif accept == "text/html" and phase["value"] == "after":  # the script's fetch
+            refetched.set()
+
+    def held(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        answer = app.wsgi_app(environ, start_response)
+        if "application/xhtml+xml" not in environ.get("HTTP_ACCEPT", ""):
+            return answer  # the stream, the script's fetch
+        return held_back(b"".join(answer))
+
+    def held_back(page: bytes) -> Iterator[bytes]:
+        head, tail = page.rsplit(b"</body>", 1)
+        yield head
+        refetched.wait(BROWSER_SECONDS)
+        time.sleep(1)  # the script puts the fetched page in place at once: a generous margin
+        yield b"</body>" + tail
+
+    def flip() -> None:
+        if stream_opened.wait(BROWSER_SECONDS):
+            phase["value"] = "after"
+            http_fetch(port, "/api/status")  # runs the check: the stream sends the change
+
+    with serving_in_thread(make_server("127.0.0.1", 0, held, threaded=True)) as port:
+        flipper = threading.Thread(target=flip, daemon=True)
+        flipper.start()
+        url = f"http://127.0.0.1:{port}/api/status?format=html"
+        shown = chromium(tmp_path / "profile", "--dump-dom", url).stdout
+        flipper.join(BROWSER_SECONDS)
+
+    assert refetched.is_set()
+    assert navigations == ["/api/status?format=html"]  # loaded once: never reloaded
+    assert Dom(shown).codes == ["after"]  # the value the check has now
+    assert '<span id="updates">updates live</span>' in shown

@@ -25,7 +25,10 @@ phase, and then stops the server with SIGTERM. It holds when:
   phase, some are), and a field shared through the cache or the store (``cache_ttl``,
   ``interval``) opens a span per run, not per request;
 - the server exits within 5 s of SIGTERM, with status 0 or SIGTERM's, and its log holds no
-  traceback (but the failing checks' own, which flask_status logs), before SIGTERM or after.
+  traceback (but the failing checks' own, which flask_status logs), before SIGTERM or after;
+- a live status stream (``?watch``), opened after the warm-up and kept through the phases,
+  first shows the route's document, and ends once the server is told to stop; where the
+  server serves one request at a time per worker it is refused with 406 instead.
 
 Cells run a few at a time, each on its own port, database and store prefix. A later feature
 adds rows to :data:`STORES`, fields to ``matrix_fields.FIELD_SETS``, or a :data:`PHASES` entry.
@@ -56,6 +59,7 @@ import trustme
 from helpers import TESTS_DIR, Reply, ServerProcess, TlsServer, serving_in_thread
 from matrix_fields import FIELD_SETS, MatrixField, MatrixRoute
 from test_docs import BIN, DOCUMENTED_PORT, README, server_commands
+from test_watch import Watcher
 
 #: Cells served at once: the machine has 2 cores, and the phases must not starve each other.
 PARALLEL_CELLS = 4
@@ -589,6 +593,81 @@ def check_spans(cell: Cell, findings: Findings, when: str, seconds: float | None
             )
 
 
+#: The server forms whose workers serve one request at a time: they refuse live streams.
+SYNC_WORKERS = {"gunicorn, sync workers"}
+#: The server forms whose workers never hear of the stop signal: hypercorn's worker processes
+#: learn it through an event of hypercorn's own (docs/live-stream.md), so a stream lasts until
+#: its graceful timeout. The cell's stream is closed before the stop there.
+STOP_UNHEARD = {"hypercorn"}
+
+
+class CellWatcher:
+    """A live status stream of the cell's first route, read in a thread from the warm-up to
+    the server's stop."""
+
+    def __init__(self, server: ServerProcess, cell: Cell, findings: Findings) -> None:
+        self.route = cell.routes[0]
+        self.refused = cell.form.name in SYNC_WORKERS
+        self.findings = findings
+        self.opened = threading.Event()
+        self.ended = threading.Event()
+        self.ending = "not ended"
+        self.closing = False  # closed by the client
+        self.watcher = Watcher(server.port, f"{self.route.url}?watch", **matrix_fields.TOKEN)
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+        if not self.opened.wait(WARM_UP_SECONDS):
+            findings.note("watch: no first document")
+
+    def _read(self) -> None:
+        try:
+            self._check_first()
+            if self.watcher.status == 200:
+                events = self.watcher.rest()
+                ended = bool(events) and events[-1].name == "end"
+                self.ending = events[-1].data if ended else "cut"  # (waitress dies at once)
+        except Exception as exc:  # reported with the cell
+            if not self.closing:
+                self.findings.note(f"watch: {exc!r}")
+        finally:
+            self.opened.set()
+            self.ended.set()
+            self.watcher.close()
+
+    def _check_first(self) -> None:
+        status = self.watcher.status
+        if self.refused:
+            self.watcher.response.read()
+            error = json_body(Reply(status, {}, self.watcher.response.content)).get("error", "")
+            if status != 406 or "watch_sync_workers" not in error:
+                self.findings.note(f"watch: answered {status} {error!r}, not 406")
+            return
+        if status != 200:
+            self.findings.note(f"watch: answered {status}, not 200")
+            return
+        document = self.watcher.document()
+        self.opened.set()
+        problems = [] if document.get("status") == self.route.status else [("status", "")]
+        for item in self.route.fields:
+            problems += entry_problems(item, document.get(item.key))
+        for what, example in problems:
+            self.findings.note(f"watch: the first document: {what} {example}")
+
+    def close(self) -> None:
+        self.closing = True
+        self.watcher.close()
+        self.thread.join(EXIT_LIMIT_SECONDS)
+
+    def check_end(self, seconds: float) -> None:
+        """After the server's stop: the stream must have ended (within ``seconds``)."""
+        if self.closing:
+            return
+        if not self.ended.wait(seconds):
+            self.findings.note(f"watch: the stream did not end within {seconds:g}s of SIGTERM")
+        elif not self.refused and self.ending not in ('{"reason": "stopping"}', "cut"):
+            self.findings.note(f"watch: the stream ended with {self.ending}")
+
+
 def stop(server: ServerProcess, findings: Findings) -> None:
     """SIGTERM; the exit must be quick, with a clean status, and the log show no traceback."""
     logged_before = len(server.log())
@@ -658,8 +737,10 @@ def run_cell(
         server.start()
     except RuntimeError as exc:
         return [f"did not start: {exc}"]
+    watcher: CellWatcher | None = None
     try:
         warm_up(server, cell, findings)
+        watcher = CellWatcher(server, cell, findings)
         before = stats(server, findings)
         check_spans(cell, findings, "warm-up", None)
         for phase in PHASES:
@@ -671,7 +752,11 @@ def run_cell(
     except Exception as exc:  # this cell's failure, reported with it, not the other cells'
         findings.note(f"the cell stopped early: {exc!r}")
     finally:
+        if watcher is not None and cell.form.name in STOP_UNHEARD:
+            watcher.close()
         stop(server, findings)
+        if watcher is not None:
+            watcher.check_end(EXIT_LIMIT_SECONDS)
     problems = findings.report()
     return [*problems, f"server log: {server.log_path}"] if problems else []
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 import re
 from pathlib import Path
@@ -14,6 +16,7 @@ from helpers import TOKEN, sleeping, token_required
 
 from flask_status import Degraded, FlaskStatus, lifecycle
 from flask_status.page import CONTENT_SECURITY_POLICY, MAX_TEXT_CHARS, STRIP_RUNS
+from flask_status.page import SCRIPT as SCRIPT_OF_THE_PAGE
 
 pytest_plugins = ["reliability_fixtures"]
 
@@ -90,7 +93,9 @@ def test_the_page(make_client: MakeClient) -> None:
     assert header(answer, "Content-Security-Policy") == CONTENT_SECURITY_POLICY
     body = answer.body.decode()
     assert body.startswith("<!doctype html>")
-    assert '<meta http-equiv="refresh" content="5">' in body
+    # Without scripts it reloads; with them, it updates from the live status stream.
+    assert '<noscript><meta http-equiv="refresh" content="5"></noscript>' in body
+    assert body.count("<script") == 1 and f"<script>{SCRIPT_OF_THE_PAGE}</script>" in body
     assert '<span id="status">DEGRADED</span>' in body
     assert "<title>DEGRADED \N{MIDDLE DOT} test_page status</title>" in body  # the app's name
     assert reason(answer) == "Failing: mail (non-critical). 2 of 3 checks pass."
@@ -294,7 +299,7 @@ def test_the_page_escapes_everything(make_client: MakeClient) -> None:
 
     answer = make_client(app).get(PAGE)
 
-    body = answer.body.decode()
+    body = answer.body.decode().replace(f"<script>{SCRIPT_OF_THE_PAGE}</script>", "")
     assert "<script" not in body and "<img" not in body and "<b>" not in body and "<i>" not in body
     assert "&lt;script&gt;document.title=&#34;pwned&#34;&lt;/script&gt;" in body
     assert "&lt;img src=x onerror=&#34;alert(1)&#34;&gt;" in body
@@ -305,7 +310,10 @@ def test_the_page_escapes_everything(make_client: MakeClient) -> None:
 
 
 def test_the_page_is_self_contained(make_client: MakeClient) -> None:
-    body = make_client(make_app()).get(PAGE).body.decode().lower()
+    """No reference to anything but the page's own route, whose stream its script reads."""
+    body = make_client(make_app()).get(PAGE).body.decode()
+    assert f"<script>{SCRIPT_OF_THE_PAGE}</script>" in body
+    body = body.replace(f"<script>{SCRIPT_OF_THE_PAGE}</script>", "").lower()
     for reference in ("<script", "<link", "<img", "src=", "href=", "url(", "@import", "//"):
         assert reference not in body, reference
 
@@ -415,3 +423,11 @@ def test_the_strip_shows_the_latest_runs(make_client: MakeClient) -> None:
     assert len(cells) == STRIP_RUNS
     # The newest runs: the page's own run is the last cell.
     assert cells[-1].endswith(history[-2]["measured_at"])
+
+
+def test_the_script_is_the_only_one_allowed_and_connects_to_the_page_s_origin_only() -> None:
+    digest = base64.b64encode(hashlib.sha256(SCRIPT_OF_THE_PAGE.encode()).digest()).decode()
+    policy = dict(part.strip().split(" ", 1) for part in CONTENT_SECURITY_POLICY.split(";"))
+    assert policy["script-src"] == f"'sha256-{digest}'"
+    assert policy["connect-src"] == "'self'"
+    assert policy["default-src"] == "'none'"
