@@ -29,7 +29,7 @@ import inspect
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.lowlevel import EventLoopToken, current_token
@@ -43,6 +43,7 @@ from .loop import run_sync, runs_ahead_host
 from .outcome import (
     Degraded,
     Encode,
+    Origin,
     Outcome,
     describe,
     one_line,
@@ -66,12 +67,6 @@ OVERRUN_GRACE = 0.05
 #: request that share a timeout run one after another in one worker thread hop, where a hop
 #: each would cost more thread wake-ups than the checks themselves.
 QUICK_SECONDS = 0.001
-
-
-#: Where a state a field shows comes from: a run of this process whose result the fleet shares
-#: (``"shared"``), another process's run read from the store (``"elsewhere"``), or this process
-#: alone (``"local"``: a field not shared, or a background field without a recent result).
-Origin = Literal["shared", "elsewhere", "local"]
 
 
 @dataclasses.dataclass(eq=False)

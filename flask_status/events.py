@@ -30,11 +30,11 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .aggregate import Health
 from .appcontext import empty_context
-from .engine import Evaluator, Origin
+from .engine import Evaluator
 from .fields import Field, check_seconds, is_async_callable
 from .fork import reset_after_fork
 from .loop import portal_loop, run_sync, runs_ahead_host
-from .outcome import Outcome
+from .outcome import Origin, Outcome
 
 #: Events waiting for one listener, at most; past it the newest are dropped (and logged): a
 #: listener that cannot keep up must not hold the process's memory.

@@ -27,6 +27,11 @@ State = Literal["ok", "degraded", "failing", "skipped", "starting", "stale"]
 #: A run's result as OpenTelemetry and ``?verbose`` name it.
 Result = Literal["ok", "degraded", "failing", "timed_out", "skipped"]
 
+#: Where a state a field shows comes from: a run of this process whose result the fleet shares
+#: (``"shared"``), another process's run read from the store (``"elsewhere"``), or this process
+#: alone (``"local"``: a field not shared, or a background field without a recent result).
+Origin = Literal["shared", "elsewhere", "local"]
+
 
 class Degraded(Exception):
     """Raised or returned by a check that works, but not well.

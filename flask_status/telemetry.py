@@ -13,7 +13,7 @@ import weakref
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from .outcome import Outcome
+from .outcome import Origin, Outcome
 
 try:
     from opentelemetry import context, metrics, trace
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, Observation
     from opentelemetry.trace import Span
 
-    from .engine import Origin
     from .fields import Field
 
 #: The instrumentation scope of our spans and metrics.
