@@ -37,6 +37,21 @@ from flask_status.store import RedisStore
 tracer = trace.get_tracer("test_telemetry")
 
 
+def run_script(script: str) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in a Python process of its own (with global providers of its own), from
+    the tests' folder; it must succeed."""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=TESTS_DIR,
+    )
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 @pytest.fixture(autouse=True)
 def exporter() -> Iterator[None]:
     spans, _ = configure()
@@ -306,10 +321,7 @@ status.add_field("up", lambda: "ok")
 response = app.test_client().get("/api/status")
 print(telemetry.AVAILABLE, response.status_code, response.get_json()["up"])
 """
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert done.returncode == 0, done.stderr
+    done = run_script(script)
     assert done.stdout.split() == ["False", "200", "ok"]
 
 
@@ -418,15 +430,7 @@ app.test_client().get("/api/status")
 print([span["name"] for span in check_spans(finished_spans())])
 print([value for _, value in metric_points("health_check.status")])
 """
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=TESTS_DIR,
-    )
-    assert done.returncode == 0, done.stderr
+    done = run_script(script)
     assert done.stdout.splitlines() == ["['status check up']", "[1]"]
 
 
@@ -505,15 +509,7 @@ status.add_field("dependent", lambda: "ok", depends_on="brokr", critical=False)
 response = app.test_client().get("/api/status")
 print(response.status_code, json.dumps(response.get_json(), sort_keys=True))
 """
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=TESTS_DIR,
-    )
-    assert done.returncode == 0, done.stderr
+    done = run_script(script)
     code, body = done.stdout.split(" ", 1)
     assert code == "200"
     answer = json.loads(body)
