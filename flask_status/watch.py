@@ -31,6 +31,7 @@ import anyio
 
 from . import formats, lifecycle
 from .aggregate import Health
+from .appcontext import empty_context
 from .bell import Bell
 from .config import Settings
 from .engine import Evaluator
@@ -265,7 +266,10 @@ class Stream:
             and (item.key not in latest or now - latest[item.key].measured_at >= POLL_SECONDS)
         ]
         if due:
-            await self.route.evaluator.evaluate(due)
+            async with anyio.create_task_group() as tasks:
+                # Runs no request asked for: roots of their own (spans, contexts), as
+                # background runs are, not parts of a request that lasts as long as the stream.
+                empty_context().run(tasks.start_soon, self.route.evaluator.evaluate, due)
 
     def _latest(self) -> dict[str, Outcome]:
         """Each callable field's latest outcome, without running any check."""

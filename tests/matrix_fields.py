@@ -28,7 +28,7 @@ import anyio
 from flask import Flask, Request, Response, g, jsonify, request
 from flask_sqlalchemy import SQLAlchemy
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind
 from sqlalchemy import text
@@ -262,6 +262,8 @@ EVERY_KIND = (
             MatrixField("after_background", as_is(ok), {"depends_on": "background"}, value="ok"),
             MatrixField("chained", as_is(ok), {"depends_on": "sync"}, value="ok"),
             MatrixField("chained_twice", as_is(ok_async), {"depends_on": ["chained"]}, value="ok"),
+            # A degraded parent has succeeded: its dependent runs.
+            MatrixField("after_replica", as_is(ok_async), {"depends_on": "replica"}, value="ok"),
             MatrixField(
                 "after_failing",
                 as_is(ok),
@@ -314,6 +316,7 @@ class RunSpans(SpanExporter):
         self._lock = threading.Lock()
         self._runs: list[dict[str, Any]] = []
         self._requests: set[int] = set()
+        self._open: set[int] = set()  # requests started and not ended yet
 
     def export(self, spans: Any) -> SpanExportResult:
         with self._lock:
@@ -321,10 +324,18 @@ class RunSpans(SpanExporter):
                 self._keep(span)
         return SpanExportResult.SUCCESS
 
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        """A request's span as it starts: a live stream's request is still open while the
+        runs of its first document end."""
+        if span.kind is SpanKind.SERVER:
+            with self._lock:
+                self._open.add(span.context.span_id)
+
     def _keep(self, span: ReadableSpan) -> None:
         assert span.context is not None
         if span.kind is SpanKind.SERVER:
             self._requests.add(span.context.span_id)
+            self._open.discard(span.context.span_id)
         elif span.name.startswith("status check "):
             self._runs.append(
                 {
@@ -339,7 +350,7 @@ class RunSpans(SpanExporter):
         """The runs' spans since the last call, each with ``parent``: ``"request"`` (a span of
         a request to this process), ``"none"`` (a root) or ``"other"``."""
         with self._lock:
-            runs, requests = self._runs, self._requests
+            runs, requests = self._runs, self._requests | self._open
             self._runs, self._requests = [], set()
         for run in runs:
             parent = run["parent"]
@@ -352,10 +363,18 @@ class RunSpans(SpanExporter):
 run_spans = RunSpans()
 
 
+class RequestStarts(SpanProcessor):
+    """Tells :data:`run_spans` of each span as it starts (an exporter hears only of ends)."""
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        run_spans.on_start(span, parent_context)
+
+
 def configure_telemetry() -> None:
     """The OpenTelemetry SDK of the matrix's server process: spans to :data:`run_spans`."""
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(run_spans))
+    provider.add_span_processor(RequestStarts())
     trace.set_tracer_provider(provider)
 
 
