@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 import weakref
@@ -174,6 +176,7 @@ def end_streams_on_signals() -> None:
     elsewhere. A server that sets its handlers later (uvicorn, hypercorn, gunicorn's workers)
     has them wrapped at the first stream served in the main thread.
     """
+    _end_with_hypercorn_workers()
     for signum in _STOP_SIGNALS:
         try:
             previous = signal.getsignal(signum)
@@ -182,6 +185,36 @@ def end_streams_on_signals() -> None:
             signal.signal(signum, _EndOnSignal(previous))
         except ValueError:  # not the main thread
             return
+
+
+#: The stop event of the hypercorn worker process this is, once a thread waits for it.
+_hypercorn_stop: Any = None
+
+
+def _end_with_hypercorn_workers() -> None:
+    """In a hypercorn worker process, end every stream when hypercorn tells it to stop.
+
+    hypercorn's parent process takes the signal and tells its workers through a
+    multiprocessing event handed to each worker's function (``shutdown_event``); no signal
+    reaches them. That function's arguments are the worker process's own, in the
+    ``multiprocessing`` process object: a thread of ours waits for the event there.
+    """
+    global _hypercorn_stop
+    if _hypercorn_stop is not None or "hypercorn" not in sys.modules:
+        return
+    arguments = getattr(multiprocessing.current_process(), "_kwargs", None)
+    event = arguments.get("shutdown_event") if isinstance(arguments, dict) else None
+    if event is None or not callable(getattr(event, "wait", None)):
+        return
+    _hypercorn_stop = event
+
+    def wait_for_the_stop() -> None:
+        event.wait()
+        global _stopping
+        _stopping = True
+        _wake_every_route()
+
+    start_thread(wait_for_the_stop, "flask-status-hypercorn-stop")
 
 
 lifecycle.on_drain.append(end_every_stream)

@@ -595,10 +595,6 @@ def check_spans(cell: Cell, findings: Findings, when: str, seconds: float | None
 
 #: The server forms whose workers serve one request at a time: they refuse live streams.
 SYNC_WORKERS = {"gunicorn, sync workers"}
-#: The server forms whose workers never hear of the stop signal: hypercorn's worker processes
-#: learn it through an event of hypercorn's own (docs/live-stream.md), so a stream lasts until
-#: its graceful timeout. The cell's stream is closed before the stop there.
-STOP_UNHEARD = {"hypercorn"}
 
 
 class CellWatcher:
@@ -612,7 +608,6 @@ class CellWatcher:
         self.opened = threading.Event()
         self.ended = threading.Event()
         self.ending = "not ended"
-        self.closing = False  # closed by the client
         self.watcher = Watcher(server.port, f"{self.route.url}?watch", **matrix_fields.TOKEN)
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
@@ -627,8 +622,7 @@ class CellWatcher:
                 ended = bool(events) and events[-1].name == "end"
                 self.ending = events[-1].data if ended else "cut"  # (waitress dies at once)
         except Exception as exc:  # reported with the cell
-            if not self.closing:
-                self.findings.note(f"watch: {exc!r}")
+            self.findings.note(f"watch: {exc!r}")
         finally:
             self.opened.set()
             self.ended.set()
@@ -653,15 +647,8 @@ class CellWatcher:
         for what, example in problems:
             self.findings.note(f"watch: the first document: {what} {example}")
 
-    def close(self) -> None:
-        self.closing = True
-        self.watcher.close()
-        self.thread.join(EXIT_LIMIT_SECONDS)
-
     def check_end(self, seconds: float) -> None:
         """After the server's stop: the stream must have ended (within ``seconds``)."""
-        if self.closing:
-            return
         if not self.ended.wait(seconds):
             self.findings.note(f"watch: the stream did not end within {seconds:g}s of SIGTERM")
         elif not self.refused and self.ending not in ('{"reason": "stopping"}', "cut"):
@@ -752,8 +739,6 @@ def run_cell(
     except Exception as exc:  # this cell's failure, reported with it, not the other cells'
         findings.note(f"the cell stopped early: {exc!r}")
     finally:
-        if watcher is not None and cell.form.name in STOP_UNHEARD:
-            watcher.close()
         stop(server, findings)
         if watcher is not None:
             watcher.check_end(EXIT_LIMIT_SECONDS)

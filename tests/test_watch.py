@@ -287,9 +287,10 @@ SERVER_FORMS: dict[str, Callable[[Path, Mapping[str, str]], ServerProcess]] = {
         ASGI_APP.removesuffix("()"), log, "--factory", "--reset-contextvars",
         "--timeout-graceful-shutdown", GRACE, env=env,
     ),
-    # hypercorn's worker processes hear of a stop through hypercorn's own event, which no app
-    # sees (docs/live-stream.md): with --workers 0, it serves in the process that gets the signal.
-    "hypercorn": lambda log, env: hypercorn(
+    # As the README runs it: one worker process, which hears of the stop through an event of
+    # hypercorn's, not a signal; and --workers 0, serving in the process the signal reaches.
+    "hypercorn": lambda log, env: hypercorn(ASGI_APP, log, "--graceful-timeout", GRACE, env=env),
+    "hypercorn-workers-0": lambda log, env: hypercorn(
         ASGI_APP, log, "--graceful-timeout", GRACE, "--workers", "0", env=env
     ),
     "gunicorn-uvicorn-worker": lambda log, env: gunicorn(
