@@ -61,7 +61,7 @@ FOOTNOTES = [
     "production apps configure it: export leaves the request path) to an "
     "`InMemorySpanExporter` (emptied every 1,000 spans: an exporter that sends them keeps "
     "none), metrics to an `InMemoryMetricReader`. "
-    "The other rows of scenario 13 have `opentelemetry-api` installed and no SDK configured: "
+    "The other rows of scenario 15 have `opentelemetry-api` installed and no SDK configured: "
     "its no-op providers.",
     "The obvious design is a Flask `async def` view that runs every field in one anyio task "
     "group, sync ones through `anyio.to_thread.run_sync(abandon_on_cancel=True)`, each under "
