@@ -251,6 +251,7 @@ class Stream:
         shown = document.signature
         yield f"retry: {RETRY_MILLISECONDS}\n".encode() + _event(document)
         next_poll, next_comment = now + POLL_SECONDS, now + KEEPALIVE_SECONDS
+        polled = time.time()  # the fields ran just now, for the first document
         while True:
             changed = functools.partial(_moved, watching, seen)
             wake_at = min(next_poll, next_comment, ends_at)
@@ -265,7 +266,8 @@ class Stream:
                 return
             now = anyio.current_time()
             if now >= next_poll:
-                await self._run_on_request_fields()
+                since, polled = polled, time.time()
+                await self._run_on_request_fields(since)
                 next_poll = now + POLL_SECONDS
             seen = watching.version
             document = route.document(pending, self._latest(), (), self.verbose)
@@ -289,14 +291,15 @@ class Stream:
             return "limit"
         return None
 
-    async def _run_on_request_fields(self) -> None:
-        """Run the fields that run on request and that no request ran in the last poll."""
-        latest, now = self.route.watching.latest, time.time()
+    async def _run_on_request_fields(self, since: float) -> None:
+        """Run the fields that run on request and that no run measured after ``since`` (the
+        previous poll, a Unix time)."""
+        latest = self.route.watching.latest
         due = [
             item
             for item in _callables(self.pending)
             if item.interval is None
-            and (item.key not in latest or now - latest[item.key].measured_at >= POLL_SECONDS)
+            and (item.key not in latest or latest[item.key].measured_at <= since)
         ]
         if due:
             async with anyio.create_task_group() as tasks:
