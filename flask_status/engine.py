@@ -299,7 +299,11 @@ class Evaluator:
             for batch in [*quick.values(), *hosted]:
                 task_group.start_soon(self._host, batch)
             for run in waited:
-                task_group.start_soon(self._wait, run)
+                # A dependent's run may end just after its deadline, skipped because of a
+                # parent that timed out at that deadline (waited for up to the grace of one
+                # that outruns it).
+                grace = 2 * OVERRUN_GRACE if run.field.depends_on else 0.0
+                task_group.start_soon(self._wait, run, grace)
             for run in dependents:
                 task_group.start_soon(self._host_after_parents, run, runs)
         for key, run in runs.items():
@@ -483,24 +487,18 @@ class Evaluator:
                 return Outcome(
                     error="no result yet", measured_at=time.time(), error_kind="starting"
                 )
-        elif run.outcome is None:
-            if run.done is None:
-                run.done = anyio.Event()
-            # A parent that outran its deadline (it ignores cancellation) has timed out.
-            with anyio.CancelScope(deadline=run.deadline + OVERRUN_GRACE):
-                await run.done.wait()
+        else:  # a parent that outran its deadline (it ignores cancellation) has timed out
+            await self._wait(run, OVERRUN_GRACE)
         return run.result()
 
     @staticmethod
-    async def _wait(run: Run) -> None:
+    async def _wait(run: Run, grace: float = 0.0) -> None:
+        """Wait for ``run`` to end, up to its deadline and ``grace``, holding no thread."""
         if run.outcome is not None:  # it ended before this task started
             return
         if run.done is None:
             run.done = anyio.Event()
-        # A dependent's run may end just after its deadline, skipped because of a parent that
-        # timed out at that deadline (waited for up to the grace of one that outruns it).
-        deadline = run.deadline + 2 * OVERRUN_GRACE if run.field.depends_on else run.deadline
-        with anyio.CancelScope(deadline=deadline):
+        with anyio.CancelScope(deadline=run.deadline + grace):
             await run.done.wait()
 
     async def _host(self, runs: list[Run]) -> None:
