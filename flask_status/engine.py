@@ -263,8 +263,7 @@ class Evaluator:
         return True
 
     async def _run_on_request(self, fields: list[Field], evaluation: Evaluation) -> None:
-        now = time.monotonic()
-        loop = current_token()
+        now, clock, loop = time.monotonic(), anyio.current_time(), current_token()
         runs: dict[str, Run] = {}
         waited: list[Run] = []
         quick: dict[float, list[Run]] = {}  # by timeout
@@ -285,7 +284,7 @@ class Evaluator:
                 else:  # finished before this request: the cache, or a hung run's "timed out"
                     evaluation.cached.add(item.key)
                 continue
-            run = runs[item.key] = self._start(state, now, loop)
+            run = runs[item.key] = self._start(state, now, loop, clock)
             if item.depends_on:
                 dependents.append(run)
             elif item.kind is Kind.SYNC and _was_quick(previous) and not self._shared(item):
@@ -295,21 +294,31 @@ class Evaluator:
         # Sync checks first: once in their threads, an async check that blocks the loop
         # cannot keep them from starting before their deadline.
         hosted.sort(key=lambda batch: batch[0].field.kind is Kind.ASYNC)
-        async with anyio.create_task_group() as task_group:
-            for batch in [*quick.values(), *hosted]:
-                task_group.start_soon(self._host, batch)
-            for run in waited:
-                # A dependent's run may end just after its deadline, skipped because of a
-                # parent that timed out at that deadline (waited for up to the grace of one
-                # that outruns it).
-                grace = 2 * OVERRUN_GRACE if run.field.depends_on else 0.0
-                task_group.start_soon(self._wait, run, grace)
-            for run in dependents:
-                task_group.start_soon(self._host_after_parents, run, runs)
+        batches = [*quick.values(), *hosted]
+        # The evaluation's own task hosts a batch of sync checks itself (they run in a thread,
+        # in a copy of its context), and waits for the runs it joined: tasks only for the rest.
+        own = batches.pop(0) if batches and batches[0][0].field.kind is Kind.SYNC else []
+        # A dependent's run may end just after its deadline, skipped because of a parent that
+        # timed out at that deadline (waited for up to the grace of one that outruns it).
+        joined = [(run, 2 * OVERRUN_GRACE if run.field.depends_on else 0.0) for run in waited]
+        if batches or dependents:
+            async with anyio.create_task_group() as task_group:
+                for batch in batches:
+                    task_group.start_soon(self._host, batch)
+                for run in dependents:
+                    task_group.start_soon(self._host_after_parents, run, runs)
+                await self._host_and_wait(own, joined)
+        else:  # nothing else runs concurrently: no task group
+            await self._host_and_wait(own, joined)
         for key, run in runs.items():
             evaluation.outcomes[key] = run.result()
             if run.began_elsewhere is not None:  # another process's run, read from the store
                 evaluation.cached.add(key)
+
+    async def _host_and_wait(self, batch: list[Run], joined: list[tuple[Run, float]]) -> None:
+        if batch:
+            await self._host(batch)
+        await self._wait(joined)
 
     def _reusable(self, run: Run, item: Field, now: float, loop: EventLoopToken) -> bool:
         """Whether a request may take ``run`` (still running, or fresh) instead of a new one.
@@ -326,10 +335,11 @@ class Evaluator:
         # A skip is no result of the check: once its parents recover, the check runs at once.
         return now - run.finished_at < run.fresh_for and run.result().state != "skipped"
 
-    def _start(self, state: FieldState, now: float, loop: EventLoopToken) -> Run:
+    def _start(self, state: FieldState, now: float, loop: EventLoopToken, clock: float) -> Run:
+        """A new run of the field, from ``now`` (``time.monotonic()``) and ``clock`` (anyio's):
+        runs a request starts with one timeout share a deadline."""
         timeout = self._timeout(state.field)
-        deadline = anyio.current_time() + timeout
-        run = state.latest = Run(state.field, timeout, now, deadline, loop)
+        run = state.latest = Run(state.field, timeout, now, clock + timeout, loop)
         return run
 
     # -- background fields ---------------------------------------------------------------
@@ -349,7 +359,7 @@ class Evaluator:
             if previous is not None and previous.thread_busy:
                 self._finish(previous, began - previous.started_at)
             else:
-                run = self._start(state, began, loop)
+                run = self._start(state, began, loop, anyio.current_time())
                 if item.depends_on:
                     await self._host_after_parents(run, {})
                 else:
@@ -488,18 +498,28 @@ class Evaluator:
                     error="no result yet", measured_at=time.time(), error_kind="starting"
                 )
         else:  # a parent that outran its deadline (it ignores cancellation) has timed out
-            await self._wait(run, OVERRUN_GRACE)
+            await self._wait([(run, OVERRUN_GRACE)])
         return run.result()
 
     @staticmethod
-    async def _wait(run: Run, grace: float = 0.0) -> None:
-        """Wait for ``run`` to end, up to its deadline and ``grace``, holding no thread."""
-        if run.outcome is not None:  # it ended before this task started
-            return
-        if run.done is None:
-            run.done = anyio.Event()
-        with anyio.CancelScope(deadline=run.deadline + grace):
-            await run.done.wait()
+    async def _wait(runs: Iterable[tuple[Run, float]]) -> None:
+        """Wait for ``(run, grace)``'s runs to end, each up to its deadline and its grace.
+
+        The waiting task holds no thread and starts no task: the runs go on meanwhile, so
+        waiting for one after another ends once the last is over or due. Runs that share a
+        deadline (one request's, with the same timeout) share a cancel scope.
+        """
+        due: dict[float, list[Run]] = {}
+        for run, grace in runs:
+            if run.outcome is None:  # not over yet: woken through its Event when it is
+                if run.done is None:
+                    run.done = anyio.Event()
+                due.setdefault(run.deadline + grace, []).append(run)
+        for deadline in sorted(due):
+            with anyio.CancelScope(deadline=deadline):
+                for run in due[deadline]:
+                    if run.done is not None and run.outcome is None:
+                        await run.done.wait()
 
     async def _host(self, runs: list[Run]) -> None:
         """Run checks under their (shared) deadline, then record each outcome and log it.
@@ -531,10 +551,9 @@ class Evaluator:
         a whole run plus the gap before the first of them starts one. Single-flight holds:
         there is still one run at a time, and a run nobody joined starts none.
         """
-        item, outcome, host = run.field, run.outcome, runs_ahead_host.get()
+        item, outcome = run.field, run.outcome
         if (
-            host is None
-            or not run.joined
+            not run.joined
             or item.interval is not None
             or item.depends_on  # it runs only after its parents, not on its own
             or run.fresh_for > 0  # the cache serves these
@@ -545,7 +564,10 @@ class Evaluator:
             or outcome.duration < QUICK_SECONDS  # cheaper to run than to run ahead
         ):
             return
-        ahead = self._start(self._state(item), time.monotonic(), run.loop)
+        host = runs_ahead_host.get()
+        if host is None:
+            return
+        ahead = self._start(self._state(item), time.monotonic(), run.loop, anyio.current_time())
         # No request started it: it must not run in the context of the one that ended.
         empty_context().run(host.start_soon, self._host, [ahead])
 
