@@ -15,7 +15,6 @@ run a request started may still read what the request's hooks put on the request
 from __future__ import annotations
 
 import contextvars
-import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -39,13 +38,14 @@ def own_app_context(app: Flask) -> AppContext:
     if has_app_context():
         request_globals = g._get_current_object()
         globals_class: type[Any] = type(context.g)
-        context.g = _reading_through(globals_class)()
-        _read_through[context.g] = request_globals
+        context.g = check_globals = _reading_through(globals_class)()
+        # In a slot: never among the check's own attributes (``in``, iteration, ``pop``).
+        object.__setattr__(check_globals, _READS_THROUGH, request_globals)
     return context
 
 
-#: A check's ``g`` -> the request's ``g`` it reads through to.
-_read_through: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+#: The slot of a check's ``g`` that holds the request's ``g``, which it reads through to.
+_READS_THROUGH = "_flask_status_request_g"
 
 
 #: The app's ``g`` class -> its subclass that reads through (made once per class).
@@ -59,18 +59,20 @@ def _reading_through(globals_class: type[Any]) -> type[Any]:
         return made
 
     class CheckGlobals(globals_class):  # type: ignore[misc]
+        __slots__ = (_READS_THROUGH,)
+
         def __getattr__(self, name: str) -> Any:
             try:
                 return super().__getattr__(name)
             except AttributeError:
-                if name.startswith("__"):
+                if name.startswith("__") or name == _READS_THROUGH:
                     raise
-                return getattr(_read_through[self], name)
+                return getattr(object.__getattribute__(self, _READS_THROUGH), name)
 
         def get(self, name: str, default: Any = None) -> Any:
             if name in self.__dict__:
                 return self.__dict__[name]
-            return _read_through[self].get(name, default)
+            return object.__getattribute__(self, _READS_THROUGH).get(name, default)
 
     _reading_classes[globals_class] = CheckGlobals
     return CheckGlobals

@@ -581,8 +581,10 @@ class Evaluator:
             return
         await run_sync(functools.partial(self._call_all, runs), self.limiter)
         for run in runs:
-            if inspect.isawaitable(run.produced):  # a plain function returned one
-                await self._await(run, functools.partial(_awaited, run.produced), scope)
+            produced = run.produced
+            if not isinstance(produced, Outcome) and _awaitable(produced):
+                # a plain function returned one
+                await self._await(run, functools.partial(_awaited, produced), scope)
 
     def _open_span(self, run: Run) -> None:
         """Open the run's span, in the context of whoever started the run."""
@@ -688,9 +690,7 @@ class Evaluator:
                         self._failed(run, exc, started)
                     else:
                         # An awaitable is awaited by the host, on the loop, under the deadline.
-                        run.produced = (
-                            value if inspect.isawaitable(value) else self._checked(value, started)
-                        )
+                        run.produced = value if _awaitable(value) else self._checked(value, started)
             except Exception as exc:  # its app context's teardown raised: its field's too
                 self._failed(run, exc, started)
             finally:
@@ -819,6 +819,14 @@ def _was_quick(run: Run | None) -> bool:
         and run.outcome.ok
         and run.outcome.duration < QUICK_SECONDS
     )
+
+
+#: What checks return most: never awaitable (``inspect.isawaitable`` costs more than a check).
+_PLAIN_TYPES = frozenset({type(None), bool, int, float, str, dict, list, tuple})
+
+
+def _awaitable(value: Any) -> bool:
+    return type(value) not in _PLAIN_TYPES and inspect.isawaitable(value)
 
 
 async def _awaited(awaitable: Awaitable[Any]) -> Any:
