@@ -29,7 +29,7 @@ import inspect
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import anyio
 from anyio.lowlevel import EventLoopToken, current_token
@@ -825,7 +825,7 @@ def _was_quick(run: Run | None) -> bool:
 _PLAIN_TYPES = frozenset({type(None), bool, int, float, str, dict, list, tuple})
 
 
-def _awaitable(value: Any) -> bool:
+def _awaitable(value: Any) -> TypeGuard[Awaitable[Any]]:
     return type(value) not in _PLAIN_TYPES and inspect.isawaitable(value)
 
 
