@@ -7,7 +7,8 @@ worker threads under the instance's capacity limiter and are abandoned at the de
 
 Runs are *single-flight*: a request that finds a field's check already running waits for that
 run (up to the run's deadline) instead of starting another, so a hung check holds one thread
-however many probes arrive. The request that starts a run hosts it in a shielded scope, so a
+however many probes arrive. It waits in its own task, with no task per run it joined: under a
+burst of probes most requests only wait, and a task each cost more than the rest of them. The request that starts a run hosts it in a shielded scope, so a
 client that hangs up does not cancel a run others wait for; the run's own deadline bounds it.
 A finished run is reused for ``cache_ttl`` seconds, a failed one for ``cache_ttl_failure``.
 
@@ -219,9 +220,9 @@ class Evaluator:
         """Every callable field's outcome, gathered concurrently, each by its deadline.
 
         A background field's is its latest result. For the others, a run this request starts
-        is hosted by a task of its own (quick sync checks with the same timeout share one); a
-        run another request started is waited for, up to its deadline; a finished one still
-        fresh is reused at once.
+        is hosted by a task of its own (quick sync checks with the same timeout share one; the
+        evaluation's own task hosts the first sync batch); a run another request started is
+        waited for, up to its deadline; a finished one still fresh is reused at once.
         """
         evaluation = Evaluation({}, set())
         on_request: list[Field] = []
