@@ -178,9 +178,16 @@ def machine() -> str:
     )
 
 
-def report(rows: list[Row], command: str, started: datetime, duration: float, load: float) -> str:
+def report(
+    rows: list[Row],
+    command: str,
+    started: datetime,
+    duration: float,
+    load: float,
+    tables: Sequence[str] = (),
+) -> str:
     """The table of ``rows``, after a paragraph saying how, when and where it was measured
-    (by ``command``), and before the footnotes."""
+    (by ``command``), and before the footnotes; then the scenarios' own ``tables``."""
     when = started.strftime("%Y-%m-%d %H:%M UTC")
     return "\n\n".join(
         [
@@ -192,5 +199,6 @@ def report(rows: list[Row], command: str, started: datetime, duration: float, lo
             "medians over rounds, ratios are medians of the per-round ratios.",
             table(rows),
             "\n".join(f"- {note}" for note in FOOTNOTES),
+            *tables,
         ]
     )
