@@ -69,7 +69,7 @@ RENDER = "rendering and JSON (document, health, response body)"
 SEND = "the ASGI send"
 UNATTRIBUTED = "flask_status, unattributed"
 LOOP = "other: the event loop (asyncio's own scheduling, select)"
-OTHER = "other: the caller (test driver), the interpreter"
+OTHER = "other: the test driver, the interpreter, helpers seen without a caller"
 
 STAGES = [REQUEST_CONTEXT, ACCESS, SETUP, TASKS, HOP, PORTAL, CHECKS, COLLECT, RENDER, SEND]
 ROWS = [*STAGES, UNATTRIBUTED, LOOP, OTHER]
@@ -97,39 +97,124 @@ class Rule:
 #: First match wins. Module paths use "/" (``flask_status/engine.py``); names are yappi's
 #: (``Class.method`` or ``function``); the caller is the calling function's ``module:name``
 #: (empty where the profiler saw no caller: a thread's or a resumed coroutine's first frame).
+def named(*names: str) -> str:
+    """A pattern matching exactly the function names given."""
+    return "^(?:" + "|".join(re.escape(name) for name in names) + ")$"
+
+
 RULES = [
-    # flask_status, module by module, then function by function where a module holds stages.
+    # flask_status: a module of one stage by its path; the others function by function, so
+    # that a function renamed or added there lands in "flask_status, unattributed".
     Rule(ACCESS, "flask_status/details.py"),
-    Rule(ACCESS, "flask_status/route.py", r"_guarded|_dispatched_as_sync"),
-    Rule(RENDER, "flask_status/route.py", r"\.(fill|_shown|_health_of|document)$|_health$"),
-    Rule(RENDER, "flask_status/route.py", r"<lambda>|no_store|_encoder"),
-    Rule(SETUP, "flask_status/route.py"),
     Rule(RENDER, "flask_status/formats.py"),
     Rule(RENDER, "flask_status/render.py"),
     Rule(RENDER, "flask_status/aggregate.py"),
     Rule(CHECKS, "flask_status/appcontext.py"),
-    Rule(HOP, "flask_status/loop.py", r"run_sync|run_in_thread"),
-    Rule(PORTAL, "flask_status/loop.py"),
     Rule(HOP, "flask_status/threads.py"),
-    Rule(SEND, "flask_status/asgi.py", r"_respond|_send_stream"),
-    Rule(REQUEST_CONTEXT, "flask_status/asgi.py"),
-    Rule(CHECKS, "flask_status/engine.py", r"_call_all|_awaited|_await$|_running|_open_span"),
-    Rule(CHECKS, "flask_status/engine.py", r"_execute$"),
-    Rule(
-        COLLECT,
-        "flask_status/engine.py",
-        r"_finish|_checked|_failed|_tell|_damped|_log|_run_ahead|result$|_freshness|_shared",
-    ),
-    Rule(TASKS, "flask_status/engine.py", r"_host$|_wait$"),
-    Rule(SETUP, "flask_status/engine.py"),
     Rule(COLLECT, "flask_status/outcome.py"),
     Rule(COLLECT, "flask_status/history.py"),
     Rule(COLLECT, "flask_status/events.py"),
     Rule(COLLECT, "flask_status/telemetry.py"),
     Rule(COLLECT, "flask_status/watch.py"),
     Rule(COLLECT, "flask_status/thresholds.py"),
-    Rule(COLLECT, "flask_status/store.py", r"Freshness"),
-    Rule(SETUP, "flask_status/background.py"),
+    Rule(COLLECT, "flask_status/store.py", named("Freshness.of", "Freshness.longest")),
+    Rule(SETUP, "flask_status/background.py", named("BackgroundRuns.ensure")),
+    Rule(ACCESS, "flask_status/route.py", named("_guarded", "_dispatched_as_sync")),
+    Rule(
+        SETUP,
+        "flask_status/route.py",
+        named(
+            "status_ping",
+            "StatusRoute.views",
+            "StatusRoute.pending",
+            "StatusRoute.readiness_state",
+            "StatusRoute._gate_error",
+            "StatusRoute._gated",
+            "StatusRoute.respond_blocking",
+            "StatusRoute.respond",
+            "Pending.evaluated",
+            "_wants_stream",
+            "_callables",
+        ),
+    ),
+    Rule(
+        RENDER,
+        "flask_status/route.py",
+        named("StatusRoute.fill", "StatusRoute._shown", "StatusRoute._health_of", "_health"),
+    ),
+    Rule(RENDER, "flask_status/route.py", named("no_store")),
+    Rule(
+        REQUEST_CONTEXT,
+        "flask_status/asgi.py",
+        named(
+            "StatusMiddleware.__call__",
+            "StatusMiddleware._is_status_request",
+            "StatusMiddleware._serve",
+            "StatusRoutes.serves",
+            "AppCode.placement",
+            "Placement.run",
+            "Placement.wait",
+            "Exchange.__init__",
+            "Exchange.begin",
+            "Exchange.waits",
+            "Exchange.wait",
+            "Exchange.finish",
+            "Exchange._handled",
+            "Exchange.tear_down",
+            "_own_wsgi_app",
+            "_path_info",
+            "_read_body",
+            "_environ",
+        ),
+    ),
+    Rule(SEND, "flask_status/asgi.py", named("_respond")),
+    Rule(HOP, "flask_status/loop.py", named("run_sync", "PortalLoop.run_in_thread")),
+    Rule(PORTAL, "flask_status/loop.py", named("PortalLoop.call", "PortalLoop._running_host")),
+    Rule(
+        SETUP,
+        "flask_status/engine.py",
+        named(
+            "Evaluator.evaluate",
+            "Evaluator.latest_background",
+            "Evaluator._run_on_request",
+            "Evaluator._reusable",
+            "Evaluator._start",
+            "Evaluator._state",
+            "Evaluator._timeout",
+            "Evaluator.current",
+            "_was_quick",
+        ),
+    ),
+    Rule(TASKS, "flask_status/engine.py", named("Evaluator._host", "_wait")),
+    Rule(
+        CHECKS,
+        "flask_status/engine.py",
+        named(
+            "Evaluator._execute",
+            "Evaluator._open_span",
+            "Evaluator._await",
+            "Evaluator._awaited",
+            "Evaluator._call_all",
+            "Evaluator._running",
+            "Evaluator._sharing_of",
+        ),
+    ),
+    Rule(
+        COLLECT,
+        "flask_status/engine.py",
+        named(
+            "Evaluator._checked",
+            "Evaluator._failed",
+            "Evaluator._finish",
+            "Evaluator._run_ahead",
+            "Evaluator._tell",
+            "Evaluator._damped",
+            "Evaluator._log",
+            "Evaluator._freshness",
+            "Evaluator._shared",
+            "Run.result",
+        ),
+    ),
     # The checks of this benchmark's app.
     Rule(CHECKS, "benchmarks/apps.py", r"Checks\.(sync|async_)"),
     # Flask's app context of a check (entered by flask_status with ``with``; a request
@@ -173,14 +258,17 @@ HELPERS = re.compile(
     r"/(weakref|_weakrefset|inspect|typing|functools|contextlib|enum|copy|dataclasses)\.py$"
     r"|^<string>$|^<frozen abc>$"
 )
+#: So do comprehensions and lambdas, wherever they are.
+INLINE = re.compile(r"^<(genexpr|listcomp|dictcomp|setcomp|lambda)>$")
 
 
 def stage_of(module: str, name: str, caller: str = "") -> str:
     """The stage a function's own time belongs to (called from ``caller``, a ``module:name``).
 
-    A helper's is its caller's (one level up: a helper called by a helper is "other").
+    A helper's, a comprehension's or a lambda's is its caller's (one level up: one called by
+    another is "other").
     """
-    if HELPERS.search(module):
+    if HELPERS.search(module) or INLINE.match(name):
         caller_module, _, caller_name = caller.rpartition(":")
         if not caller_module or HELPERS.search(caller_module):
             return OTHER
@@ -299,15 +387,17 @@ def profiled() -> tuple[dict[str, float], list[tuple[float, str, str]]]:
     yappi.stop()
     stats = yappi.get_func_stats()
     # Own time of each function by caller, where the profiler saw its callers.
-    by_caller: dict[int, list[tuple[str, float]]] = defaultdict(list)
+    # (By full name: yappi merges the entries of one function, and a child's index may name
+    # an entry merged away.)
+    by_caller: dict[str, list[tuple[str, float]]] = defaultdict(list)
     for caller in stats:
         for child in caller.children:
-            by_caller[child.index].append((_key(caller.module, caller.name), child.tsub))
+            by_caller[child.full_name].append((_key(caller.module, caller.name), child.tsub))
     stages: dict[str, float] = defaultdict(float)
     functions: dict[tuple[str, str], float] = defaultdict(float)
     for function in stats:
         module = function.module.replace("\\", "/")
-        shares = by_caller.get(function.index, [])
+        shares = by_caller.get(function.full_name, [])
         rest = function.tsub - sum(tsub for _, tsub in shares)
         for caller, tsub in [*shares, ("", max(rest, 0.0))]:
             stage = stage_of(module, function.name, caller)
