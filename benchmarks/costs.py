@@ -9,8 +9,8 @@ request at a time) and under load (32 requests at once):
   one asyncio loop in the main thread, as uvicorn's; under load, 32 calls at once.
 
 Each case is measured twice. First without a profiler: the CPU time of the process (all its
-threads, ``time.process_time``) per request, over ``REQUESTS`` requests. Then under yappi with
-its CPU clock: each function's own time (``tsub``), by caller, is put in a stage by
+threads, ``time.process_time``) per request, the median of ``ROUNDS`` rounds. Then under
+yappi with its CPU clock: each function's own time (``tsub``), by caller, is put in a stage by
 ``RULES``. The profiler inflates every call, unevenly; so only each stage's *share* of the
 profiled CPU time is kept, and the microseconds shown are those shares of the unprofiled CPU
 time per request. Code of flask_status that no rule names lands in its own row, "flask_status,
