@@ -598,7 +598,8 @@ def scenario() -> tuple[list[Row], str]:
     try:
         import yappi  # noqa: F401
     except ImportError:
-        return [not_run(TITLE, CONTENDERS[OURS], "yappi is not installed")], ""
+        why = "yappi is not installed (`make bench` installs it)"
+        return [not_run(TITLE, CONTENDERS[OURS], why)], ""
     measured = measure_all()
     rows = []
     for case, one in measured:
