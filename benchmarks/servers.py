@@ -217,7 +217,7 @@ class Load:
     p50: float  # latency, seconds
     p99: float
     #: CPU seconds of the server's process (all its threads) per request answered, where
-    #: :func:`serving` started it (for a server of several processes: its first one's)
+    #: :func:`serving` started it (the process it started: a gunicorn's arbiter, not workers)
     cpu_per_request: float | None = None
 
 
