@@ -105,6 +105,20 @@ def starlette(fields: Fields) -> Any:
     return Starlette(routes=[Route(URL, status)])
 
 
+def starlette_bare(fields: Fields) -> Any:
+    """A bare Starlette route answering the JSON document ours answers for ``fields``, which
+    are constants, written in: the floor of a status route served natively."""
+    checks = Checks(fields)
+    document = {"status": "OK", **dict(checks.named())}
+    if any(callable(value) for value in document.values()):
+        raise ValueError("a bare Starlette route serves constants only")
+
+    async def status(request: Request) -> JSONResponse:
+        return JSONResponse(document)
+
+    return Starlette(routes=[Route(URL, status)])
+
+
 def asyncio_view(fields: Fields) -> Any:
     """A Flask ``async def`` view gathering the checks with ``asyncio.gather``."""
     flask_app, _ = build("asyncio-view", fields)
@@ -131,6 +145,7 @@ APPS: dict[str, Callable[[Fields], Any]] = {
     "flask-status-hooked": flask_status_hooked,
     "flask-status-watched": flask_status_watched,
     "starlette": starlette,
+    "starlette-bare": starlette_bare,
     "asyncio-view": asyncio_view,
 }
 

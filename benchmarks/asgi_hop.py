@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import servers
 from asgiref.wsgi import WsgiToAsgi
 from flask import Flask
 
@@ -190,8 +191,7 @@ class Uvicorn:
 
     def cpu_seconds(self) -> float:
         """User and system time of the server process so far (Linux: from /proc)."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return servers.cpu_seconds(self.process.pid)
 
     def stop(self) -> None:
         self.connection.close()

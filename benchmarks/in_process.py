@@ -270,9 +270,9 @@ def slowest_answer(cell: Cell, samples: list[Sample], _: list[Sample]) -> tuple[
 
 
 CONCURRENCY_TARGET = Target("≤", 1.1, "x slowest field")
-MIXED_TARGET = Target("≤", 5, "x bare", stretch=4)
+MIXED_TARGET = Target("≤", 4, "x bare", stretch=3.5)
 SYNC_TARGET = Target("≤", 4, "x bare", stretch=3)
-CONSTANTS_TARGET = Target("≤", 1.3, "x bare")
+CONSTANTS_TARGET = Target("≤", 1.25, "x bare")
 HUNG_TARGET = Target("≤", 130, " ms", what="slowest")
 SCALE_TARGET = Target("≤", 1.2, "x slowest field")
 CHAIN_TARGET = Target("≤", 1.1, "x the chain's sum")

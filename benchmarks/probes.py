@@ -58,7 +58,7 @@ HOOK_TITLE = (
     f"11. A request hook: uvicorn ³, one {ONE_SLOW.slow_seconds * 1e3:g} ms async check, "
     f"bursts of {BURST} concurrent probes ({HOOK_ROUNDS} rounds)"
 )
-HOOK_TARGET = Target("≤", 1.5, "x without", what="p50")
+HOOK_TARGET = Target("≤", 1.3, "x without", what="p50")
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ OBVIOUS = "obvious"
 HEALTHCHECK = "py-healthcheck"
 ORIGINAL = "flask-status-1.0.1"
 STARLETTE = "starlette"
+STARLETTE_BARE = "starlette-bare"
 ASYNCIO_VIEW = "asyncio-view"
 
 CONTENDERS = {
@@ -37,6 +38,7 @@ CONTENDERS = {
     HEALTHCHECK: "py-healthcheck 1.3.3 ²",
     ORIGINAL: "Flask-Status 1.0.1 ¹",
     STARLETTE: "Starlette endpoint + anyio task group ⁴",
+    STARLETTE_BARE: "bare Starlette route ⁴",
     ASYNCIO_VIEW: "Flask async view + `asyncio.gather`, `WsgiToAsgi` ⁴",
 }
 
@@ -54,8 +56,11 @@ FOOTNOTES = [
     "endpoint running the checks in an anyio task group, sync ones through "
     "`anyio.to_thread.run_sync(abandon_on_cancel=True)`, each under `anyio.move_on_after`; and "
     "a Flask `async def` view behind `WsgiToAsgi` running them with `asyncio.gather`, sync ones "
-    "through `asyncio.to_thread`, each under `asyncio.wait_for`. Ours is the status route under "
-    "`StatusMiddleware(WsgiToAsgi(app), app)`.",
+    "through `asyncio.to_thread`, each under `asyncio.wait_for`. With constants, the floor: a "
+    "bare Starlette route answering the same JSON document as ours, its values written in. Ours "
+    "is the status route under `StatusMiddleware(WsgiToAsgi(app), app)`; CPU is its uvicorn "
+    "process's (user + system, all threads, from `/proc/<pid>/stat`) over each round, per "
+    "request answered.",
     "⁵ In a worker process of its own (the SDK's global providers are set once per process, "
     "and must not reach the other contenders): spans go through a `BatchSpanProcessor` (as "
     "production apps configure it: export leaves the request path) to an "
@@ -173,9 +178,16 @@ def machine() -> str:
     )
 
 
-def report(rows: list[Row], command: str, started: datetime, duration: float, load: float) -> str:
+def report(
+    rows: list[Row],
+    command: str,
+    started: datetime,
+    duration: float,
+    load: float,
+    tables: Sequence[str] = (),
+) -> str:
     """The table of ``rows``, after a paragraph saying how, when and where it was measured
-    (by ``command``), and before the footnotes."""
+    (by ``command``), and before the footnotes; then the scenarios' own ``tables``."""
     when = started.strftime("%Y-%m-%d %H:%M UTC")
     return "\n\n".join(
         [
@@ -187,5 +199,6 @@ def report(rows: list[Row], command: str, started: datetime, duration: float, lo
             "medians over rounds, ratios are medians of the per-round ratios.",
             table(rows),
             "\n".join(f"- {note}" for note in FOOTNOTES),
+            *tables,
         ]
     )

@@ -2,9 +2,10 @@
 
 Each group of scenarios has a module of its own: ``in_process`` (Flask's test client, in worker
 processes), ``under_wrk`` (wrk's load on uvicorn), ``probes`` (probes timed one by one on real
-servers), ``sharing`` (a fleet sharing results through Redis) and ``events`` (change events).
-Their contenders' rounds alternate, so that the load of this shared machine falls on all of
-them alike. Figures are medians over the rounds, and ratios are medians of per-round ratios.
+servers), ``sharing`` (a fleet sharing results through Redis), ``events`` (change events) and
+``costs`` (what a status request costs, stage by stage: a table of its own, printed after the
+main one). Their contenders' rounds alternate, so that the load of this shared machine falls on
+all of them alike. Figures are medians over the rounds, and ratios are medians of per-round ratios.
 The table is printed and written to ``benchmarks/results.md``, which git ignores: ``README.md``
 holds the results a person recorded. Timing targets are reported, never enforced: this script
 fails only if a benchmark breaks.
@@ -22,7 +23,9 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from functools import partial
+from typing import TypeVar
 
+import costs
 import events
 import in_process
 import probes
@@ -31,9 +34,11 @@ import under_wrk
 from report import Row, number, report
 from servers import HERE
 
+T = TypeVar("T")
+
 RESULTS = HERE / "results.md"
 #: What a run took on 2 cores shared with other work, once the peers' virtualenvs were there.
-EXPECTED_MINUTES = 9
+EXPECTED_MINUTES = 10
 
 #: Each scenario's name on the command line, by number.
 NAMES = {
@@ -53,7 +58,14 @@ NAMES = {
     14: "events",
     15: "telemetry",
     16: "watchers",
+    17: "costs",
 }
+
+#: Scenarios whose figures do not fit the main table: each gives its rows of the main table
+#: and a table of its own, printed after it. Measured right after the in-process scenarios.
+WITH_TABLES: list[tuple[str, Callable[[], tuple[list[Row], str]]]] = [
+    (costs.TITLE, costs.scenario),
+]
 
 #: The scenarios a full run measures after the in-process ones, in this order: the memory
 #: scenario, the longest, last.
@@ -87,13 +99,19 @@ def main() -> None:
         with in_process.workers(tested) as (workers, missing):
             for scenario in tested:
                 rows += stage(scenario.title, partial(scenario.run, workers, missing))
+    tables: list[str] = []
+    for title, measure_with_table in WITH_TABLES:
+        if number(title) in chosen:
+            found, text = stage(title, measure_with_table)
+            rows += found
+            tables += [text] if text else []
     for title, measure in AFTER_IN_PROCESS:
         if number(title) in chosen:
             rows += stage(title, measure)
     duration = time.monotonic() - clock
     invoked = " ".join([".venv/bin/python benchmarks/run.py", *arguments])
     command = f"`{invoked}`" if arguments else f"`make bench` (`{invoked}`)"
-    text = report(rows, command, started, duration, load)
+    text = report(rows, command, started, duration, load, tables)
     print(text)
     if everything:
         RESULTS.write_text(text + "\n")
@@ -121,13 +139,13 @@ def parse(arguments: list[str]) -> list[int]:
     return list(parser.parse_args(arguments).scenarios)
 
 
-def stage(title: str, measure: Callable[[], list[Row]]) -> list[Row]:
+def stage(title: str, measure: Callable[[], T]) -> T:
     """``measure()``, saying what and how long it took."""
     say(f"{title} ...")
     clock = time.monotonic()
-    rows = measure()
+    measured = measure()
     say(f"  {time.monotonic() - clock:.0f} s")
-    return rows
+    return measured
 
 
 def say(text: str) -> None:

@@ -47,6 +47,9 @@ T = TypeVar("T")
 # Requests to 127.0.0.1 never go through a proxy, whatever the environment says.
 _direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
+#: The process of each running server, by its base URL: its CPU time is read under load.
+_PIDS: dict[str, int] = {}
+
 
 class BenchError(Exception):
     """The benchmark itself broke (a worker or server died, a route answered wrongly)."""
@@ -136,9 +139,22 @@ def serving(
         base = f"http://127.0.0.1:{port}"
         try:
             _wait_for_ok(base + ready, server, log_path)
+            _PIDS[base] = server.pid
             yield base
         finally:
+            _PIDS.pop(base, None)
             _stop(server)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system time of a process so far, all its threads (Linux: from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _pid_serving(url: str) -> int | None:
+    """The process of the server :func:`serving` started for ``url``, if any."""
+    return next((pid for base, pid in _PIDS.items() if url.startswith(base + "/")), None)
 
 
 def free_port() -> int:
@@ -200,6 +216,9 @@ class Load:
     rate: float  # requests/s
     p50: float  # latency, seconds
     p99: float
+    #: CPU seconds of the server's process (all its threads) per request answered, where
+    #: :func:`serving` started it (the process it started: a gunicorn's arbiter, not workers)
+    cpu_per_request: float | None = None
 
 
 def alternate(
@@ -237,18 +256,24 @@ def interleave(
 
 
 def load(wrk: str, url: str, seconds: int, connections: int = CONNECTIONS) -> Load:
-    """wrk's measure of ``url`` over ``seconds``, with ``connections`` kept-alive connections.
+    """wrk's measure of ``url`` over ``seconds``, with ``connections`` kept-alive connections,
+    and the CPU time its server spent meanwhile, per request.
 
     Any answer other than 2xx, and any socket error, breaks the benchmark.
     """
     command = [wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url]
+    pid = _pid_serving(url)
+    cpu_started = cpu_seconds(pid) if pid is not None else 0.0
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    cpu = cpu_seconds(pid) - cpu_started if pid is not None else None
     if "Non-2xx" in output or "Socket errors" in output:
         raise BenchError(f"{url} answered errors under load:\n{output}")
+    answered = int(_find(r"(\d+) requests in", output))
     return Load(
         float(_find(r"Requests/sec:\s+([\d.]+)", output)),
         _duration(_find(r"\s50%\s+(\S+)", output)),
         _duration(_find(r"\s99%\s+(\S+)", output)),
+        cpu / answered if cpu is not None and answered else None,
     )
 
 

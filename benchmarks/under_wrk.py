@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import dataclass
 from operator import attrgetter
 
 import peers
 import servers
-from apps import BACKGROUND, BARE_URL, RUNS_URL, SLOW_MIXED, TRIVIAL_MIXED, URL
+from apps import BACKGROUND, BARE_URL, RUNS_URL, SLOW_MIXED, TRIVIAL_MIXED, URL, Fields
 from report import (
     ASYNCIO_VIEW,
     BARE,
@@ -20,13 +21,16 @@ from report import (
     OURS,
     OURS_COUNTED,
     STARLETTE,
+    STARLETTE_BARE,
     Row,
     Target,
     judged,
     median_ratio,
     seconds,
 )
-from servers import Load
+from servers import BenchError, Load
+
+CONSTANTS = Fields(constant=10)
 
 LOAD_ROUNDS = 3
 LOAD_SECONDS = 3
@@ -41,14 +45,18 @@ def load_row(
     base_name: str,
     target: Target | None = None,
     by: str = "rate",
+    with_cpu: bool = False,
 ) -> Row:
-    """Median requests/s and latencies, and the median of per-round ratios to ``base``'s of
-    requests/s (``by="rate"``) or of median latency (``by="p50"``)."""
+    """Median requests/s and latencies (and CPU time per request, ``with_cpu``), and the
+    median of per-round ratios to ``base``'s of requests/s (``by="rate"``) or of median
+    latency (``by="p50"``)."""
     ratio = median_ratio(loads, base, attrgetter(by))
     rate = statistics.median(load.rate for load in loads)
     p50 = statistics.median(load.p50 for load in loads)
     p99 = statistics.median(load.p99 for load in loads)
     measured = f"{rate:,.0f} requests/s, latency p50 {seconds(p50)}, p99 {seconds(p99)}"
+    if with_cpu:
+        measured += f", CPU {seconds(_median_cpu(loads))} / request"
     shown = f"{ratio:.2f}x {base_name}" if by == "rate" else f"{by} {ratio:.2f}x {base_name}"
     return judged(scenario, contender, measured, shown, ratio, target)
 
@@ -86,33 +94,97 @@ UNDER_LOAD = {
     OURS: f"{CONTENDERS[OURS]}, `StatusMiddleware` ⁴",
     STARLETTE: CONTENDERS[STARLETTE],
     ASYNCIO_VIEW: CONTENDERS[ASYNCIO_VIEW],
+    STARLETTE_BARE: CONTENDERS[STARLETTE_BARE],
 }
-#: ``(the fields as the table shows them, the fields, the target of ours)``
+HAND_WRITTEN = [OURS, STARLETTE, ASYNCIO_VIEW]
+
+
+@dataclass(frozen=True)
+class LoadSet:
+    """A set of fields served by some contenders, ours held to a target against ``base``."""
+
+    what: str  # the fields, as the table shows them
+    fields: Fields
+    contenders: list[str]
+    base: str  # the contender whose requests/s the ratios are to
+    base_name: str  # as the ratios name it
+    target: Target
+    #: Ours' CPU time per request (µs), where it is held to one.
+    cpu_target: Target | None = None
+
+
 UNDER_LOAD_SETS = [
-    ("5 sync + 5 async", TRIVIAL_MIXED, Target("≥", 1.5, "x Starlette", stretch=2)),
-    ("one 50 ms async + 2 sync + 2 async", SLOW_MIXED, Target("≥", 1.0, "x Starlette")),
+    LoadSet(
+        "5 sync + 5 async",
+        TRIVIAL_MIXED,
+        HAND_WRITTEN,
+        STARLETTE,
+        "Starlette",
+        Target("≥", 3, "x Starlette"),
+        Target("≤", 550, " µs", what="CPU"),
+    ),
+    LoadSet(
+        "one 50 ms async + 2 sync + 2 async",
+        SLOW_MIXED,
+        HAND_WRITTEN,
+        STARLETTE,
+        "Starlette",
+        Target("≥", 1.0, "x Starlette"),
+    ),
+    LoadSet(
+        "10 constants",
+        CONSTANTS,
+        [OURS, STARLETTE_BARE],
+        STARLETTE_BARE,
+        "bare Starlette",
+        Target("≥", 0.5, "x bare Starlette"),
+    ),
 ]
 
 
 @peers.needs(peers.wrk, UNDER_LOAD_TITLE)
 def under_load(wrk: str) -> list[Row]:
-    """Requests/s and latency of ours and of the other designs, side by side, per set of fields."""
+    """Requests/s, latency and CPU time per request of ours and of the other designs, side by
+    side, per set of fields."""
     rows = []
-    for number, (what, fields, target) in enumerate(UNDER_LOAD_SETS):
-        with servers.uvicorns(UNDER_LOAD, fields, f"uvicorn-{number}") as urls:
+    for number, one in enumerate(UNDER_LOAD_SETS):
+        with servers.uvicorns(one.contenders, one.fields, f"uvicorn-{number}") as urls:
             loads = servers.alternate(wrk, urls, LOAD_ROUNDS, LOAD_SECONDS)
         rows += [
             load_row(
                 UNDER_LOAD_TITLE,
-                f"{label}: {what}",
+                f"{UNDER_LOAD[name]}: {one.what}",
                 loads[name],
-                loads[STARLETTE],
-                "Starlette",
-                target if name == OURS else None,
+                loads[one.base],
+                one.base_name,
+                one.target if name == OURS else None,
+                with_cpu=True,
             )
-            for name, label in UNDER_LOAD.items()
+            for name in one.contenders
         ]
+        if one.cpu_target is not None:
+            rows.append(cpu_row(one, loads[OURS], loads[one.base]))
     return rows
+
+
+def cpu_row(one: LoadSet, ours: list[Load], base: list[Load]) -> Row:
+    """Ours' CPU time per request (median of rounds), held to ``one.cpu_target``."""
+    cpu, base_cpu = _median_cpu(ours), _median_cpu(base)
+    return judged(
+        UNDER_LOAD_TITLE,
+        f"{CONTENDERS[OURS]}: CPU of its uvicorn process: {one.what}",
+        f"CPU {seconds(cpu)} / request ({one.base_name}: {seconds(base_cpu)})",
+        f"CPU {cpu / base_cpu:.2f}x {one.base_name}",
+        cpu * 1e6,
+        one.cpu_target,
+    )
+
+
+def _median_cpu(loads: list[Load]) -> float:
+    figures = [load.cpu_per_request for load in loads]
+    if None in figures:
+        raise BenchError("a server's CPU time was not read")
+    return statistics.median(figure for figure in figures if figure is not None)
 
 
 # -- 10. Background checks -----------------------------------------------------------------
