@@ -26,9 +26,7 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/mkdocs build --strict --quiet --site-dir build/docs
 
-# The cost table (scenario 17) profiles with yappi, which only the benchmark needs.
 bench: install
-	$(BIN)/python -c 'import yappi' 2>/dev/null || $(BIN)/python -m pip install --quiet yappi
 	$(BIN)/python benchmarks/run.py
 
 clean:
