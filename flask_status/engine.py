@@ -1,16 +1,18 @@
 """The evaluation engine: a request's callable fields, gathered concurrently with anyio.
 
-One evaluation is one task group. Each field is a task under its own cancel scope, whose
-deadline is the field's timeout: async checks are awaited inside it (so
-``anyio.current_effective_deadline()`` is the field's deadline there), sync checks run in anyio
-worker threads under the instance's capacity limiter and are abandoned at the deadline.
+One evaluation is one task group. Each field runs under a cancel scope whose deadline is the
+field's timeout (the fields of a request that share a timeout share the scope): async checks are
+tasks awaited inside it (so ``anyio.current_effective_deadline()`` is the field's deadline
+there), sync checks run in anyio worker threads under the instance's capacity limiter and are
+abandoned at the deadline.
 
 Runs are *single-flight*: a request that finds a field's check already running waits for that
 run (up to the run's deadline) instead of starting another, so a hung check holds one thread
 however many probes arrive. It waits in its own task, with no task per run it joined: under a
-burst of probes most requests only wait, and a task each cost more than the rest of them. The request that starts a run hosts it in a shielded scope, so a
-client that hangs up does not cancel a run others wait for; the run's own deadline bounds it.
-A finished run is reused for ``cache_ttl`` seconds, a failed one for ``cache_ttl_failure``.
+burst of probes most requests only wait, and a task each cost more than the rest of them. The
+request that starts a run hosts it in a shielded scope, so a client that hangs up does not
+cancel a run others wait for; the run's own deadline bounds it. A finished run is reused for
+``cache_ttl`` seconds, a failed one for ``cache_ttl_failure``.
 
 A field with an ``interval`` runs in the background instead (:meth:`Evaluator.run_every`), and
 a request only reads its latest result.
@@ -267,8 +269,9 @@ class Evaluator:
         now, clock, loop = time.monotonic(), anyio.current_time(), current_token()
         runs: dict[str, Run] = {}
         waited: list[Run] = []
-        quick: dict[float, list[Run]] = {}  # by timeout
+        quick: dict[float, list[Run]] = {}  # by deadline
         hosted: list[list[Run]] = []
+        alone: list[Run] = []  # shared through a store: a scope each (its lease may extend it)
         dependents: list[Run] = []  # hosted once their parents are done
         for item in fields:
             state = self._state(item)
@@ -288,38 +291,44 @@ class Evaluator:
             run = runs[item.key] = self._start(state, now, loop, clock)
             if item.depends_on:
                 dependents.append(run)
-            elif item.kind is Kind.SYNC and _was_quick(previous) and not self._shared(item):
-                quick.setdefault(run.timeout, []).append(run)
+            elif self._shared(item):
+                alone.append(run)
+            elif item.kind is Kind.SYNC and _was_quick(previous):
+                quick.setdefault(run.deadline, []).append(run)
             else:
                 hosted.append([run])
-        # Sync checks first: once in their threads, an async check that blocks the loop
-        # cannot keep them from starting before their deadline.
-        hosted.sort(key=lambda batch: batch[0].field.kind is Kind.ASYNC)
-        batches = [*quick.values(), *hosted]
-        # The evaluation's own task hosts a batch of sync checks itself (they run in a thread,
-        # in a copy of its context), and waits for the runs it joined: tasks only for the rest.
-        own = batches.pop(0) if batches and batches[0][0].field.kind is Kind.SYNC else []
+        # The batches that share a deadline share a cancel scope. Sync checks first: once in
+        # their threads, an async check that blocks the loop cannot keep them from starting
+        # before their deadline.
+        groups: dict[float, list[list[Run]]] = {}
+        for batch in sorted(
+            [*quick.values(), *hosted], key=lambda batch: batch[0].field.kind is Kind.ASYNC
+        ):
+            groups.setdefault(batch[0].deadline, []).append(batch)
         # A dependent's run may end just after its deadline, skipped because of a parent that
         # timed out at that deadline (waited for up to the grace of one that outruns it).
         joined = [(run, 2 * OVERRUN_GRACE if run.field.depends_on else 0.0) for run in waited]
-        if batches or dependents:
+        if len(groups) == 1 and not alone and not dependents:
+            # One deadline for all (the usual): the evaluation's own task hosts them, then
+            # waits for the runs it joined (which ran meanwhile).
+            (batches,) = groups.values()
+            await self._host_together(batches, in_a_task=False)
+            await self._wait(joined)
+        elif groups or alone or dependents:
             async with anyio.create_task_group() as task_group:
-                for batch in batches:
-                    task_group.start_soon(self._host, batch)
+                for batches in groups.values():
+                    task_group.start_soon(self._host_together, batches, True)
+                for run in alone:
+                    task_group.start_soon(self._host, [run])
                 for run in dependents:
                     task_group.start_soon(self._host_after_parents, run, runs)
-                await self._host_and_wait(own, joined)
-        else:  # nothing else runs concurrently: no task group
-            await self._host_and_wait(own, joined)
+                await self._wait(joined)
+        else:  # every run was another request's
+            await self._wait(joined)
         for key, run in runs.items():
             evaluation.outcomes[key] = run.result()
             if run.began_elsewhere is not None:  # another process's run, read from the store
                 evaluation.cached.add(key)
-
-    async def _host_and_wait(self, batch: list[Run], joined: list[tuple[Run, float]]) -> None:
-        if batch:
-            await self._host(batch)
-        await self._wait(joined)
 
     def _reusable(self, run: Run, item: Field, now: float, loop: EventLoopToken) -> bool:
         """Whether a request may take ``run`` (still running, or fresh) instead of a new one.
@@ -529,20 +538,42 @@ class Evaluator:
         up must not cancel them; the deadline bounds them all the same. (So a cancellation
         inside is the deadline's, or the check's own.)
         """
+        with anyio.CancelScope(shield=True, deadline=runs[0].deadline) as scope:
+            await self._run_batch(runs, scope, time.perf_counter())
+
+    async def _host_together(self, batches: list[list[Run]], in_a_task: bool) -> None:
+        """:meth:`_host` for batches that share a deadline: one shielded scope for all, a task
+        for each batch but the first, which this task runs if it is a sync batch (sent to its
+        thread, in a copy of this context) or ``in_a_task`` (a task of its own, not the
+        request's). Each batch is finished as soon as it is done."""
         started = time.perf_counter()
+        with anyio.CancelScope(shield=True, deadline=batches[0][0].deadline) as scope:
+            first = batches[0] if in_a_task or batches[0][0].field.kind is Kind.SYNC else None
+            if first is not None and len(batches) == 1:
+                await self._run_batch(first, scope, started)
+                return
+            async with anyio.create_task_group() as task_group:
+                for batch in batches[1:] if first is not None else batches:
+                    task_group.start_soon(self._run_batch, batch, scope, started)
+                if first is not None:
+                    await self._run_batch(first, scope, started)
+
+    async def _run_batch(self, runs: list[Run], scope: anyio.CancelScope, started: float) -> None:
+        """Run a batch's checks (or take a shared run's result) in ``scope``, then, when they
+        are done or at the deadline, record each outcome and log it."""
         try:
-            with anyio.CancelScope(shield=True, deadline=runs[0].deadline) as scope:
-                shared = self._sharing_of(runs[0])
-                if shared is None:
-                    await self._execute(runs, scope)
-                else:
-                    await self._execute_shared(runs[0], scope, *shared)
+            shared = self._sharing_of(runs[0])
+            if shared is None:
+                await self._execute(runs, scope)
+            else:
+                await self._execute_shared(runs[0], scope, *shared)
         except Exception as exc:  # around the check (its app context's push or pop): its field's
             for run in runs:
                 self._failed(run, exc, started)
-        for run in runs:
-            self._finish(run, time.perf_counter() - started)
-            self._run_ahead(run)
+        finally:  # at the deadline too: the runs time out
+            for run in runs:
+                self._finish(run, time.perf_counter() - started)
+                self._run_ahead(run)
 
     def _run_ahead(self, run: Run) -> None:
         """Start the field's next run now, when requests joined this one.
