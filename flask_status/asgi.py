@@ -164,12 +164,10 @@ class StatusMiddleware:
                     placement.after_in_thread, exchange.finish
                 )
             except BaseException as exc:
-                # Cancelled between steps or during one: the teardowns run anyway, once the
-                # step has returned (see Placement).
-                with anyio.CancelScope(shield=True):
-                    await placement.run(
-                        placement.after_in_thread, functools.partial(exchange.give_up, exc)
-                    )
+                # Cancelled (or failed) between steps or during one: the teardowns run anyway,
+                # in a task of their own, that this one waits for however often it is cancelled.
+                async with anyio.create_task_group() as task_group:
+                    task_group.start_soon(_give_up, placement, exchange, exc)
                 raise
             if exchange.stream is not None:
                 await _send_stream(send, receive, status, headers, exchange.stream)
@@ -205,6 +203,22 @@ class StatusMiddleware:
             if hasattr(stream, "close"):
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(stream.close, limiter=self._limiter)
+
+
+async def _give_up(placement: Placement, exchange: Exchange, error: BaseException) -> None:
+    """Tear down a request that ``error`` stopped, once its step has returned (see Placement).
+
+    A task of its own: a task group waits for its tasks through asyncio's ``task.cancel()``
+    too, which goes through anyio's shield. A teardown function that raises is logged: what
+    stopped the request is what the server hears.
+    """
+    with anyio.CancelScope(shield=True):
+        try:
+            await placement.run(
+                placement.after_in_thread, functools.partial(exchange.give_up, error)
+            )
+        except Exception:
+            exchange.app.logger.exception("status: tearing down a request that did not finish")
 
 
 class Exchange:

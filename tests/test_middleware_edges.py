@@ -423,12 +423,15 @@ def record_signal(app: Flask, signal: Any, ran: list[str], name: str) -> None:
 
 
 @pytest.mark.parametrize("hook", ["before_request", "after_request"])
-@pytest.mark.parametrize("cancelled", ["while the hook runs", "as the hook returns"])
+@pytest.mark.parametrize(
+    "cancelled", ["while the hook runs", "twice while the hook runs", "as the hook returns"]
+)
 def test_a_request_cancelled_in_a_hook_is_torn_down(
     loop: LoopThread, hook: str, cancelled: str
 ) -> None:
-    """As when the server cancels it at shutdown: the teardowns run once the hook has
-    returned (never beside it), once, off the loop, and the request's task ends after them."""
+    """As when the server cancels it at shutdown (uvicorn, then asyncio.run's cancelling every
+    task): the teardowns run once the hook has returned (never beside it), once, off the loop,
+    and the request's task ends after them."""
     app = Flask(__name__)
     ran: list[str] = []
     slow_hook = SlowHook(ran)
@@ -447,7 +450,7 @@ def test_a_request_cancelled_in_a_hook_is_torn_down(
     if cancelled == "as the hook returns":
         request_in_flight.cancel_as_it_returns(slow_hook.release, slow_hook.returned)
     else:
-        request_in_flight.cancel(times=1)
+        request_in_flight.cancel(times=2 if cancelled.startswith("twice") else 1)
         slow_hook.release.set()
 
     assert request_in_flight.ended.wait(REQUEST_LIMIT)
@@ -487,3 +490,29 @@ def test_a_request_cancelled_before_its_hook_starts_runs_no_code_of_the_app(
     assert ran == []
     assert get(loop, asgi_app, URL).status == 200
     assert ran == ["contexts pushed", "hook", "teardown"]
+
+
+def test_a_teardown_that_raises_in_a_cancelled_request_is_logged(
+    loop: LoopThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server hears the cancellation; the app's log gets the teardown's error."""
+    app = Flask(__name__)
+    ran: list[str] = []
+    slow_hook = SlowHook(ran)
+    app.before_request(slow_hook)
+
+    @app.teardown_request
+    def close(error: BaseException | None) -> None:
+        raise ConnectionError("the session store went away")
+
+    FlaskStatus(app).add_field("db", "up")
+    request_in_flight = InFlight(loop, app, ran)
+    assert slow_hook.started.wait(REQUEST_LIMIT)
+    request_in_flight.cancel(times=1)
+    slow_hook.release.set()
+
+    assert request_in_flight.ended.wait(REQUEST_LIMIT)
+    assert ran == ["hook returned", "request cancelled"]
+    (logged,) = [record for record in caplog.records if record.exc_info]
+    assert logged.name == app.logger.name
+    assert "the session store went away" in str(logged.exc_info[1])  # type: ignore[index]
