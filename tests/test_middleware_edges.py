@@ -516,3 +516,30 @@ def test_a_teardown_that_raises_in_a_cancelled_request_is_logged(
     (logged,) = [record for record in caplog.records if record.exc_info]
     assert logged.name == app.logger.name
     assert "the session store went away" in str(logged.exc_info[1])  # type: ignore[index]
+
+
+def test_a_request_cancelled_while_its_checks_run_is_torn_down(loop: LoopThread) -> None:
+    """No code of the app's runs then (its checks' runs are the engine's, which other
+    requests may share): the teardowns run once, off the loop, before the task ends."""
+    app = Flask(__name__)
+    ran: list[str] = []
+    checking, release = threading.Event(), threading.Event()
+
+    def slow_database() -> str:
+        checking.set()
+        release.wait(REQUEST_LIMIT)
+        return "up"
+
+    @app.teardown_request
+    def close(error: BaseException | None) -> None:
+        on_loop = threading.current_thread() is loop.thread
+        ran.append(f"teardown saw {type(error).__name__}, on the loop: {on_loop}")
+
+    FlaskStatus(app, timeout=2 * REQUEST_LIMIT).add_field("db", slow_database)
+    request_in_flight = InFlight(loop, app, ran)
+    assert checking.wait(REQUEST_LIMIT)
+    request_in_flight.cancel(times=1)
+    release.set()
+
+    assert request_in_flight.ended.wait(REQUEST_LIMIT)
+    assert ran == ["teardown saw CancelledError, on the loop: False", "request cancelled"]
