@@ -429,9 +429,9 @@ def record_signal(app: Flask, signal: Any, ran: list[str], name: str) -> None:
 def test_a_request_cancelled_in_a_hook_is_torn_down(
     loop: LoopThread, hook: str, cancelled: str
 ) -> None:
-    """As when the server cancels it at shutdown (uvicorn, then asyncio.run's cancelling every
-    task): the teardowns run once the hook has returned (never beside it), once, off the loop,
-    and the request's task ends after them."""
+    """As when the server cancels it at shutdown, once or more: the teardowns run once the
+    hook has returned (never beside it), once, off the loop, and the request's task ends after
+    them."""
     app = Flask(__name__)
     ran: list[str] = []
     slow_hook = SlowHook(ran)
