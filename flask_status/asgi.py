@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import inspect
 import io
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import anyio
@@ -162,10 +164,10 @@ class StatusMiddleware:
                     placement.after_in_thread, exchange.finish
                 )
             except BaseException as exc:
-                if not exchange.torn_down:  # cancelled between steps: the teardowns run anyway
-                    exchange.error = exc
-                    with anyio.CancelScope(shield=True):
-                        await placement.run(placement.after_in_thread, exchange.tear_down)
+                # Cancelled (or failed) between steps or during one: the teardowns run anyway,
+                # in a task of their own, that this one waits for however often it is cancelled.
+                async with anyio.create_task_group() as task_group:
+                    task_group.start_soon(_give_up, placement, exchange, exc)
                 raise
             if exchange.stream is not None:
                 await _send_stream(send, receive, status, headers, exchange.stream)
@@ -203,6 +205,22 @@ class StatusMiddleware:
                     await anyio.to_thread.run_sync(stream.close, limiter=self._limiter)
 
 
+async def _give_up(placement: Placement, exchange: Exchange, error: BaseException) -> None:
+    """Tear down a request that ``error`` stopped, once its step has returned (see Placement).
+
+    A task of its own: a task group waits for its tasks through asyncio's ``task.cancel()``
+    too, which goes through anyio's shield. A teardown function that raises is logged: what
+    stopped the request is what the server hears.
+    """
+    with anyio.CancelScope(shield=True):
+        try:
+            await placement.run(
+                placement.after_in_thread, functools.partial(exchange.give_up, error)
+            )
+        except Exception:
+            exchange.app.logger.exception("status: tearing down a request that did not finish")
+
+
 class Exchange:
     """One status request, served in the steps of Flask's ``wsgi_app``.
 
@@ -227,6 +245,8 @@ class Exchange:
 
     def begin(self) -> None:
         """Push the contexts, then ``full_dispatch_request`` up to the view's return value."""
+        if self.torn_down:  # given up on before its thread started: Flask never saw it
+            return
         app = self.app
         self._token = deferred.set(self.handover)
         try:
@@ -305,6 +325,12 @@ class Exchange:
         except Exception as exc:
             return self.app.handle_user_exception(exc)
 
+    def give_up(self, error: BaseException) -> None:
+        """Tear down a request stopped by ``error`` (a cancellation), unless its step did."""
+        if not self.torn_down:
+            self.error = error
+            self.tear_down()
+
     def tear_down(self) -> None:
         """Pop the contexts: teardown functions see the error, unless Flask ignores it."""
         self.torn_down = True
@@ -367,19 +393,31 @@ class Placement:
     thread runs in a copy of the caller's: so every step runs in ``context``, one
     ``contextvars.Context`` for the request (None: the request's task's own, when no step
     runs in a thread).
+
+    A step in a worker thread takes ``turn`` first. anyio's shield keeps the request's task
+    waiting for the thread through anyio's cancellation, not through asyncio's own
+    ``task.cancel()`` (a server's, at shutdown): then the task goes on to the teardown while
+    the step still runs, and the teardown must wait for it, not enter the context beside it.
     """
 
     context: contextvars.Context | None
     before_in_thread: bool
     after_in_thread: bool
     limiter: anyio.CapacityLimiter
+    turn: threading.Lock = field(default_factory=threading.Lock)
 
     async def run(self, in_thread: bool, step: Callable[[], T]) -> T:
         if self.context is None:
             return step()
         if in_thread:
-            return await anyio.to_thread.run_sync(self.context.run, step, limiter=self.limiter)
+            return await anyio.to_thread.run_sync(
+                self._in_turn, self.context, step, limiter=self.limiter
+            )
         return self.context.run(step)
+
+    def _in_turn(self, context: contextvars.Context, step: Callable[[], T]) -> T:
+        with self.turn:
+            return context.run(step)
 
     async def wait(self, step: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Await ``step`` on the loop, seeing the request's context."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 from collections.abc import Iterable
@@ -11,7 +12,7 @@ import anyio
 import anyio.to_thread
 import pytest
 from asgiref.wsgi import WsgiToAsgi
-from clients import REQUEST_LIMIT, LoopThread, asgi_get
+from clients import REQUEST_LIMIT, LoopThread, asgi_get, middleware
 from flask import (
     Flask,
     Request,
@@ -360,31 +361,185 @@ def test_an_apps_own_session_interface_or_flask_subclass_runs_off_the_loop(
     assert ran and loop.thread.name not in ran
 
 
-def test_a_request_cancelled_in_a_hook_is_torn_down(loop: LoopThread) -> None:
-    """As when the server cancels it at shutdown: the teardowns run, off the loop."""
-    app = Flask(__name__)
-    in_hook = threading.Event()
-    release = threading.Event()
-    torn_down: list[tuple[str | None, bool]] = []  # the error each saw, and whether on the loop
-    done = threading.Event()
+class InFlight:
+    """A status request served on the loop, that the test cancels as a server does at
+    shutdown (asyncio's own ``task.cancel()``); ``ran`` gets how its task ended."""
 
-    @app.before_request
-    def slow_session_lookup() -> None:
-        in_hook.set()
-        release.wait(REQUEST_LIMIT)
+    def __init__(self, loop: LoopThread, app: Flask, ran: list[str]) -> None:
+        self.loop = loop
+        self.ended = threading.Event()
+
+        def record_end(task: asyncio.Task[Any]) -> None:
+            ending = "cancelled" if task.cancelled() else repr(task.exception())
+            ran.append(f"request {ending}")
+            self.ended.set()
+
+        async def start() -> asyncio.Task[Any]:
+            task = asyncio.ensure_future(asgi_get(middleware(app), URL))
+            task.add_done_callback(record_end)
+            return task
+
+        self.task: asyncio.Task[Any] = loop.run(start())
+
+    def cancel(self, times: int) -> None:
+        """Cancel the request; returns once its task has taken each cancellation in."""
+
+        async def cancel() -> None:
+            for _ in range(times):
+                self.task.cancel()
+                await asyncio.sleep(0)  # the task's wake-up was queued before this one's
+
+        self.loop.run(cancel())
+
+    def cancel_as_it_returns(self, release: threading.Event, returned: threading.Event) -> None:
+        """Let the hook return while the loop is busy, and cancel before the loop sees that."""
+
+        def busy_loop() -> None:
+            release.set()
+            returned.wait(REQUEST_LIMIT)
+            self.task.cancel()
+
+        self.loop.loop.call_soon_threadsafe(busy_loop)
+
+
+class SlowHook:
+    """A before_request or after_request hook that waits for ``release`` (a slow session
+    store), in the thread it was called in."""
+
+    def __init__(self, ran: list[str]) -> None:
+        self.ran = ran
+        self.started, self.release, self.returned = (threading.Event() for _ in range(3))
+
+    def __call__(self, response: Response | None = None) -> Response | None:
+        self.started.set()
+        self.release.wait(REQUEST_LIMIT)
+        self.ran.append("hook returned")
+        self.returned.set()
+        return response
+
+
+def record_signal(app: Flask, signal: Any, ran: list[str], name: str) -> None:
+    signal.connect(lambda sender, **extra: ran.append(name), app, weak=False)
+
+
+@pytest.mark.parametrize("hook", ["before_request", "after_request"])
+@pytest.mark.parametrize(
+    "cancelled", ["while the hook runs", "twice while the hook runs", "as the hook returns"]
+)
+def test_a_request_cancelled_in_a_hook_is_torn_down(
+    loop: LoopThread, hook: str, cancelled: str
+) -> None:
+    """As when the server cancels it at shutdown, once or more: the teardowns run once the
+    hook has returned (never beside it), once, off the loop, and the request's task ends after
+    them."""
+    app = Flask(__name__)
+    ran: list[str] = []
+    slow_hook = SlowHook(ran)
+    getattr(app, hook)(slow_hook)
 
     @app.teardown_request
     def close(error: BaseException | None) -> None:
         on_loop = threading.current_thread() is loop.thread
-        torn_down.append((None if error is None else type(error).__name__, on_loop))
-        done.set()
+        ran.append(f"teardown saw {type(error).__name__}, on the loop: {on_loop}")
 
-    FlaskStatus(app).add_field("db", lambda: "up")
-    request_in_flight = loop.start(asgi_get(StatusMiddleware(WsgiToAsgi(app), app), URL))
-    assert in_hook.wait(REQUEST_LIMIT)
+    record_signal(app, appcontext_popped, ran, "contexts popped")
+    FlaskStatus(app).add_field("db", "up")  # no check: its own app context would signal too
+    request_in_flight = InFlight(loop, app, ran)
+    assert slow_hook.started.wait(REQUEST_LIMIT)
 
-    request_in_flight.cancel()
+    if cancelled == "as the hook returns":
+        request_in_flight.cancel_as_it_returns(slow_hook.release, slow_hook.returned)
+    else:
+        request_in_flight.cancel(times=2 if cancelled.startswith("twice") else 1)
+        slow_hook.release.set()
+
+    assert request_in_flight.ended.wait(REQUEST_LIMIT)
+    # After its view, a request's own steps went on to their end: nothing failed in Flask.
+    error = "CancelledError" if hook == "before_request" else "NoneType"
+    assert ran == [
+        "hook returned",
+        f"teardown saw {error}, on the loop: False",
+        "contexts popped",
+        "request cancelled",
+    ]
+
+
+def test_a_request_cancelled_before_its_hook_starts_runs_no_code_of_the_app(
+    loop: LoopThread,
+) -> None:
+    """Flask never saw it: no context pushed, so no teardown either."""
+    app = Flask(__name__)
+    ran: list[str] = []
+    app.before_request(lambda: ran.append("hook"))
+    app.teardown_request(lambda error: ran.append("teardown"))
+    record_signal(app, appcontext_pushed, ran, "contexts pushed")
+    FlaskStatus(app).add_field("db", "up")
+    asgi_app = middleware(app)
+
+    async def cancel_at_its_first_wait() -> str:
+        task = asyncio.ensure_future(asgi_get(asgi_app, URL))
+        await asyncio.sleep(0)  # the request runs up to its first wait: its hook's thread
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            return "cancelled"
+        return "answered"
+
+    assert loop.run(cancel_at_its_first_wait()) == "cancelled"
+    assert ran == []
+    assert get(loop, asgi_app, URL).status == 200
+    assert ran == ["contexts pushed", "hook", "teardown"]
+
+
+def test_a_teardown_that_raises_in_a_cancelled_request_is_logged(
+    loop: LoopThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server hears the cancellation; the app's log gets the teardown's error."""
+    app = Flask(__name__)
+    ran: list[str] = []
+    slow_hook = SlowHook(ran)
+    app.before_request(slow_hook)
+
+    @app.teardown_request
+    def close(error: BaseException | None) -> None:
+        raise ConnectionError("the session store went away")
+
+    FlaskStatus(app).add_field("db", "up")
+    request_in_flight = InFlight(loop, app, ran)
+    assert slow_hook.started.wait(REQUEST_LIMIT)
+    request_in_flight.cancel(times=1)
+    slow_hook.release.set()
+
+    assert request_in_flight.ended.wait(REQUEST_LIMIT)
+    assert ran == ["hook returned", "request cancelled"]
+    (logged,) = [record for record in caplog.records if record.exc_info]
+    assert logged.name == app.logger.name
+    assert "the session store went away" in str(logged.exc_info[1])  # type: ignore[index]
+
+
+def test_a_request_cancelled_while_its_checks_run_is_torn_down(loop: LoopThread) -> None:
+    """No code of the app's runs then (its checks' runs are the engine's, which other
+    requests may share): the teardowns run once, off the loop, before the task ends."""
+    app = Flask(__name__)
+    ran: list[str] = []
+    checking, release = threading.Event(), threading.Event()
+
+    def slow_database() -> str:
+        checking.set()
+        release.wait(REQUEST_LIMIT)
+        return "up"
+
+    @app.teardown_request
+    def close(error: BaseException | None) -> None:
+        on_loop = threading.current_thread() is loop.thread
+        ran.append(f"teardown saw {type(error).__name__}, on the loop: {on_loop}")
+
+    FlaskStatus(app, timeout=2 * REQUEST_LIMIT).add_field("db", slow_database)
+    request_in_flight = InFlight(loop, app, ran)
+    assert checking.wait(REQUEST_LIMIT)
+    request_in_flight.cancel(times=1)
     release.set()
 
-    assert done.wait(REQUEST_LIMIT)
-    assert torn_down == [("CancelledError", False)]
+    assert request_in_flight.ended.wait(REQUEST_LIMIT)
+    assert ran == ["teardown saw CancelledError, on the loop: False", "request cancelled"]
