@@ -598,7 +598,7 @@ def scenario() -> tuple[list[Row], str]:
     try:
         import yappi  # noqa: F401
     except ImportError:
-        why = "yappi is not installed (`make bench` installs it)"
+        why = "yappi is not installed (the `dev` extra, which `make bench` installs, has it)"
         return [not_run(TITLE, CONTENDERS[OURS], why)], ""
     measured = measure_all()
     rows = []
