@@ -185,7 +185,17 @@ RULES = [
             "_was_quick",
         ),
     ),
-    Rule(TASKS, "flask_status/engine.py", named("Evaluator._host", "_wait")),
+    Rule(
+        TASKS,
+        "flask_status/engine.py",
+        named(
+            "Evaluator._host",
+            "Evaluator._host_together",
+            "Evaluator._run_batch",
+            "_wait",
+            "Evaluator._wait",
+        ),
+    ),
     Rule(
         CHECKS,
         "flask_status/engine.py",
@@ -197,6 +207,7 @@ RULES = [
             "Evaluator._call_all",
             "Evaluator._running",
             "Evaluator._sharing_of",
+            "_awaitable",
         ),
     ),
     Rule(
