@@ -573,7 +573,6 @@ class Evaluator:
         finally:  # at the deadline too: the runs time out
             for run in runs:
                 self._finish(run, time.perf_counter() - started)
-                self._run_ahead(run)
 
     def _run_ahead(self, run: Run) -> None:
         """Start the field's next run now, when requests joined this one.
@@ -774,6 +773,9 @@ class Evaluator:
         state = self._state(run.field)
         if run.field.interval is not None:
             state.last_background = run
+        # The next run starts before the waiters wake: they may be many, and each goes on with
+        # its whole answer before the loop would get to a run started after them.
+        self._run_ahead(run)
         if run.done is not None:
             run.done.set()
         error, run.error = run.error, None

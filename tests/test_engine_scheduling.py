@@ -49,6 +49,11 @@ def slow_checks(status: FlaskStatus, count: int) -> dict[str, float]:
 
 def asgi_get(app: Any, path: str) -> tuple[int, dict[str, Any]]:
     """One GET through an ASGI app, on a fresh event loop."""
+    return asyncio.run(asgi_call(app, path))
+
+
+async def asgi_call(app: Any, path: str) -> tuple[int, dict[str, Any]]:
+    """One GET through an ASGI app, on the running event loop: its status and JSON body."""
     messages: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
@@ -69,7 +74,7 @@ def asgi_get(app: Any, path: str) -> tuple[int, dict[str, Any]]:
         "server": ("127.0.0.1", 80),
         "client": ("127.0.0.1", 12345),
     }
-    asyncio.run(app(scope, receive, send))
+    await app(scope, receive, send)
     return messages[0]["status"], json.loads(messages[1]["body"])
 
 
@@ -275,3 +280,57 @@ def test_joined_runs_are_followed_at_once_by_the_next_one_and_only_while_joined(
         assert client.get("/api/status").get_json()["slow"] == expected  # one run per probe
     time.sleep(0.2)
     assert check.runs == runs_after_load + 3
+
+
+def test_the_next_run_starts_before_the_requests_that_joined_a_run_go_on() -> None:
+    """Under a burst of probes the run they joined is followed at once by the next one (run
+    ahead). It starts before they go on with their answers: started after them, it would wait
+    for all of their answers, and every wave of probes would wait that much longer."""
+    app = Flask(__name__)
+    order: list[str] = []
+    in_flight: list[asyncio.Event] = []
+
+    async def slow() -> bool:
+        order.append("run starts")
+        in_flight[0].set()
+        await asyncio.sleep(0.05)
+        return True
+
+    FlaskStatus(app, timeout=2).add_field("slow", slow)
+    asgi_app = StatusMiddleware(WsgiToAsgi(app), app)
+
+    async def probe(name: str) -> None:
+        assert (await asgi_call(asgi_app, "/api/status"))[0] == 200
+        order.append(f"{name} answered")
+
+    async def main() -> None:
+        in_flight.append(asyncio.Event())
+        shutdown = asyncio.Event()
+        started = asyncio.Event()
+        startup = [{"type": "lifespan.startup"}]
+
+        async def lifespan_receive() -> dict[str, Any]:
+            if startup:
+                return startup.pop()
+            await shutdown.wait()
+            return {"type": "lifespan.shutdown"}
+
+        async def lifespan_send(message: dict[str, Any]) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                started.set()
+
+        lifespan = asyncio.ensure_future(
+            asgi_app(
+                {"type": "lifespan", "asgi": {"version": "3.0"}}, lifespan_receive, lifespan_send
+            )
+        )
+        await started.wait()
+        first = asyncio.ensure_future(probe("the request that started it"))
+        await in_flight[0].wait()
+        await probe("a request that joined it")
+        await first
+        shutdown.set()
+        await lifespan
+
+    asyncio.run(main())
+    assert order.index("run starts", 1) < order.index("a request that joined it answered")
