@@ -129,16 +129,16 @@ class Telemetry:
 class _Current:
     """A span made current in the calling context, and detached from it on exit."""
 
+    token: Token[Context]
+
     def __init__(self, span: Span) -> None:
         self.span = span
-        self.token: Token[Context] | None = None
 
     def __enter__(self) -> None:
         self.token = context.attach(trace.set_span_in_context(self.span))
 
     def __exit__(self, *exc_info: object) -> None:
-        if self.token is not None:
-            context.detach(self.token)
+        context.detach(self.token)
 
 
 #: What a run whose span records nothing makes current: nothing.
