@@ -2,12 +2,14 @@
 tracer and meter providers (an app that configured the SDK gets them with no code of ours).
 
 On when ``opentelemetry-api`` is importable (the ``otel`` extra), unless a route's
-``telemetry`` setting is off. Without an SDK the API's providers are no-ops: a run then costs a
-non-recording span and a few no-op calls.
+``telemetry`` setting is off. While no tracer provider is set (no SDK), a run asks no tracer:
+its span is the API's invalid one, which records nothing, and its measurement goes to the API's
+no-op histogram.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import weakref
 from collections.abc import Iterable
@@ -24,8 +26,11 @@ else:
     AVAILABLE = True
 
 if TYPE_CHECKING:
+    from contextvars import Token
+
+    from opentelemetry.context import Context
     from opentelemetry.metrics import CallbackOptions, Observation
-    from opentelemetry.trace import Span
+    from opentelemetry.trace import Span, Tracer
 
     from .fields import Field
 
@@ -43,7 +48,10 @@ class Telemetry:
     def __init__(self, route: str, expose_errors: bool) -> None:
         self.route = route
         self.expose_errors = expose_errors
-        self.tracer = trace.get_tracer(SCOPE)
+        # The tracer of the provider the app set (the SDK's); None while none is set. Asking
+        # for it first loads a provider named in the environment, as the API does.
+        tracer = trace.get_tracer(SCOPE)
+        self._tracer: Tracer | None = tracer if _tracer_provider_set() else None
         instruments = _instruments()
         self.duration = instruments.duration
         # key -> (1 healthy or degraded / 0 failing, attributes): what the gauge reports.
@@ -53,31 +61,44 @@ class Telemetry:
         self.runs: dict[tuple[str, str], int] = {}
         self._runs_lock = threading.Lock()  # runs finish on the server's loop and ours
         instruments.routes.add(self)
-        # Attributes by field key (and result): made once, not per run.
-        self._attributes: dict[tuple[str, str | None], dict[str, str]] = {}
+        # A field's metric attributes by its key: made once, not per run.
+        self._attributes: dict[str, dict[str, str]] = {}
 
     def start(self, item: Field) -> Span:
-        """The span of a run of ``item`` starting now, a child of the current span if any."""
-        return self.tracer.start_span(f"status check {item.key}")
+        """The span of a run of ``item`` starting now, a child of the current span if any;
+        :data:`~opentelemetry.trace.INVALID_SPAN` (nothing to record) while no tracer provider
+        is set."""
+        tracer = self._tracer
+        if tracer is None:
+            if not _tracer_provider_set():
+                return trace.INVALID_SPAN
+            # Set since this route was made: from now on its tracer, not the API's proxy.
+            tracer = self._tracer = trace.get_tracer(SCOPE)
+        return tracer.start_span(f"status check {item.key}")
 
-    def running(self, span: Span | None) -> _Current:
+    def running(self, span: Span | None) -> contextlib.AbstractContextManager[None]:
         """Make ``span`` current while the check runs: spans the check opens nest under it."""
-        return _Current(span if span is not None and span.is_recording() else None)
+        if span is None or span is trace.INVALID_SPAN or not span.is_recording():
+            return _NOT_CURRENT
+        return _Current(span)
 
     def finish(
         self, span: Span, item: Field, outcome: Outcome, error: BaseException | None
     ) -> None:
         """End a run's span and count the run: ``outcome`` is what the check produced."""
-        result = outcome.result
-        self.duration.record(outcome.duration, self._labels(item.key, None))
+        key, result = item.key, outcome.result
+        self.duration.record(outcome.duration, self._labels(key))
+        run = (key, result)
         with self._runs_lock:
-            self.runs[item.key, result] = self.runs.get((item.key, result), 0) + 1
+            self.runs[run] = self.runs.get(run, 0) + 1
+        if span is trace.INVALID_SPAN:
+            return
         if not span.is_recording():
             span.end()
             return
         span.set_attributes(
             {
-                "health_check.name": item.key,
+                "health_check.name": key,
                 "health_check.route": self.route,
                 "health_check.result": result,
                 "health_check.duration": outcome.duration,
@@ -93,32 +114,47 @@ class Telemetry:
         """Keep what the gauge reports of a field: what it shows, thresholds applied, after
         each of its finished runs (another process's included) and once it is stale (a state
         listener)."""
-        self.states[item.key] = (1 if outcome.ok else 0, self._labels(item.key, None))
+        self.states[item.key] = (1 if outcome.ok else 0, self._labels(item.key))
 
-    def _labels(self, key: str, result: str | None) -> dict[str, str]:
-        labels = self._attributes.get((key, result))
+    def _labels(self, key: str) -> dict[str, str]:
+        labels = self._attributes.get(key)
         if labels is None:
-            labels = {"health_check.name": key, "health_check.route": self.route}
-            if result is not None:
-                labels["health_check.result"] = result
-            self._attributes[key, result] = labels
+            labels = self._attributes[key] = {
+                "health_check.name": key,
+                "health_check.route": self.route,
+            }
         return labels
 
 
 class _Current:
     """A span made current in the calling context, and detached from it on exit."""
 
-    def __init__(self, span: Span | None) -> None:
+    token: Token[Context]
+
+    def __init__(self, span: Span) -> None:
         self.span = span
-        self.token: object = None
 
     def __enter__(self) -> None:
-        if self.span is not None:
-            self.token = context.attach(trace.set_span_in_context(self.span))
+        self.token = context.attach(trace.set_span_in_context(self.span))
 
     def __exit__(self, *exc_info: object) -> None:
-        if self.token is not None:
-            context.detach(self.token)  # type: ignore[arg-type]
+        context.detach(self.token)
+
+
+#: What a run whose span records nothing makes current: nothing.
+_NOT_CURRENT = contextlib.nullcontext()
+
+
+def _tracer_provider_set() -> bool:
+    """Whether the app set a global tracer provider (the SDK's, say).
+
+    Asked per run until one is set, so that a provider set after the route was made gets the
+    next run's span. ``trace.get_tracer_provider()`` would tell too, but it looks up an
+    environment variable on every call while none is set, which costs more than the run's
+    no-op span; the API keeps the provider in ``_TRACER_PROVIDER`` (1.20 to 1.45 at least).
+    Should that name go, this says "set", and every run asks the tracer as before.
+    """
+    return getattr(trace, "_TRACER_PROVIDER", trace) is not None
 
 
 def _error_type(outcome: Outcome, error: BaseException | None) -> str:
@@ -168,7 +204,8 @@ class _Instruments:
             with route._runs_lock:
                 counts = list(route.runs.items())
             for (key, result), runs in counts:
-                observed.append(metrics.Observation(runs, route._labels(key, result)))
+                labels = {**route._labels(key), "health_check.result": result}
+                observed.append(metrics.Observation(runs, labels))
         return observed
 
 

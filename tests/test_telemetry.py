@@ -434,6 +434,92 @@ print([value for _, value in metric_points("health_check.status")])
     assert done.stdout.splitlines() == ["['status check up']", "[1]"]
 
 
+def test_an_sdk_configured_after_the_route_served_records_the_next_runs() -> None:
+    """In a process of its own: the route serves requests before any provider is set (its runs
+    record nothing), then the app sets the SDK; the next run has its span, with the check's
+    own span nested in it, and its measurement."""
+    script = """
+from flask import Flask
+from opentelemetry import trace
+from flask_status import FlaskStatus
+app = Flask("late_sdk")
+tracer = trace.get_tracer("late_sdk")
+def up():
+    with tracer.start_as_current_span("query"):
+        return "ok"
+FlaskStatus(app).add_field("up", up)
+client = app.test_client()
+print([client.get("/api/status").status_code for _ in range(2)])
+from otel_memory import configure, finished_spans, metric_points
+configure()
+print(client.get("/api/status").status_code)
+spans = {span["name"]: span for span in finished_spans()}
+print(sorted(spans))
+print(spans["query"]["parent_id"] == spans["status check up"]["span_id"])
+print([value for _, value in metric_points("health_check.duration")])
+"""
+    done = run_script(script)
+    assert done.stdout.splitlines() == [
+        "[200, 200]",
+        "200",
+        "['query', 'status check up']",
+        "True",
+        "[1]",  # the run after the SDK was set: one measurement
+    ]
+
+
+def test_a_tracer_provider_named_in_the_environment_is_used() -> None:
+    """In a process of its own: ``OTEL_PYTHON_TRACER_PROVIDER`` names the SDK's provider, which
+    the API loads when first asked; a check sees its run's span, recording, as the current one."""
+    script = """
+import os
+os.environ["OTEL_PYTHON_TRACER_PROVIDER"] = "sdk_tracer_provider"
+from flask import Flask
+from opentelemetry import trace
+from flask_status import FlaskStatus
+app = Flask("environment_provider")
+def up():
+    return trace.get_current_span().is_recording()
+FlaskStatus(app).add_field("up", up)
+print(app.test_client().get("/api/status").get_json()["up"])
+"""
+    assert run_script(script).stdout.split() == ["True"]
+
+
+def test_metrics_alone_are_recorded_without_a_tracer_provider() -> None:
+    """In a process of its own whose app set a meter provider and no tracer provider."""
+    script = """
+from flask import Flask
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from flask_status import FlaskStatus
+reader = InMemoryMetricReader()
+metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+app = Flask("metrics_only")
+status = FlaskStatus(app)
+status.add_field("up", lambda: "ok")
+status.add_field("down", lambda: 1 / 0, critical=False)
+print(app.test_client().get("/api/status").status_code)
+points = {}
+for resource in reader.get_metrics_data().resource_metrics:
+    for scope in resource.scope_metrics:
+        for metric in scope.metrics:
+            for point in metric.data.data_points:
+                name = point.attributes["health_check.name"]
+                value = getattr(point, "value", None)
+                points[metric.name, name] = point.count if value is None else value
+print(sorted(points.items()))
+"""
+    done = run_script(script)
+    assert done.stdout.splitlines() == [
+        "200",
+        "[(('health_check.duration', 'down'), 1), (('health_check.duration', 'up'), 1),"
+        " (('health_check.runs', 'down'), 1), (('health_check.runs', 'up'), 1),"
+        " (('health_check.status', 'down'), 0), (('health_check.status', 'up'), 1)]",
+    ]
+
+
 def test_a_skipped_run_has_its_span_and_is_counted() -> None:
     app, status = instrumented("/telemetry-skipped")
     status.add_field("broker", _refused)
