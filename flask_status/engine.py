@@ -617,8 +617,11 @@ class Evaluator:
         for run in runs:
             produced = run.produced
             if not isinstance(produced, Outcome) and _awaitable(produced):
-                # a plain function returned one
-                await self._await(run, functools.partial(_awaited, produced), scope)
+                # A plain function returned one: awaited in a task (this may be the request's
+                # own), so that what it leaves in its context stays there.
+                async with anyio.create_task_group() as task_group:
+                    check = functools.partial(_awaited, produced)
+                    task_group.start_soon(self._await, run, check, scope)
 
     def _open_span(self, run: Run) -> None:
         """Open the run's span, in the context of whoever started the run."""
