@@ -8,7 +8,6 @@ import threading
 import time
 
 import anyio
-
 from clients import (
     Answer,
     AsgiClient,
@@ -100,9 +99,9 @@ def test_a_finished_run_reused_through_the_cache_is_listed_as_cached() -> None:
 
 def test_requests_that_join_a_batch_get_what_a_check_returned_before_its_sibling_hung() -> None:
     """Quick sync checks share a thread: one returned at once, the next hangs, so both runs end
-    at the deadline (an async check shares it). Each of the requests that came meanwhile shows what the first returned,
-    as the one that started the runs does, never "timed out" because it stopped waiting at
-    the very deadline that ends them."""
+    at the deadline (an async check shares it). Each request that came meanwhile shows what
+    the first returned, as the one that started the runs does, never "timed out" because it
+    stopped waiting at the very deadline that ends them."""
     gate = Gate()
     hang = threading.Event()
 
