@@ -305,9 +305,11 @@ class Evaluator:
             [*quick.values(), *hosted], key=lambda batch: batch[0].field.kind is Kind.ASYNC
         ):
             groups.setdefault(batch[0].deadline, []).append(batch)
-        # A dependent's run may end just after its deadline, skipped because of a parent that
-        # timed out at that deadline (waited for up to the grace of one that outruns it).
-        joined = [(run, 2 * OVERRUN_GRACE if run.field.depends_on else 0.0) for run in waited]
+        # A joined run is finished by its host once the deadline has cancelled it (a check that
+        # returned beside one that hung shows its value): wait for that, up to the grace of a
+        # check that outruns it. A dependent's run may end just after its deadline, skipped
+        # because of a parent that timed out at that deadline (waited for up to that grace).
+        joined = [(run, (2 if run.field.depends_on else 1) * OVERRUN_GRACE) for run in waited]
         if len(groups) == 1 and not alone and not dependents:
             # One deadline for all (the usual): the evaluation's own task hosts them, then
             # waits for the runs it joined (which ran meanwhile).
@@ -614,8 +616,11 @@ class Evaluator:
         for run in runs:
             produced = run.produced
             if not isinstance(produced, Outcome) and _awaitable(produced):
-                # a plain function returned one
-                await self._await(run, functools.partial(_awaited, produced), scope)
+                # A plain function returned one: awaited in a task (this may be the request's
+                # own), so that what it leaves in its context stays there.
+                async with anyio.create_task_group() as task_group:
+                    check = functools.partial(_awaited, produced)
+                    task_group.start_soon(self._await, run, check, scope)
 
     def _open_span(self, run: Run) -> None:
         """Open the run's span, in the context of whoever started the run."""

@@ -206,6 +206,25 @@ def test_sync_function_returning_a_coroutine_reports_its_value(make_client: Make
     }
 
 
+def test_a_coroutine_that_leaves_a_context_pushed_costs_only_its_field(
+    make_client: MakeClient,
+) -> None:
+    """A plain function's coroutine that pushes a context and never pops it: what it leaves
+    in its context is its own, not the request's (whose contexts Flask then pops)."""
+    app = Flask(__name__)
+
+    async def leaky() -> str:
+        app.test_request_context("/elsewhere").push()  # the mistake: never popped
+        return "up"
+
+    FlaskStatus(app).add_field("leaky", lambda: leaky())
+    client = make_client(app)
+    for _ in range(2):
+        answer = client.get(URL)
+        assert answer.status == 200
+        assert answer.json() == {"leaky": "up", "status": "OK"}
+
+
 def test_async_check_blocking_the_event_loop(make_client: MakeClient) -> None:
     blocking_seconds = 0.4
 

@@ -3,10 +3,21 @@ another event loop is not waited for; a run joined in flight is fresh, never "ca
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
-from clients import AsgiClient, LoopThread, WsgiClient, in_threads, timed_get
+import anyio
+from clients import (
+    Answer,
+    AsgiClient,
+    Gate,
+    LoopThread,
+    WsgiClient,
+    asgi_get,
+    in_threads,
+    timed_get,
+)
 from flask import Flask
 
 from flask_status import FlaskStatus
@@ -84,3 +95,42 @@ def test_a_finished_run_reused_through_the_cache_is_listed_as_cached() -> None:
 
     assert "cached" not in first
     assert set(second["cached"]) == {"dep"}
+
+
+def test_requests_that_join_a_batch_get_what_a_check_returned_before_its_sibling_hung() -> None:
+    """Quick sync checks share a thread: one returned at once, the next hangs, so both runs end
+    at the deadline (an async check shares it). Each request that came meanwhile shows what
+    the first returned, as the one that started the runs does, never "timed out" because it
+    stopped waiting at the very deadline that ends them."""
+    gate = Gate()
+    hang = threading.Event()
+
+    def second() -> str:
+        if hang.is_set():
+            gate.wait()
+        return "b"
+
+    async def third() -> str:
+        await anyio.sleep(0.01)
+        return "c"
+
+    app = Flask(__name__)
+    status = FlaskStatus(app, timeout=0.3)
+    status.add_field("first", lambda: "a")
+    status.add_field("second", second, critical=False)
+    status.add_field("third", third)
+    loop = LoopThread()
+    try:
+        client = AsgiClient(app, loop)
+        assert client.get(URL).json() == {"status": "OK", "first": "a", "second": "b", "third": "c"}
+        hang.set()
+
+        async def burst() -> list[Answer]:  # together, on the server's loop
+            return await asyncio.gather(*(asgi_get(client.asgi_app, URL) for _ in range(32)))
+
+        answers = loop.run(burst())
+    finally:
+        gate.release()
+        loop.close()
+
+    assert [answer.json()["first"] for answer in answers] == ["a"] * 32
