@@ -17,6 +17,22 @@ from typing import Any
 from flask import Flask, jsonify
 
 URL = "/api/status"
+#: The ASGI scope of a GET of the status route, for the scenarios that call an ASGI app in
+#: process (copy it per call: an app may write into it).
+STATUS_GET_SCOPE: dict[str, Any] = {
+    "type": "http",
+    "asgi": {"version": "3.0"},
+    "http_version": "1.1",
+    "method": "GET",
+    "scheme": "http",
+    "path": URL,
+    "raw_path": URL.encode(),
+    "root_path": "",
+    "query_string": b"",
+    "headers": [(b"host", b"127.0.0.1")],
+    "client": ("127.0.0.1", 50000),
+    "server": ("127.0.0.1", 8000),
+}
 BARE_URL = "/bare"  # a bare route beside the status route, on the real servers
 RUNS_URL = "/runs"  # how many times each check ran, where the app counts them
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import servers
+from apps import STATUS_GET_SCOPE, URL
 from asgiref.wsgi import WsgiToAsgi
 from flask import Flask
 
@@ -39,7 +40,6 @@ from flask_status import FlaskStatus
 from flask_status.asgi import StatusMiddleware
 
 HERE = Path(__file__).resolve().parent
-URL = "/api/status"
 #: Environment variable naming the app uvicorn serves (a key of ``APPS``).
 APP_ENV = "ASGI_HOP_APP"
 
@@ -83,22 +83,6 @@ def create() -> StatusMiddleware:
     return StatusMiddleware(WsgiToAsgi(app), app)  # type: ignore[no-untyped-call]
 
 
-SCOPE = {
-    "type": "http",
-    "asgi": {"version": "3.0"},
-    "http_version": "1.1",
-    "method": "GET",
-    "scheme": "http",
-    "path": URL,
-    "raw_path": URL.encode(),
-    "root_path": "",
-    "query_string": b"",
-    "headers": [(b"host", b"localhost")],
-    "client": ("127.0.0.1", 40000),
-    "server": ("127.0.0.1", 80),
-}
-
-
 @dataclass
 class Timings:
     """One app's requests: the latency of each, by round, and the CPU time they took."""
@@ -128,7 +112,7 @@ async def in_process(asgi_app: Any, requests: int) -> tuple[list[float], float]:
     cpu_started = time.process_time()
     for _ in range(requests):
         started = time.perf_counter()
-        await asgi_app(dict(SCOPE), receive, send)
+        await asgi_app(dict(STATUS_GET_SCOPE), receive, send)
         latencies.append(time.perf_counter() - started)
     cpu_seconds = time.process_time() - cpu_started
     if set(statuses) != {200}:

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from apps import TRIVIAL_MIXED, URL, build
+from apps import STATUS_GET_SCOPE, TRIVIAL_MIXED, URL, build
 from report import CONTENDERS, OURS, Row, not_run, seconds
 
 TITLE = (
@@ -348,25 +348,9 @@ async def asgi_request(app: Any) -> None:
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    await app(_SCOPE, receive, send)
+    await app(dict(STATUS_GET_SCOPE), receive, send)
     if not sent or sent[0].get("status") != 200:
         raise RuntimeError(f"the status route answered {sent[:1]}")
-
-
-_SCOPE = {
-    "type": "http",
-    "asgi": {"version": "3.0"},
-    "http_version": "1.1",
-    "method": "GET",
-    "scheme": "http",
-    "path": URL,
-    "raw_path": URL.encode(),
-    "root_path": "",
-    "query_string": b"",
-    "headers": [(b"host", b"127.0.0.1")],
-    "client": ("127.0.0.1", 50000),
-    "server": ("127.0.0.1", 8000),
-}
 
 
 # -- measuring -----------------------------------------------------------------------------
