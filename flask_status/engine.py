@@ -541,28 +541,29 @@ class Evaluator:
         inside is the deadline's, or the check's own.)
         """
         with anyio.CancelScope(shield=True, deadline=runs[0].deadline) as scope:
-            await self._run_batch(runs, scope, time.perf_counter())
+            await self._run_batch(runs, scope)
 
     async def _host_together(self, batches: list[list[Run]], in_a_task: bool) -> None:
         """:meth:`_host` for batches that share a deadline: one shielded scope for all, a task
         for each batch but the first, which this task runs if it is a sync batch (sent to its
         thread, in a copy of this context) or ``in_a_task`` (a task of its own, not the
         request's). Each batch is finished as soon as it is done."""
-        started = time.perf_counter()
         with anyio.CancelScope(shield=True, deadline=batches[0][0].deadline) as scope:
             first = batches[0] if in_a_task or batches[0][0].field.kind is Kind.SYNC else None
             if first is not None and len(batches) == 1:
-                await self._run_batch(first, scope, started)
+                await self._run_batch(first, scope)
                 return
             async with anyio.create_task_group() as task_group:
                 for batch in batches[1:] if first is not None else batches:
-                    task_group.start_soon(self._run_batch, batch, scope, started)
+                    task_group.start_soon(self._run_batch, batch, scope)
                 if first is not None:
-                    await self._run_batch(first, scope, started)
+                    await self._run_batch(first, scope)
 
-    async def _run_batch(self, runs: list[Run], scope: anyio.CancelScope, started: float) -> None:
+    async def _run_batch(self, runs: list[Run], scope: anyio.CancelScope) -> None:
         """Run a batch's checks (or take a shared run's result) in ``scope``, then, when they
-        are done or at the deadline, record each outcome and log it."""
+        are done or at the deadline, record each outcome and log it (timed from the batch's
+        start: the time it ran, whatever ran before it)."""
+        started = time.perf_counter()
         try:
             shared = self._sharing_of(runs[0])
             if shared is None:

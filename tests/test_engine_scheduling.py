@@ -297,7 +297,8 @@ def test_the_next_run_starts_before_the_requests_that_joined_a_run_go_on() -> No
         return True
 
     FlaskStatus(app, timeout=2).add_field("slow", slow)
-    asgi_app = StatusMiddleware(WsgiToAsgi(app), app)
+    # Not draining at its shutdown: the process's readiness routes are other tests' too.
+    asgi_app = StatusMiddleware(WsgiToAsgi(app), app, drain_on_shutdown=False)
 
     async def probe(name: str) -> None:
         assert (await asgi_call(asgi_app, "/api/status"))[0] == 200
