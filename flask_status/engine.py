@@ -222,9 +222,10 @@ class Evaluator:
         """Every callable field's outcome, gathered concurrently, each by its deadline.
 
         A background field's is its latest result. For the others, a run this request starts
-        is hosted by a task of its own (quick sync checks with the same timeout share one; the
-        evaluation's own task hosts the first sync batch); a run another request started is
-        waited for, up to its deadline; a finished one still fresh is reused at once.
+        is hosted by a task of its own (quick sync checks with the same timeout share one;
+        when all share a deadline, the evaluation's own task hosts the first sync batch); a run
+        another request started is waited for, up to its deadline; a finished one still fresh
+        is reused at once.
         """
         evaluation = Evaluation({}, set())
         on_request: list[Field] = []
@@ -311,11 +312,9 @@ class Evaluator:
         # because of a parent that timed out at that deadline (waited for up to that grace).
         joined = [(run, (2 if run.field.depends_on else 1) * OVERRUN_GRACE) for run in waited]
         if len(groups) == 1 and not alone and not dependents:
-            # One deadline for all (the usual): the evaluation's own task hosts them, then
-            # waits for the runs it joined (which ran meanwhile).
+            # One deadline for all (the usual): the evaluation's own task hosts them.
             (batches,) = groups.values()
             await self._host_together(batches, in_a_task=False)
-            await self._wait(joined)
         elif groups or alone or dependents:
             async with anyio.create_task_group() as task_group:
                 for batches in groups.values():
@@ -324,9 +323,9 @@ class Evaluator:
                     task_group.start_soon(self._host, [run])
                 for run in dependents:
                     task_group.start_soon(self._host_after_parents, run, runs)
-                await self._wait(joined)
-        else:  # every run was another request's
-            await self._wait(joined)
+        # The runs it joined went on meanwhile: each is over by now, or is waited for up to
+        # its own deadline.
+        await self._wait(joined)
         for key, run in runs.items():
             evaluation.outcomes[key] = run.result()
             if run.began_elsewhere is not None:  # another process's run, read from the store
@@ -534,20 +533,19 @@ class Evaluator:
                         await run.done.wait()
 
     async def _host(self, runs: list[Run]) -> None:
-        """Run checks under their (shared) deadline, then record each outcome and log it.
+        """Host one batch of runs (or one run shared through a store): :meth:`_host_together`."""
+        await self._host_together([runs], in_a_task=True)
+
+    async def _host_together(self, batches: list[list[Run]], in_a_task: bool) -> None:
+        """Run batches that share a deadline under one cancel scope, and record each outcome
+        and log it as soon as its batch is done.
 
         The scope is shielded: other requests may wait for these runs, so a client that hangs
         up must not cancel them; the deadline bounds them all the same. (So a cancellation
-        inside is the deadline's, or the check's own.)
+        inside is the deadline's, or the check's own.) Each batch but the first is a task; this
+        task runs the first if it is a sync batch (sent to its thread, in a copy of this
+        context) or ``in_a_task`` (a task of its own, not the request's).
         """
-        with anyio.CancelScope(shield=True, deadline=runs[0].deadline) as scope:
-            await self._run_batch(runs, scope)
-
-    async def _host_together(self, batches: list[list[Run]], in_a_task: bool) -> None:
-        """:meth:`_host` for batches that share a deadline: one shielded scope for all, a task
-        for each batch but the first, which this task runs if it is a sync batch (sent to its
-        thread, in a copy of this context) or ``in_a_task`` (a task of its own, not the
-        request's). Each batch is finished as soon as it is done."""
         with anyio.CancelScope(shield=True, deadline=batches[0][0].deadline) as scope:
             first = batches[0] if in_a_task or batches[0][0].field.kind is Kind.SYNC else None
             if first is not None and len(batches) == 1:
