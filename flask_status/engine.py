@@ -568,7 +568,10 @@ class Evaluator:
                 await self._execute(runs, scope)
             else:
                 await self._execute_shared(runs[0], scope, *shared)
-        except Exception as exc:  # around the check (its app context's push or pop): its field's
+        except anyio.get_cancelled_exc_class():
+            raise  # the deadline's: the scope catches it
+        except BaseException as exc:  # around the check (its app context's push or pop): its
+            # field's, ``SystemExit`` included: out of a task, it would stop the event loop
             for run in runs:
                 self._failed(run, exc, started)
         finally:  # at the deadline too: the runs time out
@@ -710,9 +713,15 @@ class Evaluator:
             run.produced = self._checked(value, started)
 
     def _call_all(self, runs: list[Run]) -> None:
-        """In a worker thread: call each sync check in turn."""
+        """In a worker thread: call each sync check in turn, while its run is awaited."""
         for run in runs:
             run.thread_busy = True  # until it returns, even if abandoned at its deadline
+            if run.outcome is not None:
+                # Its host gave up at the deadline, while a check before it hung: later
+                # requests run it again, so this thread must not (busy first: a run that is
+                # not yet over here is one they wait for instead).
+                run.thread_busy = False
+                continue
             started = time.perf_counter()
             try:
                 # Its own app context, torn down once it returned (not timed as the check).
@@ -726,7 +735,7 @@ class Evaluator:
                     else:
                         # An awaitable is awaited by the host, on the loop, under the deadline.
                         run.produced = value if _awaitable(value) else self._checked(value, started)
-            except Exception as exc:  # its app context's teardown raised: its field's too
+            except BaseException as exc:  # its app context's teardown raised: its field's too
                 self._failed(run, exc, started)
             finally:
                 run.thread_busy = False

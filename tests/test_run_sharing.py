@@ -134,3 +134,38 @@ def test_requests_that_join_a_batch_get_what_a_check_returned_before_its_sibling
         loop.close()
 
     assert [answer.json()["first"] for answer in answers] == ["a"] * 32
+
+
+def test_a_check_whose_batch_gave_up_on_it_is_not_called_by_the_abandoned_thread() -> None:
+    """Quick sync checks share a thread. When one hangs, the runs after it time out unstarted
+    and later requests run those checks again: once the hung check returns, its thread must
+    not call them too (a second call, its result thrown away, maybe at once with a new one)."""
+    gate = Gate()
+    hang = threading.Event()
+    calls: list[str] = []
+
+    def hangs() -> str:
+        if hang.is_set():
+            gate.wait()
+        return "a"
+
+    def after() -> str:
+        calls.append("after")
+        return "b"
+
+    app = Flask(__name__)
+    status = FlaskStatus(app, timeout=0.3)
+    status.add_field("hangs", hangs, critical=False)
+    status.add_field("after", after)
+    client = WsgiClient(app)
+    try:
+        assert client.get(URL).json() == {"status": "OK", "hangs": "a", "after": "b"}  # quick
+        hang.set()
+        gave_up = client.get(URL).json()  # both time out: "after" never started
+        again = client.get(URL).json()  # "hangs" still runs: "after" runs on its own
+    finally:
+        gate.release(settle=0.5)
+
+    assert gave_up["after"] == {"error": "timed out after 0.3s"}
+    assert again["after"] == "b"
+    assert len(calls) == 2  # the first request's and the third's: one per run a request awaited
