@@ -124,7 +124,10 @@ class Access:
                 "status is_authorized took longer than %gs: details not shown", self.timeout
             )
             return False
-        except Exception:  # a broken authorizer shows no details, and never a 500
+        except anyio.get_cancelled_exc_class():
+            raise  # the request's cancellation, not the authorizer's failure
+        except BaseException:  # a broken authorizer shows no details, and never a 500 (nor,
+            # raising SystemExit, stops the event loop it runs on)
             self.logger.exception("status is_authorized %r failed: details not shown", check)
             return False
         return bool(result)

@@ -355,7 +355,8 @@ class StatusRoute:
         for listener in self.status.listeners:
             try:
                 listener(outcomes)
-            except Exception:  # a broken metrics hook must not break the health answer
+            except BaseException:  # a broken metrics hook must not break the health answer
+                # (nor, raising SystemExit, stop the event loop it is called on)
                 current_app.logger.exception("status listener %r failed", listener)
         return response
 

@@ -311,21 +311,27 @@ def test_an_async_is_authorized_is_awaited_on_the_loop(make_client: MakeClient) 
     assert loops == [client.get("/loop").json()["thread"]]
 
 
+@pytest.mark.parametrize("raised", [RuntimeError, SystemExit])
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_a_failing_is_authorized_shows_no_details_and_logs(
-    make_client: MakeClient, caplog: pytest.LogCaptureFixture, kind: str
+    make_client: MakeClient,
+    caplog: pytest.LogCaptureFixture,
+    kind: str,
+    raised: type[BaseException],
 ) -> None:
     def broken(req: Request) -> bool:
-        raise RuntimeError("session store down")
+        raise raised("session store down")
 
     async def broken_async(req: Request) -> bool:
-        raise RuntimeError("session store down")
+        raise raised("session store down")
 
     app, _ = make_app(failing=True, is_authorized=broken if kind == "sync" else broken_async)
+    client = make_client(app)
     with caplog.at_level(logging.ERROR, logger=app.logger.name):
-        answer = make_client(app).get(URL, ADMIN)
+        answer = client.get(URL, ADMIN)
 
     assert (answer.status, answer.json()) == (503, {"status": "DOWN"})
+    assert client.get(URL).status == 503  # and the next request is served as well
     assert b"Traceback" not in answer.body and b"session store" not in answer.body
     assert any("is_authorized" in r.getMessage() and r.exc_info for r in caplog.records)
 

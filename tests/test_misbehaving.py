@@ -282,3 +282,30 @@ def test_interpreter_exit_raised_by_a_check_fails_only_its_field(
         body = answer.json()
         assert body["bad"] == {"error": f"{fatal.__name__}: from the check"}
         assert {key: body[key] for key in HEALTHY} == HEALTHY
+
+
+@pytest.mark.parametrize("raised", [RuntimeError, SystemExit])
+def test_a_broken_on_evaluated_listener_costs_nothing_but_its_log(
+    make_client: MakeClient, caplog: pytest.LogCaptureFixture, raised: type[BaseException]
+) -> None:
+    app = Flask(__name__)
+    status = FlaskStatus(app)
+    status.add_field("sync_ok", sync_ok)
+    status.add_field("async_ok", async_ok)
+    heard: list[list[str]] = []
+
+    def broken(outcomes: Any) -> None:
+        raise raised("metrics backend down")
+
+    status.on_evaluated(broken)
+    status.on_evaluated(lambda outcomes: heard.append(sorted(outcomes)))
+    client = make_client(app)
+
+    with caplog.at_level("ERROR", logger=app.logger.name):
+        answers = [client.get(URL) for _ in range(2)]
+
+    for answer in answers:
+        assert answer.status == 200
+        assert answer.json() == {"status": "OK", "sync_ok": "fine", "async_ok": "fine"}
+    assert heard == [["async_ok", "sync_ok"]] * 2  # the next listener hears every evaluation
+    assert any("status listener" in r.getMessage() and r.exc_info for r in caplog.records)
