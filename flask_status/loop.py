@@ -26,7 +26,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import anyio
 import anyio.to_thread
@@ -90,20 +90,26 @@ class PortalLoop:
 
         ``func`` runs in a copy of the caller's context. Cancelling the caller abandons the
         thread, as ``anyio.to_thread.run_sync(..., abandon_on_cancel=True)`` does; if the loop
-        stops first, the thread is abandoned too and :class:`LoopStopped` is raised.
+        stops first, the thread is abandoned too and :class:`LoopStopped` is raised. What
+        ``func`` raises is raised here, ``SystemExit`` too, and never in the loop's task: the
+        portal lets such an exception through its task group, which would stop the loop.
         """
         host = self._running_host()
         in_thread = functools.partial(
             anyio.to_thread.run_sync,
             contextvars.copy_context().run,
+            _caught,
             func,
             abandon_on_cancel=True,
             limiter=host.unlimited,
         )
         try:
-            return await host.portal.call_async(in_thread, abandon_on_cancel=True)
+            result, raised = await host.portal.call_async(in_thread, abandon_on_cancel=True)
         except concurrent.futures.CancelledError:  # the loop cancelled its tasks as it stopped
             raise LoopStopped("the event loop stopped while a check ran in its thread") from None
+        if raised is not None:
+            raise raised
+        return cast(T, result)
 
     def start_soon(self, func: Callable[..., Awaitable[Any]], *args: Any) -> Started:
         """Start ``func(*args)`` as a task of the loop (from a thread other than the loop's)."""
@@ -144,6 +150,14 @@ class PortalLoop:
         """Drop the portal without stopping it: in a forked child, its thread is gone."""
         self._lock = threading.Lock()
         self._host = None
+
+
+def _caught(func: Callable[[], T]) -> tuple[T | None, BaseException | None]:
+    """``func()``'s result, or what it raised (to be raised where it is awaited)."""
+    try:
+        return func(), None
+    except BaseException as exc:
+        return None, exc
 
 
 def _start_host() -> _Host:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from clients import MakeClient, timed_get
-from flask import Flask
+from clients import REQUEST_LIMIT, Answer, Gate, MakeClient, timed_get
+from flask import Flask, Request, g
 
 from flask_status import FlaskStatus
 
@@ -309,3 +310,54 @@ def test_a_broken_on_evaluated_listener_costs_nothing_but_its_log(
         assert answer.json() == {"status": "OK", "sync_ok": "fine", "async_ok": "fine"}
     assert heard == [["async_ok", "sync_ok"]] * 2  # the next listener hears every evaluation
     assert any("status listener" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+@pytest.mark.parametrize("raiser", ["is_authorized", "teardown"])
+def test_interpreter_exit_raised_by_the_apps_code_in_a_thread_stops_no_other_check(
+    make_client: MakeClient, gate: Gate, raiser: str
+) -> None:
+    """A sync ``is_authorized``, or an async check's teardown, runs in one of the process's
+    worker threads (under StatusMiddleware too): ``SystemExit`` raised there is that request's
+    failure, and must not stop the loop those threads belong to, failing what other requests
+    run there meanwhile."""
+    app = Flask(__name__)
+    started = threading.Event()
+
+    def gated() -> str:
+        started.set()
+        gate.wait()
+        return "done"
+
+    FlaskStatus(app, timeout=REQUEST_LIMIT).add_field("gated", gated)
+
+    def crashes(req: Request) -> bool:
+        raise SystemExit("from is_authorized")
+
+    async def marks() -> str:
+        g.crash = True
+        return "fine"
+
+    def crash(error: BaseException | None) -> None:
+        if g.get("crash"):
+            raise SystemExit("from a teardown")
+
+    if raiser == "teardown":
+        app.teardown_appcontext(crash)
+    authorizer = crashes if raiser == "is_authorized" else None
+    FlaskStatus(app, url="/other", is_authorized=authorizer).add_field("marks", marks)
+    client = make_client(app)
+    answers: list[Answer] = []
+    waiting = threading.Thread(target=lambda: answers.append(client.get(URL)))
+    waiting.start()
+    assert started.wait(REQUEST_LIMIT)
+
+    crashed = client.get("/other")
+    waiting.join(0.5)  # (a stopped loop would have failed the gated check by now)
+    gate.release()
+    waiting.join(REQUEST_LIMIT)
+
+    if raiser == "is_authorized":  # no details for that caller
+        assert (crashed.status, crashed.json()) == (200, {"status": "OK"})
+    else:
+        assert crashed.json()["marks"] == {"error": "SystemExit: from a teardown"}
+    assert [answer.json() for answer in answers] == [{"status": "OK", "gated": "done"}]
