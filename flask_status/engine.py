@@ -568,12 +568,6 @@ class Evaluator:
                 await self._execute(runs, scope)
             else:
                 await self._execute_shared(runs[0], scope, *shared)
-        except anyio.get_cancelled_exc_class():
-            raise  # the deadline's: the scope catches it
-        except BaseException as exc:  # around the check (its app context's push or pop): its
-            # field's, ``SystemExit`` included: out of a task, it would stop the event loop
-            for run in runs:
-                self._failed(run, exc, started)
         finally:  # at the deadline too: the runs time out
             for run in runs:
                 self._finish(run, time.perf_counter() - started)
@@ -636,13 +630,24 @@ class Evaluator:
     async def _await(
         self, run: Run, check: Callable[[], Awaitable[Any]], scope: anyio.CancelScope
     ) -> None:
-        """Await an async check, in an app context of its own, under the run's deadline."""
-        await await_in_app_context(
-            self.app,
-            functools.partial(self._awaited, run, check, scope),
-            run.timeout,
-            self.context_limiter,
-        )
+        """Await an async check, in an app context of its own, under the run's deadline.
+
+        What its app context's push or pop raises (the app's receivers and teardowns) is its
+        field's, as for a sync check: a failure the run ends with (stored, when it is shared),
+        ``SystemExit`` included: out of a task, it would stop the event loop.
+        """
+        started = time.perf_counter()
+        try:
+            await await_in_app_context(
+                self.app,
+                functools.partial(self._awaited, run, check, scope),
+                run.timeout,
+                self.context_limiter,
+            )
+        except anyio.get_cancelled_exc_class():
+            raise  # the deadline's: the scope catches it
+        except BaseException as exc:
+            self._failed(run, exc, started)
 
     def _sharing_of(self, run: Run) -> tuple[Freshness, float] | None:
         """How long a shared result of this run stays fresh (by how it ended), and how long

@@ -19,7 +19,7 @@ import anyio
 import pytest
 import redis
 from conftest import RedisServer
-from flask import Flask
+from flask import Flask, g
 
 from flask_status import Degraded, FlaskStatus
 from flask_status.route import EXTENSION_KEY
@@ -158,6 +158,33 @@ def test_a_lease_left_by_a_dead_process_blocks_nobody_past_its_expiry(
 
 
 LEASE = "flask-status:fleet:/api/status:db:lease"
+
+
+@pytest.mark.parametrize("raised", [ConnectionError, SystemExit])
+def test_what_an_async_checks_teardown_raises_is_the_fleets_result_too(
+    redis_server: RedisServer, raised: type[BaseException]
+) -> None:
+    """The run ends with its teardown's error, as with the check's own: stored, the lease let
+    go, so the other processes take it instead of waiting for a lease that nobody releases."""
+    runs: list[str] = []
+
+    async def db() -> str:
+        runs.append("db")
+        g.connection = "open"
+        return "up"
+
+    def close(error: BaseException | None) -> None:
+        if g.pop("connection", None):
+            raise raised("could not close")
+
+    fleet = [process(redis_server.url, db, cache_ttl=5) for _ in range(2)]
+    for client in fleet:
+        client.application.teardown_appcontext(close)
+
+    answers = [client.get(URL).get_json()["db"] for client in fleet]
+
+    assert answers == [{"error": f"{raised.__name__}: could not close"}] * 2
+    assert runs == ["db"]
 
 
 def test_a_waiter_runs_the_check_once_the_lease_expired_without_a_result(
