@@ -164,10 +164,8 @@ class StatusMiddleware:
                     placement.after_in_thread, exchange.finish
                 )
             except BaseException as exc:
-                # Cancelled (or failed) between steps or during one: the teardowns run anyway,
-                # in a task of their own, that this one waits for however often it is cancelled.
-                async with anyio.create_task_group() as task_group:
-                    task_group.start_soon(_give_up, placement, exchange, exc)
+                # Cancelled (or failed) between steps or during one: the teardowns run anyway.
+                await _give_up(placement, exchange, exc)
                 raise
             if exchange.stream is not None:
                 await _send_stream(send, receive, status, headers, exchange.stream)
@@ -208,17 +206,33 @@ class StatusMiddleware:
 async def _give_up(placement: Placement, exchange: Exchange, error: BaseException) -> None:
     """Tear down a request that ``error`` stopped, once its step has returned (see Placement).
 
-    A task of its own: a task group waits for its tasks through asyncio's ``task.cancel()``
-    too, which goes through anyio's shield. A teardown function that raises is logged: what
-    stopped the request is what the server hears.
+    A teardown function that raises is logged: what stopped the request is what the server
+    hears. Without the app's code, Flask's own steps run here, at once, in the request's task
+    (whose context they set: a task's copy of it could not reset it). Otherwise in a thread,
+    from a task of its own: a task group waits for its tasks through asyncio's
+    ``task.cancel()`` too, which goes through anyio's shield.
     """
+    if placement.context is None:
+        _tear_down(exchange, error)
+        return
+    async with anyio.create_task_group() as task_group:
+        task_group.start_soon(_give_up_in_a_thread, placement, exchange, error)
+
+
+async def _give_up_in_a_thread(
+    placement: Placement, exchange: Exchange, error: BaseException
+) -> None:
     with anyio.CancelScope(shield=True):
-        try:
-            await placement.run(
-                placement.after_in_thread, functools.partial(exchange.give_up, error)
-            )
-        except Exception:
-            exchange.app.logger.exception("status: tearing down a request that did not finish")
+        await placement.run(
+            placement.after_in_thread, functools.partial(_tear_down, exchange, error)
+        )
+
+
+def _tear_down(exchange: Exchange, error: BaseException) -> None:
+    try:
+        exchange.give_up(error)
+    except Exception:
+        exchange.app.logger.exception("status: tearing down a request that did not finish")
 
 
 class Exchange:
@@ -420,13 +434,30 @@ class Placement:
             return context.run(step)
 
     async def wait(self, step: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """Await ``step`` on the loop, seeing the request's context."""
+        """Await ``step`` on the loop, seeing the request's context.
+
+        What it raises is raised here, in the request's task, as when it is awaited there:
+        ``SystemExit`` or ``KeyboardInterrupt`` out of a task of its own (raised by an async
+        authenticator) would stop the server's event loop, and every request on it.
+        """
         if self.context is None:
             await step()
             return
+        raised: list[BaseException] = []
+
+        async def in_context() -> None:
+            try:
+                await step()
+            except anyio.get_cancelled_exc_class():
+                raise  # the request's, which its task hears too
+            except BaseException as exc:
+                raised.append(exc)
+
         # A task runs in a copy of the context it was started in.
         async with anyio.create_task_group() as task_group:
-            self.context.run(task_group.start_soon, step)
+            self.context.run(task_group.start_soon, in_context)
+        if raised:
+            raise raised[0]
 
 
 class StatusRoutes:

@@ -543,3 +543,64 @@ def test_a_request_cancelled_while_its_checks_run_is_torn_down(loop: LoopThread)
 
     assert request_in_flight.ended.wait(REQUEST_LIMIT)
     assert ran == ["teardown saw CancelledError, on the loop: False", "request cancelled"]
+
+
+def test_a_request_cancelled_while_its_checks_run_without_app_code_ends_quietly(
+    loop: LoopThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without hooks or receivers, Flask's own steps run in the request's task, and so does
+    its teardown: nothing to log (a server's shutdown cancels every probe in flight)."""
+    app = Flask(__name__)
+    ran: list[str] = []
+    checking, release = threading.Event(), threading.Event()
+
+    def slow_database() -> str:
+        checking.set()
+        release.wait(REQUEST_LIMIT)
+        return "up"
+
+    FlaskStatus(app, timeout=2 * REQUEST_LIMIT).add_field("db", slow_database)
+    request_in_flight = InFlight(loop, app, ran)
+    assert checking.wait(REQUEST_LIMIT)
+    request_in_flight.cancel(times=1)
+    release.set()
+
+    assert request_in_flight.ended.wait(REQUEST_LIMIT)
+    assert ran == ["request cancelled"]
+    assert [record.getMessage() for record in caplog.records if record.exc_info] == []
+
+
+@pytest.mark.parametrize("raised", [SystemExit, KeyboardInterrupt])
+def test_an_async_authenticator_raising_interpreter_exit_fails_only_its_request(
+    loop: LoopThread, raised: type[BaseException]
+) -> None:
+    """The server hears it from the app, as from any app (uvicorn answers 500), and the
+    teardowns see it; out of a task of its own it would have stopped the server's loop."""
+    app = Flask(__name__)
+    torn_down: list[str] = []
+
+    def exits(view: Any) -> Any:
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if request.headers.get("X-Exit"):
+                raise raised("from the authenticator")
+            return await view(*args, **kwargs)
+
+        return wrapper
+
+    @app.teardown_request
+    def close(error: BaseException | None) -> None:
+        torn_down.append(type(error).__name__)
+
+    FlaskStatus(app, authenticator=exits).add_field("db", "up")
+    asgi_app = middleware(app)
+
+    async def exiting() -> str:
+        try:
+            await asgi_get(asgi_app, URL, {"X-Exit": "yes"})
+        except raised as exc:
+            return str(exc)
+        return "answered"
+
+    assert loop.run(exiting()) == "from the authenticator"
+    assert torn_down == [raised.__name__]
+    assert get(loop, asgi_app, URL).status == 200  # the loop serves the next request
