@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from flask import Request, request
 
 from .fields import is_async_callable
@@ -106,11 +107,19 @@ class Access:
         """Call ``is_authorized`` with the request; no answer in time, or an error, is a no.
 
         A sync one runs in a worker thread (under the route's limiter), so one that looks up
-        a session or a token store cannot stall the event loop; an async one is awaited.
+        a session or a token store cannot stall the event loop; an async one is awaited, in a
+        task of its own: a cancellation it raises of its own (it awaited something cancelled
+        elsewhere) is its failure, while the request's own cancellation still ends the request.
         """
         check = self.is_authorized
         assert check is not None  # resolve_mode() requires it for this mode
         caller = request._get_current_object()  # type: ignore[attr-defined]
+        answers: list[bool] = []
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(self._ask, check, caller, answers)
+        return answers == [True]
+
+    async def _ask(self, check: IsAuthorized, caller: Request, answers: list[bool]) -> None:
         try:
             with anyio.fail_after(self.timeout):
                 if is_async_callable(check):
@@ -123,11 +132,11 @@ class Access:
             self.logger.warning(
                 "status is_authorized took longer than %gs: details not shown", self.timeout
             )
-            return False
-        except anyio.get_cancelled_exc_class():
-            raise  # the request's cancellation, not the authorizer's failure
-        except BaseException:  # a broken authorizer shows no details, and never a 500 (nor,
-            # raising SystemExit, stops the event loop it runs on)
+            return
+        except BaseException as exc:  # a broken authorizer shows no details, and never a 500
+            # (nor, raising SystemExit, stops the event loop it runs on)
+            if isinstance(exc, anyio.get_cancelled_exc_class()):
+                await anyio.lowlevel.checkpoint_if_cancelled()  # the request's: it goes on
             self.logger.exception("status is_authorized %r failed: details not shown", check)
-            return False
-        return bool(result)
+            return
+        answers.append(bool(result))

@@ -604,3 +604,24 @@ def test_an_async_authenticator_raising_interpreter_exit_fails_only_its_request(
     assert loop.run(exiting()) == "from the authenticator"
     assert torn_down == [raised.__name__]
     assert get(loop, asgi_app, URL).status == 200  # the loop serves the next request
+
+
+def test_a_request_cancelled_while_is_authorized_waits_ends_cancelled(loop: LoopThread) -> None:
+    """A cancellation an authorizer raises of its own is its failure (no details); the
+    request's own still ends the request."""
+    app = Flask(__name__)
+    ran: list[str] = []
+    asking = threading.Event()
+
+    async def is_authorized(req: Request) -> bool:
+        asking.set()
+        await anyio.sleep(REQUEST_LIMIT)  # a session store that does not answer
+        return True
+
+    FlaskStatus(app, is_authorized=is_authorized, timeout=2 * REQUEST_LIMIT).add_field("db", "up")
+    request_in_flight = InFlight(loop, app, ran)
+    assert asking.wait(REQUEST_LIMIT)
+    request_in_flight.cancel(times=1)
+
+    assert request_in_flight.ended.wait(REQUEST_LIMIT)
+    assert ran == ["request cancelled"]
