@@ -24,6 +24,7 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 from anyio.lowlevel import EventLoopToken, current_token
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -376,10 +377,11 @@ class Events:
                     else:
                         call = functools.partial(subscription.call, event)
                         await run_sync(call, subscription.limiter)
-            except anyio.get_cancelled_exc_class():
-                raise  # the loop stops: so do deliveries
-            except BaseException as exc:  # its failure is its own (SystemExit included): the
-                self._failed(subscription, event, exc)  # next event goes on, and the loop
+            except BaseException as exc:  # its failure is its own (SystemExit included, and
+                # a cancellation of its own): the next event goes on, and the loop
+                if isinstance(exc, anyio.get_cancelled_exc_class()):
+                    await anyio.lowlevel.checkpoint_if_cancelled()  # the loop stops: so do these
+                self._failed(subscription, event, exc)
 
     def _failed(self, subscription: Subscription, event: ChangeEvent, exc: BaseException) -> None:
         level = logging.DEBUG if subscription.failed else logging.ERROR

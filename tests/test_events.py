@@ -4,6 +4,7 @@ real redis-server."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import socket
@@ -236,9 +237,14 @@ def test_a_listener_that_raises_or_hangs_is_logged_once_and_others_go_on(
     )
 
 
+# A cancellation of its own: it awaited something that was cancelled elsewhere.
+@pytest.mark.parametrize("raised", [SystemExit, asyncio.CancelledError])
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_a_listener_that_exits_costs_only_its_own_events(
-    make_client: MakeClient, caplog: pytest.LogCaptureFixture, kind: str
+    make_client: MakeClient,
+    caplog: pytest.LogCaptureFixture,
+    kind: str,
+    raised: type[BaseException],
 ) -> None:
     """``SystemExit`` (or any BaseException) from a listener is its failure, like any other: it
     stops neither the other listeners nor the process's event loop, where background checks
@@ -250,10 +256,10 @@ def test_a_listener_that_exits_costs_only_its_own_events(
     status.add_field("cron", lambda: "ran", interval=0.1)
 
     def exits(event: ChangeEvent) -> None:
-        raise SystemExit(3)
+        raise raised(3)
 
     async def exits_async(event: ChangeEvent) -> None:
-        raise SystemExit(3)
+        raise raised(3)
 
     status.on_change(exits if kind == "sync" else exits_async)
     recorder = status.on_change(Recorder())
