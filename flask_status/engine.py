@@ -634,7 +634,8 @@ class Evaluator:
 
         What its app context's push or pop raises (the app's receivers and teardowns) is its
         field's, as for a sync check: a failure the run ends with (stored, when it is shared),
-        ``SystemExit`` included: out of a task, it would stop the event loop.
+        ``SystemExit`` included (out of a task, it would stop the event loop), and a
+        cancellation of its own (the deadline's is the scope's).
         """
         started = time.perf_counter()
         try:
@@ -644,9 +645,9 @@ class Evaluator:
                 run.timeout,
                 self.context_limiter,
             )
-        except anyio.get_cancelled_exc_class():
-            raise  # the deadline's: the scope catches it
         except BaseException as exc:
+            if isinstance(exc, anyio.get_cancelled_exc_class()) and scope.cancel_called:
+                raise  # the deadline's: the scope catches it
             self._failed(run, exc, started)
 
     def _sharing_of(self, run: Run) -> tuple[Freshness, float] | None:

@@ -4,6 +4,7 @@ request already torn down, and shared its app context)."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -321,13 +322,16 @@ def test_a_checks_teardown_frees_only_what_the_check_opened(make_client: MakeCli
     settle_closed(opened)
 
 
-@pytest.mark.parametrize("raised_type", [ConnectionError, SystemExit, KeyboardInterrupt])
+@pytest.mark.parametrize(
+    "raised_type", [ConnectionError, SystemExit, KeyboardInterrupt, asyncio.CancelledError]
+)
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_a_teardown_that_raises_fails_only_its_checks_field(
     make_client: MakeClient, kind: str, raised_type: type[BaseException]
 ) -> None:
     """Whatever it raises: ``SystemExit`` out of a task would stop the event loop, and every
-    later request with it."""
+    later request with it; a cancellation of its own (an async teardown that awaited something
+    cancelled elsewhere) is no deadline's."""
     app = Flask("run_contexts")
     raised = [False]
 
