@@ -568,6 +568,12 @@ class Evaluator:
                 await self._execute(runs, scope)
             else:
                 await self._execute_shared(runs[0], scope, *shared)
+        except anyio.get_cancelled_exc_class():
+            raise  # the deadline's: the scope catches it
+        except BaseException as exc:  # around the checks (a worker thread that could not
+            # start): their fields', never the request's, nor, out of a task, the event loop's
+            for run in runs:
+                self._failed(run, exc, started)
         finally:  # at the deadline too: the runs time out
             for run in runs:
                 self._finish(run, time.perf_counter() - started)

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import anyio.to_thread
 import pytest
 from clients import REQUEST_LIMIT, Answer, Gate, MakeClient, timed_get
 from flask import Flask, Request, g
@@ -361,3 +362,23 @@ def test_interpreter_exit_raised_by_the_apps_code_in_a_thread_stops_no_other_che
     else:
         assert crashed.json()["marks"] == {"error": "SystemExit: from a teardown"}
     assert [answer.json() for answer in answers] == [{"status": "OK", "gated": "done"}]
+
+
+def test_a_worker_thread_that_cannot_start_fails_only_the_sync_checks(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As when the process has run out of threads: the sync checks' fields say so, the
+    async ones and the constant stand, and the request is answered."""
+
+    async def no_thread(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("can't start new thread")
+
+    client = make_client(status_app(sync_ok))
+    monkeypatch.setattr(anyio.to_thread, "run_sync", no_thread)
+
+    answer = client.get(URL)
+
+    assert answer.status == 503
+    body = answer.json()
+    assert body["bad"] == body["sync_ok"] == {"error": "RuntimeError: can't start new thread"}
+    assert (body["async_ok"], body["version"]) == ("fine", "2.0.0")
