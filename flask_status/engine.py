@@ -780,6 +780,9 @@ class Evaluator:
     def _finish(self, run: Run, elapsed: float) -> None:
         """Settle the run's outcome (late or missing is a timeout), wake its waiters, log."""
         outcome = run.produced
+        # A sync check that never started (held up behind one that hung in its batch, or
+        # waiting for a thread): its "timed out" says nothing of its dependency, to reuse.
+        never_started = outcome is None and not run.thread_busy and run.field.kind is Kind.SYNC
         if not isinstance(outcome, Outcome) or outcome.duration > run.timeout:
             outcome = timed_out(run.timeout, elapsed)
             # A shared run may also have waited for the store (up to its timeout) first.
@@ -794,7 +797,7 @@ class Evaluator:
         run.finished_at, run.produced = time.monotonic() - age, None
         # By how the check ended, not by what thresholds show: a failure held back as healthy
         # is retried as soon as any other failure.
-        run.fresh_for = self._freshness(run.field).of(outcome)
+        run.fresh_for = 0.0 if never_started else self._freshness(run.field).of(outcome)
         state = self._state(run.field)
         if run.field.interval is not None:
             state.last_background = run

@@ -169,3 +169,33 @@ def test_a_check_whose_batch_gave_up_on_it_is_not_called_by_the_abandoned_thread
     assert gave_up["after"] == {"error": "timed out after 0.3s"}
     assert again["after"] == "b"
     assert len(calls) == 2  # the first request's and the third's: one per run a request awaited
+
+
+def test_a_check_its_batch_held_up_past_the_deadline_is_not_reused_as_timed_out() -> None:
+    """It never ran: its "timed out" says nothing of its dependency, so a failure's cache
+    period does not keep it; the next request runs it."""
+    gate = Gate()
+    hang = threading.Event()
+
+    def hangs() -> str:
+        if hang.is_set():
+            gate.wait()
+        return "a"
+
+    app = Flask(__name__)
+    # Failures are reused for a minute, good results not at all: both run on each request.
+    status = FlaskStatus(app, timeout=0.3, cache_ttl=0, cache_ttl_failure=60)
+    status.add_field("hangs", hangs, critical=False)
+    status.add_field("after", lambda: "b")
+    client = WsgiClient(app)
+    try:
+        assert client.get(URL).json() == {"status": "OK", "hangs": "a", "after": "b"}  # quick
+        hang.set()
+        gave_up = client.get(URL).json()  # both time out: "after" never started
+        again = client.get(URL).json()
+    finally:
+        gate.release(settle=0.5)
+
+    assert gave_up["after"] == {"error": "timed out after 0.3s"}
+    assert again["after"] == "b"
+    assert again["hangs"] == {"error": "timed out after 0.3s"}  # it did hang: that is reused
