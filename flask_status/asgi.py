@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from flask import (
@@ -438,7 +439,8 @@ class Placement:
 
         What it raises is raised here, in the request's task, as when it is awaited there:
         ``SystemExit`` or ``KeyboardInterrupt`` out of a task of its own (raised by an async
-        authenticator) would stop the server's event loop, and every request on it.
+        authenticator) would stop the server's event loop, and every request on it; a
+        cancellation of its own would end the task quietly, as if it had returned.
         """
         if self.context is None:
             await step()
@@ -448,9 +450,9 @@ class Placement:
         async def in_context() -> None:
             try:
                 await step()
-            except anyio.get_cancelled_exc_class():
-                raise  # the request's, which its task hears too
             except BaseException as exc:
+                if isinstance(exc, anyio.get_cancelled_exc_class()):
+                    await anyio.lowlevel.checkpoint_if_cancelled()  # the request's: it goes on
                 raised.append(exc)
 
         # A task runs in a copy of the context it was started in.

@@ -570,12 +570,14 @@ def test_a_request_cancelled_while_its_checks_run_without_app_code_ends_quietly(
     assert [record.getMessage() for record in caplog.records if record.exc_info] == []
 
 
-@pytest.mark.parametrize("raised", [SystemExit, KeyboardInterrupt])
-def test_an_async_authenticator_raising_interpreter_exit_fails_only_its_request(
+# And a cancellation of its own (it awaited something cancelled elsewhere).
+@pytest.mark.parametrize("raised", [SystemExit, KeyboardInterrupt, asyncio.CancelledError])
+def test_an_async_authenticator_raising_what_no_handler_takes_fails_only_its_request(
     loop: LoopThread, raised: type[BaseException]
 ) -> None:
     """The server hears it from the app, as from any app (uvicorn answers 500), and the
-    teardowns see it; out of a task of its own it would have stopped the server's loop."""
+    teardowns see it; out of a task of its own it would have stopped the server's loop (or,
+    a cancellation, ended that task as if the authenticator had returned)."""
     app = Flask(__name__)
     torn_down: list[str] = []
 
