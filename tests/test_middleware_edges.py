@@ -418,6 +418,24 @@ class SlowHook:
         return response
 
 
+def cancel_while_checking(loop: LoopThread, app: Flask, ran: list[str]) -> None:
+    """Request ``app``'s status with a check that waits (a slow database), cancel the request
+    once while it waits, then let the check return; return once the request has ended."""
+    checking, release = threading.Event(), threading.Event()
+
+    def slow_database() -> str:
+        checking.set()
+        release.wait(REQUEST_LIMIT)
+        return "up"
+
+    FlaskStatus(app, timeout=2 * REQUEST_LIMIT).add_field("db", slow_database)
+    request_in_flight = InFlight(loop, app, ran)
+    assert checking.wait(REQUEST_LIMIT)
+    request_in_flight.cancel(times=1)
+    release.set()
+    assert request_in_flight.ended.wait(REQUEST_LIMIT)
+
+
 def record_signal(app: Flask, signal: Any, ran: list[str], name: str) -> None:
     signal.connect(lambda sender, **extra: ran.append(name), app, weak=False)
 
@@ -523,25 +541,14 @@ def test_a_request_cancelled_while_its_checks_run_is_torn_down(loop: LoopThread)
     requests may share): the teardowns run once, off the loop, before the task ends."""
     app = Flask(__name__)
     ran: list[str] = []
-    checking, release = threading.Event(), threading.Event()
-
-    def slow_database() -> str:
-        checking.set()
-        release.wait(REQUEST_LIMIT)
-        return "up"
 
     @app.teardown_request
     def close(error: BaseException | None) -> None:
         on_loop = threading.current_thread() is loop.thread
         ran.append(f"teardown saw {type(error).__name__}, on the loop: {on_loop}")
 
-    FlaskStatus(app, timeout=2 * REQUEST_LIMIT).add_field("db", slow_database)
-    request_in_flight = InFlight(loop, app, ran)
-    assert checking.wait(REQUEST_LIMIT)
-    request_in_flight.cancel(times=1)
-    release.set()
+    cancel_while_checking(loop, app, ran)
 
-    assert request_in_flight.ended.wait(REQUEST_LIMIT)
     assert ran == ["teardown saw CancelledError, on the loop: False", "request cancelled"]
 
 
@@ -552,20 +559,8 @@ def test_a_request_cancelled_while_its_checks_run_without_app_code_ends_quietly(
     its teardown: nothing to log (a server's shutdown cancels every probe in flight)."""
     app = Flask(__name__)
     ran: list[str] = []
-    checking, release = threading.Event(), threading.Event()
+    cancel_while_checking(loop, app, ran)
 
-    def slow_database() -> str:
-        checking.set()
-        release.wait(REQUEST_LIMIT)
-        return "up"
-
-    FlaskStatus(app, timeout=2 * REQUEST_LIMIT).add_field("db", slow_database)
-    request_in_flight = InFlight(loop, app, ran)
-    assert checking.wait(REQUEST_LIMIT)
-    request_in_flight.cancel(times=1)
-    release.set()
-
-    assert request_in_flight.ended.wait(REQUEST_LIMIT)
     assert ran == ["request cancelled"]
     assert [record.getMessage() for record in caplog.records if record.exc_info] == []
 
