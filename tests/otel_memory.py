@@ -29,6 +29,14 @@ def configure() -> tuple[InMemorySpanExporter, InMemoryMetricReader]:
     return exporter, reader
 
 
+def forget_finished_spans() -> None:
+    """Drop the spans the exporter keeps, if :func:`configure` set the SDK up in this process
+    (this does not set it up): a test measuring the process's memory then counts what the code
+    under test keeps, not every span this exporter was made to keep."""
+    if configure.cache_info().currsize:
+        configure()[0].clear()
+
+
 def span_dict(span: ReadableSpan) -> dict[str, Any]:
     """What a test reads of a finished span, as JSON (for spans of a server process)."""
     assert span.context is not None
