@@ -104,8 +104,11 @@ async def await_in_app_context(
     thread. What a push or pop raises propagates: it belongs to the check's field, as for a
     sync check.
     """
-    app_code_on_pop = bool(app.teardown_appcontext_funcs or appcontext_popped.receivers)
-    if not app_code_on_pop and not appcontext_pushed.receivers:
+    # Receivers of this app's signals only (or of every app's): not those of other apps.
+    popped = appcontext_popped.has_receivers_for(app)
+    app_code_on_pop = bool(app.teardown_appcontext_funcs) or popped
+    app_code_on_push = appcontext_pushed.has_receivers_for(app)
+    if not app_code_on_pop and not app_code_on_push:
         with own_app_context(app):  # Flask's own code only: all of it here, on the loop
             await check()
         return
@@ -117,7 +120,7 @@ async def await_in_app_context(
         context.run(app_context.push)
         pushed.append(True)
 
-    if appcontext_pushed.receivers:
+    if app_code_on_push:
         # At the deadline the push is abandoned: the check does not start (it timed out) and
         # the context, pushed later in a context object nobody uses, holds nothing.
         await run_sync(push, limiter)

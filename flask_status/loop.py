@@ -21,7 +21,6 @@ import concurrent.futures
 import contextlib
 import contextvars
 import functools
-import math
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
@@ -55,9 +54,6 @@ class _Host:
         self.portal = portal
         self.running = True
         self.thread = threading.get_ident()  # the loop's own thread
-        # For threads started from other loops, which bound them with limiters of their own:
-        # this one only keeps them off anyio's default limiter of the loop (40 threads).
-        self.unlimited = anyio.CapacityLimiter(math.inf)
 
 
 @dataclass(frozen=True)
@@ -85,11 +81,15 @@ class PortalLoop:
                 raise
             raise LoopStopped("the event loop stopped while it evaluated this request") from None
 
-    async def run_in_thread(self, func: Callable[[], T]) -> T:
+    async def run_in_thread(self, func: Callable[[], T], limiter: anyio.CapacityLimiter) -> T:
         """Await ``func`` in one of the loop's worker threads, from another event loop.
 
-        ``func`` runs in a copy of the caller's context. Cancelling the caller abandons the
-        thread, as ``anyio.to_thread.run_sync(..., abandon_on_cancel=True)`` does; if the loop
+        ``func`` runs in a copy of the caller's context, once ``limiter`` has a token for it,
+        taken on this loop: a limiter is used on one loop only, as a caller waiting for a
+        token sleeps on its own loop, which a token given back on another does not wake (a
+        request waiting for a thread a background check held waited until its deadline).
+        Cancelling the caller abandons the thread, as
+        ``anyio.to_thread.run_sync(..., abandon_on_cancel=True)`` does; if the loop
         stops first, the thread is abandoned too and :class:`LoopStopped` is raised. What
         ``func`` raises is raised here, ``SystemExit`` too, and never in the loop's task: the
         portal lets such an exception through its task group, which would stop the loop.
@@ -101,7 +101,7 @@ class PortalLoop:
             _caught,
             func,
             abandon_on_cancel=True,
-            limiter=host.unlimited,
+            limiter=limiter,
         )
         try:
             result, raised = await host.portal.call_async(in_thread, abandon_on_cancel=True)
@@ -200,19 +200,19 @@ async def run_sync(func: Callable[[], Any], limiter: anyio.CapacityLimiter) -> A
     """Run ``func`` in a daemon thread, abandoned if the caller's scope is cancelled.
 
     Where sync work of a status request runs, whichever loop awaits it: under gevent in a
-    real OS thread; on a loop in a daemon thread (the process's own) in that loop's worker
-    threads, daemons too; on a loop in the main thread (an ASGI server's) in the worker
-    threads of the process's own loop, so that a hung check never holds the process's exit.
-    ``None`` if the process's loop stopped before ``func`` returned (at exit, or a check
-    stopped it): the caller stops waiting, as at its deadline.
+    real OS thread; otherwise in the worker threads of the process's own loop, daemons, so
+    that a hung check never holds the process's exit, and under ``limiter`` taken there (a
+    route's limiter serves requests on an ASGI server's loop and background checks on the
+    process's own: see :meth:`PortalLoop.run_in_thread`). ``None`` if the process's loop
+    stopped before ``func`` returned (at exit, or a check stopped it): the caller stops
+    waiting, as at its deadline.
     """
     if gevent_patched():
         async with limiter:
             return await run_in_os_thread(func)
-    if threading.current_thread().daemon:  # this loop's worker threads are daemons too
+    if portal_loop.here():
         return await anyio.to_thread.run_sync(func, abandon_on_cancel=True, limiter=limiter)
-    async with limiter:
-        try:
-            return await portal_loop.run_in_thread(func)
-        except LoopStopped:
-            return None
+    try:
+        return await portal_loop.run_in_thread(func, limiter)
+    except LoopStopped:
+        return None

@@ -113,6 +113,35 @@ def test_a_hung_background_check_holds_one_thread_and_reports_timed_out(
     assert threading.active_count() - before <= 2  # the hung check's thread (and the loop's)
 
 
+def test_a_request_waiting_for_the_thread_a_background_check_holds_gets_it_when_freed(
+    make_client: MakeClient,
+) -> None:
+    """The route's worker limit is shared by its background checks (on the process's own
+    loop) and its requests (under StatusMiddleware, on the server's): a request waiting for
+    the only thread is woken when the background check gives it back, not at its deadline."""
+    holding, release = threading.Event(), threading.Event()
+
+    def background() -> str:
+        holding.set()
+        release.wait(10)
+        return "done"
+
+    app = Flask(__name__)
+    status = FlaskStatus(app, max_workers=1)
+    status.add_field("background", background, interval=60, timeout=10, critical=False)
+    status.add_field("quick", lambda: "up", timeout=10)
+    client = make_client(app)
+    client.get(f"{URL}?exclude=quick")  # starts the background check: it takes the thread
+    assert holding.wait(10)
+    threading.Timer(0.3, release.set).start()
+
+    started = time.monotonic()
+    answer = client.get(f"{URL}?exclude=background")
+
+    assert (answer.status, answer.json()) == (200, {"status": "OK", "quick": "up"})
+    assert time.monotonic() - started < 5  # once the thread was free, not at the deadline
+
+
 def flaky(results: list[Any]) -> Any:
     """A check answering ``results`` in turn: an exception is raised, anything else returned."""
 
