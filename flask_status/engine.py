@@ -42,7 +42,7 @@ from .appcontext import await_in_app_context, empty_context, own_app_context
 from .bell import Bell
 from .fields import Field, Kind
 from .fork import reset_after_fork
-from .loop import run_sync, runs_ahead_host
+from .loop import run_sync, runs_ahead_host, thread_limiter
 from .outcome import (
     Degraded,
     Encode,
@@ -196,10 +196,10 @@ class Evaluator:
     def after_fork(self) -> None:
         """Forget runs and threads; called at start and in a forked child, where none exist."""
         self._states: dict[str, FieldState] = {}
-        self.limiter = anyio.CapacityLimiter(self.max_workers)
+        self.limiter = thread_limiter(self.max_workers)
         # For pushing and popping async checks' app contexts in threads: a pop must never wait
         # for a token that sync checks hold. As many as async checks in flight, at most.
-        self.context_limiter = anyio.CapacityLimiter(math.inf)
+        self.context_limiter = thread_limiter(math.inf)
 
     def _state(self, item: Field) -> FieldState:
         """``item``'s state; a field that was replaced gets a throwaway one, never stored."""

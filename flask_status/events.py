@@ -34,7 +34,7 @@ from .appcontext import empty_context
 from .engine import Evaluator
 from .fields import Field, check_seconds, is_async_callable
 from .fork import reset_after_fork
-from .loop import portal_loop, run_sync, runs_ahead_host
+from .loop import portal_loop, run_sync, runs_ahead_host, thread_limiter
 from .outcome import Origin, Outcome
 
 #: Events waiting for one listener, at most; past it the newest are dropped (and logged): a
@@ -145,9 +145,7 @@ class Subscription:
     #: A sync listener's call runs (maybe abandoned at its timeout): while it does, no other
     #: starts, so that one that hangs holds one thread, not one per event.
     running: bool = False
-    limiter: anyio.CapacityLimiter = dataclasses.field(
-        default_factory=lambda: anyio.CapacityLimiter(1)
-    )
+    limiter: anyio.CapacityLimiter = dataclasses.field(default_factory=lambda: thread_limiter(1))
 
     def call(self, event: ChangeEvent) -> None:
         """Call a sync listener (in a worker thread)."""

@@ -196,6 +196,29 @@ reset_after_fork(portal_loop)
 atexit.register(portal_loop.stop)
 
 
+def thread_limiter(total_tokens: float) -> anyio.CapacityLimiter:
+    """A limiter for :func:`run_sync`, which takes it on the process's own loop (asyncio).
+
+    anyio makes a limiter of the kind of event loop running where it is made, and one made on
+    no loop takes the kind of the first loop to use it. Made on a trio server's loop (an app
+    set up there), it could not be taken on the process's: so there it is made in a thread.
+    """
+    try:
+        anyio.get_current_task()
+    except anyio.NoEventLoopError:
+        return anyio.CapacityLimiter(total_tokens)
+    made: Future[anyio.CapacityLimiter] = Future()
+
+    def make() -> None:
+        try:
+            made.set_result(anyio.CapacityLimiter(total_tokens))
+        except BaseException as exc:  # e.g. a bad total: raised to the caller
+            made.set_exception(exc)
+
+    start_thread(make, "flask-status-limiter")
+    return made.result()
+
+
 async def run_sync(func: Callable[[], Any], limiter: anyio.CapacityLimiter) -> Any:
     """Run ``func`` in a daemon thread, abandoned if the caller's scope is cancelled.
 

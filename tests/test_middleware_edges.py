@@ -184,6 +184,31 @@ def test_status_is_served_natively_under_trio() -> None:
     assert (answer.status, answer.json()) == (200, {"loop": "trio", "thread": True, "status": "OK"})
 
 
+def test_an_app_set_up_on_a_trio_loop_runs_its_sync_work_in_threads() -> None:
+    """An app made on the trio server's loop (a factory called there, an async test's
+    fixture) runs its sync checks, and an async check's teardown, in worker threads: they
+    are taken on the process's own loop whichever kind of loop the app was set up on."""
+    torn_down: list[bool] = []
+
+    async def serve() -> Any:
+        app = Flask(__name__)
+        status = FlaskStatus(app, timeout=5)
+        app.teardown_appcontext(lambda exc: torn_down.append(True))
+
+        async def on_trio() -> str:
+            await anyio.sleep(0)
+            return "up"
+
+        status.add_field("sync", lambda: "up")
+        status.add_field("async", on_trio)
+        return await asgi_get(StatusMiddleware(WsgiToAsgi(app), app), URL)
+
+    answer = anyio.run(serve, backend="trio")
+
+    assert (answer.status, answer.json()) == (200, {"sync": "up", "async": "up", "status": "OK"})
+    assert torn_down  # the async check's app context was popped
+
+
 #: Flask's signals sent while a request is served.
 REQUEST_SIGNALS = (
     appcontext_pushed,
