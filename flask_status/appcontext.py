@@ -21,7 +21,7 @@ from typing import Any
 import anyio
 from flask import Flask, g, has_app_context
 from flask.ctx import AppContext
-from flask.signals import appcontext_popped, appcontext_pushed
+from flask.signals import appcontext_popped, appcontext_pushed, appcontext_tearing_down
 
 from .loop import run_sync
 
@@ -95,9 +95,10 @@ async def await_in_app_context(
     Without teardown handlers or context signal receivers, pushing and popping it runs only
     Flask's own code: both happen here, on the loop. Otherwise the app context is pushed in a
     context object of the run's, and the check is a task of that context; so its push (with
-    ``appcontext_pushed`` receivers) and its pop (with teardown handlers or
-    ``appcontext_popped`` receivers) run in a worker thread: the pop resets what the push set,
-    in that same context object. The app's own code never runs on the event loop.
+    ``appcontext_pushed`` receivers) and its pop (with teardown handlers, or
+    ``appcontext_tearing_down`` or ``appcontext_popped`` receivers) run in a worker thread:
+    the pop resets what the push set, in that same context object. The app's own code never
+    runs on the event loop.
 
     ``limiter`` must never make them wait: a pop that waited could be cut off by the deadline
     before it ran. A teardown that hangs is given ``teardown_seconds``, then left to its
@@ -105,8 +106,9 @@ async def await_in_app_context(
     sync check.
     """
     # Receivers of this app's signals only (or of every app's): not those of other apps.
-    popped = appcontext_popped.has_receivers_for(app)
-    app_code_on_pop = bool(app.teardown_appcontext_funcs) or popped
+    app_code_on_pop = bool(app.teardown_appcontext_funcs) or any(
+        signal.has_receivers_for(app) for signal in (appcontext_tearing_down, appcontext_popped)
+    )
     app_code_on_push = appcontext_pushed.has_receivers_for(app)
     if not app_code_on_pop and not app_code_on_push:
         with own_app_context(app):  # Flask's own code only: all of it here, on the loop

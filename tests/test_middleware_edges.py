@@ -12,6 +12,7 @@ import anyio
 import anyio.to_thread
 import pytest
 from asgiref.wsgi import WsgiToAsgi
+from blinker import ANY
 from clients import REQUEST_LIMIT, LoopThread, asgi_get, middleware
 from flask import (
     Flask,
@@ -288,6 +289,34 @@ def test_the_apps_own_code_never_runs_on_the_event_loop(loop: LoopThread) -> Non
         *(signal.name for signal in REQUEST_SIGNALS),
     }
     assert [name for name, on_loop in ran.items() if on_loop] == []
+
+
+@pytest.mark.parametrize("signal", [appcontext_pushed, appcontext_tearing_down, appcontext_popped])
+@pytest.mark.parametrize("sender", ["app", "any"])
+def test_an_async_checks_app_context_signals_run_off_the_event_loop(
+    loop: LoopThread, signal: Any, sender: str
+) -> None:
+    """The app's only code is one receiver of an app context signal: the async check's own
+    app context is pushed and popped in a worker thread all the same."""
+    app = Flask(__name__)
+    on_loop: list[bool] = []
+
+    async def check() -> str:
+        await anyio.sleep(0)
+        return "up"
+
+    FlaskStatus(app).add_field("async", check)
+    asgi_app = StatusMiddleware(WsgiToAsgi(app), app)
+
+    def receiver(sent_by: Any, **extra: Any) -> None:
+        on_loop.append(threading.current_thread() is loop.thread)
+
+    with signal.connected_to(receiver, app if sender == "app" else ANY):
+        answer = get(loop, asgi_app, URL)
+
+    assert (answer.status, answer.json()) == (200, {"async": "up", "status": "OK"})
+    assert len(on_loop) == 2  # the request's app context and the check's
+    assert not any(on_loop)
 
 
 def test_a_blocking_teardown_does_not_stall_the_event_loop(loop: LoopThread) -> None:
