@@ -117,9 +117,11 @@ class PortalLoop:
         return Started(host.portal.start_task_soon(func, *args), host)
 
     def here(self) -> bool:
-        """Whether the caller runs on this loop's thread (where its portal cannot be called)."""
+        """Whether the caller runs on this loop's thread (where its portal cannot be called),
+        stopping too: what its cancelled tasks still do (a check's teardown) is done there,
+        and starts no other loop."""
         host = self._host
-        return host is not None and host.running and host.thread == threading.get_ident()
+        return host is not None and host.thread == threading.get_ident()
 
     def runs(self, started: Started) -> bool:
         """Whether a task started by :meth:`start_soon` still runs on the current loop."""

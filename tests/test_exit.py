@@ -151,3 +151,29 @@ def test_a_sync_check_is_abandoned_when_the_process_loop_stops() -> None:
     while (body := anyio.run(asgi_get, asgi_app, "/api/status").json())["blocked"] != "returned":
         assert time.monotonic() < deadline, body  # "timed out" until the old thread returned
         time.sleep(0.05)
+
+
+def test_a_background_checks_teardown_at_the_loops_stop_starts_no_other_loop() -> None:
+    """A stopping loop tears down the app context of a background check it cancelled in its
+    own worker threads: no new loop (nobody would stop it) is started for that."""
+    app = Flask("stopping-background")
+    started = threading.Event()
+    torn_down: list[str] = []
+
+    async def slow() -> str:
+        started.set()
+        await anyio.sleep(30)
+        return "done"
+
+    FlaskStatus(app).add_field("slow", slow, interval=60, timeout=1, critical=False)
+    app.teardown_appcontext(lambda error: torn_down.append(threading.current_thread().name))
+    app.test_client().get("/api/status")  # starts the background check
+    assert started.wait(5)
+
+    portal_loop.stop(timeout=5)  # the run is shielded up to its deadline, then torn down
+
+    deadline = time.monotonic() + 10
+    while "flask-status-loop" in {thread.name for thread in threading.enumerate()}:
+        assert time.monotonic() < deadline, "an event loop still runs after the stop"
+        time.sleep(0.05)
+    assert torn_down.count("AnyIO worker thread") == 1  # the check's, not the request's
