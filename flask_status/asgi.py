@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import anyio
-import anyio.lowlevel
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from flask import (
@@ -46,7 +45,7 @@ from werkzeug.routing import Map, MapAdapter, Rule
 from . import lifecycle
 from .config import DEFAULT_MAX_WORKERS
 from .fields import check_bool
-from .loop import runs_ahead_host
+from .loop import raise_if_cancelled, runs_ahead_host
 from .route import Handover, StatusRoute, deferred, no_store, routes_of
 from .watch import MEDIA_TYPE, Stream, end_streams_on_signals
 
@@ -451,8 +450,7 @@ class Placement:
             try:
                 await step()
             except BaseException as exc:
-                if isinstance(exc, anyio.get_cancelled_exc_class()):
-                    await anyio.lowlevel.checkpoint_if_cancelled()  # the request's: it goes on
+                await raise_if_cancelled(exc)  # the request's cancellation goes on
                 raised.append(exc)
 
         # A task runs in a copy of the context it was started in.

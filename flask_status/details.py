@@ -14,11 +14,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
-import anyio.lowlevel
 from flask import Request, request
 
 from .fields import is_async_callable
-from .loop import run_sync
+from .loop import raise_if_cancelled, run_sync
 
 ALWAYS = "always"
 NEVER = "never"
@@ -135,8 +134,7 @@ class Access:
             return
         except BaseException as exc:  # a broken authorizer shows no details, and never a 500
             # (nor, raising SystemExit, stops the event loop it runs on)
-            if isinstance(exc, anyio.get_cancelled_exc_class()):
-                await anyio.lowlevel.checkpoint_if_cancelled()  # the request's: it goes on
+            await raise_if_cancelled(exc)  # the request's cancellation goes on
             self.logger.exception("status is_authorized %r failed: details not shown", check)
             return
         answers.append(bool(result))

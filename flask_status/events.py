@@ -24,7 +24,6 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import anyio
-import anyio.lowlevel
 import anyio.to_thread
 from anyio.lowlevel import EventLoopToken, current_token
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -34,7 +33,7 @@ from .appcontext import empty_context
 from .engine import Evaluator
 from .fields import Field, check_seconds, is_async_callable
 from .fork import reset_after_fork
-from .loop import portal_loop, run_sync, runs_ahead_host, thread_limiter
+from .loop import portal_loop, raise_if_cancelled, run_sync, runs_ahead_host, thread_limiter
 from .outcome import Origin, Outcome
 
 #: Events waiting for one listener, at most; past it the newest are dropped (and logged): a
@@ -377,8 +376,7 @@ class Events:
                         await run_sync(call, subscription.limiter)
             except BaseException as exc:  # its failure is its own (SystemExit included, and
                 # a cancellation of its own): the next event goes on, and the loop
-                if isinstance(exc, anyio.get_cancelled_exc_class()):
-                    await anyio.lowlevel.checkpoint_if_cancelled()  # the loop stops: so do these
+                await raise_if_cancelled(exc)  # the loop stops: so do deliveries
                 self._failed(subscription, event, exc)
 
     def _failed(self, subscription: Subscription, event: ChangeEvent, exc: BaseException) -> None:

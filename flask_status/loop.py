@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 from anyio.abc import TaskGroup
 from anyio.from_thread import BlockingPortal
@@ -219,6 +220,16 @@ def thread_limiter(total_tokens: float) -> anyio.CapacityLimiter:
 
     start_thread(make, "flask-status-limiter")
     return made.result()
+
+
+async def raise_if_cancelled(error: BaseException) -> None:
+    """Raise the caller's cancellation when ``error`` is one and the caller is cancelled.
+
+    Otherwise return: a cancellation the app's code raised of its own (it awaited something
+    cancelled elsewhere) is its failure, handled as any other.
+    """
+    if isinstance(error, anyio.get_cancelled_exc_class()):
+        await anyio.lowlevel.checkpoint_if_cancelled()
 
 
 async def run_sync(func: Callable[[], Any], limiter: anyio.CapacityLimiter) -> Any:
