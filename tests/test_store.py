@@ -148,11 +148,13 @@ def test_a_lease_left_by_a_dead_process_blocks_nobody_past_its_expiry(
 ) -> None:
     check = Counted()
     client = process(redis_server.url, check, cache_ttl=0.3, timeout=0.2)
-    raw.set(LEASE, "dead", px=400)
+    # Long enough to outlast a loaded machine's pause before the first request reads it.
+    raw.set(LEASE, "dead", px=1500)
+    lease_ends = time.monotonic() + 1.5
 
     answer = client.get(URL)  # waits for a result that never comes, up to its deadline
     assert (answer.status_code, answer.get_json()["db"]) == (503, {"error": "timed out after 0.2s"})
-    time.sleep(0.5)  # past the lease, and past this process's cached "timed out"
+    time.sleep(max(0.0, lease_ends + 0.1 - time.monotonic()))  # past the lease and its "timed out"
     assert client.get(URL).get_json()["db"] == "up"  # the lease expired: this process ran it
     assert check.runs == 1
 
